@@ -1,0 +1,490 @@
+//! Streaming AES-256-CBC with PKCS7, and the v1 container `IV ‖ ciphertext`.
+//!
+//! Decryption is where the speed matters: CBC decryption of block *i* needs
+//! only ciphertext blocks *i* and *i-1*, so whole runs of blocks go through
+//! the AES backend together (eight at a time with AES-NI) and are chained
+//! afterwards with one XOR pass. Work is done in L1-sized tiles so the copy,
+//! decrypt and XOR passes all hit cache.
+
+use aes::cipher::generic_array::GenericArray;
+use aes::cipher::inout::InOutBuf;
+use aes::cipher::{BlockBackend, BlockClosure, BlockDecrypt, BlockEncrypt, BlockSizeUser, KeyInit};
+use aes::Aes256;
+
+use crate::error::CoreError;
+
+pub const BLOCK: usize = 16;
+pub const KEY_LEN: usize = 32;
+
+/// Bytes decrypted per tile: large enough to keep the AES pipeline full,
+/// small enough that input, output and the XOR pass stay in L1.
+const TILE: usize = 4096;
+
+type Block = [u8; BLOCK];
+
+fn new_cipher(key: &[u8]) -> Result<Aes256, CoreError> {
+    Aes256::new_from_slice(key).map_err(|_| CoreError::KeyLength(key.len()))
+}
+
+fn to_block(iv: &[u8]) -> Result<Block, CoreError> {
+    iv.try_into().map_err(|_| CoreError::IvLength(iv.len()))
+}
+
+/// A fresh IV from the OS random generator.
+pub fn random_iv() -> Result<Block, CoreError> {
+    let mut iv = [0u8; BLOCK];
+    getrandom::fill(&mut iv).map_err(|_| CoreError::Random)?;
+    Ok(iv)
+}
+
+fn xor_in_place(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d ^= s;
+    }
+}
+
+/// Raw CBC decryption of whole blocks: `out = D(input) ⊕ (prev ‖ input[..-16])`.
+///
+/// `input.len()` must be a multiple of 16 and `out` exactly as long.
+/// Returns the last ciphertext block, the chaining value for what follows.
+fn cbc_decrypt_blocks(cipher: &Aes256, prev: &Block, input: &[u8], out: &mut [u8]) -> Block {
+    debug_assert!(input.len() % BLOCK == 0 && input.len() == out.len());
+    let mut chain = *prev;
+    for (src, dst) in input.chunks(TILE).zip(out.chunks_mut(TILE)) {
+        let (blocks, _) = InOutBuf::new(src, dst)
+            .expect("tile lengths match")
+            .into_chunks();
+        cipher.decrypt_blocks_inout(blocks);
+        xor_in_place(&mut dst[..BLOCK], &chain);
+        xor_in_place(&mut dst[BLOCK..], &src[..src.len() - BLOCK]);
+        chain.copy_from_slice(&src[src.len() - BLOCK..]);
+    }
+    chain
+}
+
+/// Raw CBC decryption of a block-aligned ciphertext range, without
+/// unpadding. `prev` is the ciphertext block before the range (the IV for
+/// the first range). This is what lets ranged reads decrypt independently.
+pub fn decrypt_range(key: &[u8], prev: &[u8], input: &[u8]) -> Result<Vec<u8>, CoreError> {
+    let cipher = new_cipher(key)?;
+    let prev = to_block(prev)?;
+    if input.len() % BLOCK != 0 {
+        return Err(CoreError::Unaligned(input.len()));
+    }
+    let mut out = vec![0u8; input.len()];
+    cbc_decrypt_blocks(&cipher, &prev, input, &mut out);
+    Ok(out)
+}
+
+/// Checks and strips PKCS7 padding from the final block, in constant time
+/// with respect to the padding bytes.
+fn unpad(block: &Block) -> Result<usize, CoreError> {
+    let pad = block[BLOCK - 1];
+    // bad != 0 iff pad is outside 1..=16 or any of the last `pad` bytes differs.
+    let mut bad = u8::from(pad == 0) | u8::from(pad as usize > BLOCK);
+    for (i, &b) in block.iter().enumerate() {
+        let in_pad = u8::from(BLOCK - i <= pad as usize);
+        bad |= in_pad & u8::from(b != pad);
+    }
+    if bad != 0 {
+        return Err(CoreError::Decryption);
+    }
+    Ok(BLOCK - pad as usize)
+}
+
+/// Streaming AES-256-CBC decryption with PKCS7.
+///
+/// `update` emits plaintext for complete blocks but always holds back the
+/// last one, which may carry padding, until `finalize`.
+pub struct CbcDecryptor {
+    cipher: Aes256,
+    chain: Block,
+    /// Ciphertext not yet decrypted: 0..=16 bytes.
+    pending: [u8; BLOCK],
+    pending_len: usize,
+    finalized: bool,
+}
+
+impl CbcDecryptor {
+    pub fn new(key: &[u8], iv: &[u8]) -> Result<Self, CoreError> {
+        Ok(Self {
+            cipher: new_cipher(key)?,
+            chain: to_block(iv)?,
+            pending: [0; BLOCK],
+            pending_len: 0,
+            finalized: false,
+        })
+    }
+
+    /// How many plaintext bytes `update` emits for `input_len` more bytes.
+    pub fn output_len(&self, input_len: usize) -> usize {
+        let total = self.pending_len + input_len;
+        // Hold back one full block when the input ends on a boundary.
+        total.saturating_sub(1) / BLOCK * BLOCK
+    }
+
+    /// Decrypts what it can of `input` into `out`; returns bytes written,
+    /// always `output_len(input.len())`.
+    pub fn update_into(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CoreError> {
+        if self.finalized {
+            return Err(CoreError::Finalized);
+        }
+        let needed = self.output_len(input.len());
+        if out.len() < needed {
+            return Err(CoreError::OutputTooSmall {
+                needed,
+                got: out.len(),
+            });
+        }
+        if needed == 0 {
+            self.stash(input);
+            return Ok(0);
+        }
+        let mut input = input;
+        let mut written = 0;
+        // Complete and decrypt the pending block first.
+        if self.pending_len > 0 {
+            let take = BLOCK - self.pending_len;
+            self.pending[self.pending_len..].copy_from_slice(&input[..take]);
+            input = &input[take..];
+            let block = self.pending;
+            self.chain = cbc_decrypt_blocks(&self.cipher, &self.chain, &block, &mut out[..BLOCK]);
+            self.pending_len = 0;
+            written = BLOCK;
+        }
+        // Then the bulk straight from the caller's buffer.
+        let bulk = needed - written;
+        self.chain = cbc_decrypt_blocks(
+            &self.cipher,
+            &self.chain,
+            &input[..bulk],
+            &mut out[written..needed],
+        );
+        self.stash(&input[bulk..]);
+        Ok(needed)
+    }
+
+    pub fn update(&mut self, input: &[u8]) -> Result<Vec<u8>, CoreError> {
+        let mut out = vec![0u8; self.output_len(input.len())];
+        self.update_into(input, &mut out)?;
+        Ok(out)
+    }
+
+    fn stash(&mut self, rest: &[u8]) {
+        self.pending[self.pending_len..self.pending_len + rest.len()].copy_from_slice(rest);
+        self.pending_len += rest.len();
+    }
+
+    /// Decrypts the held-back block, checks and strips the padding.
+    /// Any failure, including a truncated stream, is `Decryption`.
+    pub fn finalize(&mut self) -> Result<Vec<u8>, CoreError> {
+        if self.finalized {
+            return Err(CoreError::Finalized);
+        }
+        self.finalized = true;
+        if self.pending_len != BLOCK {
+            return Err(CoreError::Decryption);
+        }
+        let mut last = [0u8; BLOCK];
+        cbc_decrypt_blocks(&self.cipher, &self.chain, &self.pending, &mut last);
+        let keep = unpad(&last)?;
+        Ok(last[..keep].to_vec())
+    }
+}
+
+/// Serial CBC chaining run inside the AES backend, so the per-block loop
+/// does not re-dispatch on CPU features.
+struct EncryptChain<'a> {
+    chain: &'a mut Block,
+    input: &'a [u8],
+    out: &'a mut [u8],
+}
+
+impl BlockSizeUser for EncryptChain<'_> {
+    type BlockSize = <Aes256 as BlockSizeUser>::BlockSize;
+}
+
+impl BlockClosure for EncryptChain<'_> {
+    fn call<B: BlockBackend<BlockSize = Self::BlockSize>>(self, backend: &mut B) {
+        let mut block = GenericArray::from(*self.chain);
+        for (src, dst) in self
+            .input
+            .chunks_exact(BLOCK)
+            .zip(self.out.chunks_exact_mut(BLOCK))
+        {
+            for (b, s) in block.iter_mut().zip(src) {
+                *b ^= s;
+            }
+            backend.proc_block((&mut block).into());
+            dst.copy_from_slice(&block);
+        }
+        self.chain.copy_from_slice(&block);
+    }
+}
+
+/// Streaming AES-256-CBC encryption with PKCS7.
+pub struct CbcEncryptor {
+    cipher: Aes256,
+    chain: Block,
+    pending: [u8; BLOCK],
+    pending_len: usize,
+    finalized: bool,
+}
+
+impl CbcEncryptor {
+    pub fn new(key: &[u8], iv: &[u8]) -> Result<Self, CoreError> {
+        Ok(Self {
+            cipher: new_cipher(key)?,
+            chain: to_block(iv)?,
+            pending: [0; BLOCK],
+            pending_len: 0,
+            finalized: false,
+        })
+    }
+
+    /// How many ciphertext bytes `update` emits for `input_len` more bytes.
+    pub fn output_len(&self, input_len: usize) -> usize {
+        (self.pending_len + input_len) / BLOCK * BLOCK
+    }
+
+    fn encrypt_blocks(&mut self, input: &[u8], out: &mut [u8]) {
+        self.cipher.encrypt_with_backend(EncryptChain {
+            chain: &mut self.chain,
+            input,
+            out,
+        });
+    }
+
+    pub fn update_into(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CoreError> {
+        if self.finalized {
+            return Err(CoreError::Finalized);
+        }
+        let needed = self.output_len(input.len());
+        if out.len() < needed {
+            return Err(CoreError::OutputTooSmall {
+                needed,
+                got: out.len(),
+            });
+        }
+        let mut input = input;
+        let mut written = 0;
+        if needed > 0 && self.pending_len > 0 {
+            let take = BLOCK - self.pending_len;
+            self.pending[self.pending_len..].copy_from_slice(&input[..take]);
+            input = &input[take..];
+            let block = self.pending;
+            self.encrypt_blocks(&block, &mut out[..BLOCK]);
+            self.pending_len = 0;
+            written = BLOCK;
+        }
+        let bulk = needed - written;
+        self.encrypt_blocks(&input[..bulk], &mut out[written..needed]);
+        let rest = &input[bulk..];
+        self.pending[self.pending_len..self.pending_len + rest.len()].copy_from_slice(rest);
+        self.pending_len += rest.len();
+        Ok(needed)
+    }
+
+    pub fn update(&mut self, input: &[u8]) -> Result<Vec<u8>, CoreError> {
+        let mut out = vec![0u8; self.output_len(input.len())];
+        self.update_into(input, &mut out)?;
+        Ok(out)
+    }
+
+    /// Pads and encrypts the final block (always one: PKCS7 pads a full block too).
+    pub fn finalize(&mut self) -> Result<Vec<u8>, CoreError> {
+        if self.finalized {
+            return Err(CoreError::Finalized);
+        }
+        self.finalized = true;
+        let pad = (BLOCK - self.pending_len) as u8;
+        let mut last = self.pending;
+        last[self.pending_len..].fill(pad);
+        let mut out = vec![0u8; BLOCK];
+        self.encrypt_blocks(&last, &mut out);
+        Ok(out)
+    }
+}
+
+/// Format v1: `IV ‖ AES-256-CBC(key, PKCS7(plaintext))`.
+pub fn encrypt_v1(key: &[u8], plaintext: &[u8], iv: Option<&[u8]>) -> Result<Vec<u8>, CoreError> {
+    let iv = match iv {
+        Some(iv) => to_block(iv)?,
+        None => random_iv()?,
+    };
+    let mut enc = CbcEncryptor::new(key, &iv)?;
+    let body = enc.output_len(plaintext.len());
+    let mut out = vec![0u8; BLOCK + body];
+    out[..BLOCK].copy_from_slice(&iv);
+    enc.update_into(plaintext, &mut out[BLOCK..])?;
+    out.extend_from_slice(&enc.finalize()?);
+    Ok(out)
+}
+
+/// Inverse of [`encrypt_v1`]. Every failure is `Decryption`.
+pub fn decrypt_v1(key: &[u8], data: &[u8]) -> Result<Vec<u8>, CoreError> {
+    if key.len() != KEY_LEN {
+        return Err(CoreError::KeyLength(key.len()));
+    }
+    if data.len() < 2 * BLOCK {
+        return Err(CoreError::Decryption);
+    }
+    let (iv, body) = data.split_at(BLOCK);
+    let mut dec = CbcDecryptor::new(key, iv)?;
+    let mut out = dec.update(body)?;
+    out.extend_from_slice(&dec.finalize()?);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    // NIST SP 800-38A, F.2.5 / F.2.6 (CBC-AES256).
+    const KEY: &str = "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4";
+    const IV: &str = "000102030405060708090a0b0c0d0e0f";
+    const PT: &str = "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51\
+                      30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710";
+    const CT: &str = "f58c4c04d6e5f1ba779eabfb5f7bfbd69cfc4e967edb808d679f777bc6702c7d\
+                      39f23369a9d9bacfa530e26304231461b2eb05e2c39be9fcda6c19078c6a9d1b";
+
+    fn raw_encrypt(pt: &[u8]) -> Vec<u8> {
+        let mut enc = CbcEncryptor::new(&unhex(KEY), &unhex(IV)).unwrap();
+        enc.update(pt).unwrap()
+    }
+
+    #[test]
+    fn nist_vectors_both_directions() {
+        assert_eq!(raw_encrypt(&unhex(PT)), unhex(CT));
+        assert_eq!(
+            decrypt_range(&unhex(KEY), &unhex(IV), &unhex(CT)).unwrap(),
+            unhex(PT)
+        );
+    }
+
+    #[test]
+    fn decrypt_range_from_the_middle() {
+        let ct = unhex(CT);
+        let pt = unhex(PT);
+        let got = decrypt_range(&unhex(KEY), &ct[16..32], &ct[32..]).unwrap();
+        assert_eq!(got, &pt[32..]);
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + 7) as u8).collect()
+    }
+
+    #[test]
+    fn v1_round_trip_every_small_length() {
+        let key = [7u8; 32];
+        for len in 0..=100 {
+            let pt = pattern(len);
+            let ct = encrypt_v1(&key, &pt, None).unwrap();
+            assert_eq!(ct.len(), BLOCK + (len / BLOCK + 1) * BLOCK);
+            assert_eq!(decrypt_v1(&key, &ct).unwrap(), pt, "length {len}");
+        }
+    }
+
+    #[test]
+    fn streaming_matches_one_shot_for_odd_chunkings() {
+        let key = [3u8; 32];
+        let iv = [9u8; 16];
+        let pt = pattern(3 * TILE + 77);
+        let ct = encrypt_v1(&key, &pt, Some(&iv)).unwrap();
+        for step in [1, 5, 15, 16, 17, 100, TILE - 1, TILE + 16] {
+            let mut enc = CbcEncryptor::new(&key, &iv).unwrap();
+            let mut got_ct = iv.to_vec();
+            for chunk in pt.chunks(step) {
+                got_ct.extend(enc.update(chunk).unwrap());
+            }
+            got_ct.extend(enc.finalize().unwrap());
+            assert_eq!(got_ct, ct, "encrypt step {step}");
+
+            let mut dec = CbcDecryptor::new(&key, &iv).unwrap();
+            let mut got = Vec::new();
+            for chunk in ct[BLOCK..].chunks(step) {
+                got.extend(dec.update(chunk).unwrap());
+            }
+            got.extend(dec.finalize().unwrap());
+            assert_eq!(got, pt, "decrypt step {step}");
+        }
+    }
+
+    #[test]
+    fn every_failure_is_the_same_error() {
+        let key = [1u8; 32];
+        let ct = encrypt_v1(&key, b"attack at dawn!!", None).unwrap();
+        let mut wrong_key = key;
+        wrong_key[0] ^= 1;
+        let mut flipped = ct.clone();
+        let last = flipped.len() - 1;
+        flipped[last - 16] ^= 0x01; // changes the final padding byte
+        let cases: Vec<(&str, Vec<u8>, [u8; 32])> = vec![
+            ("empty", vec![], key),
+            ("iv only", ct[..16].to_vec(), key),
+            ("unaligned", ct[..ct.len() - 1].to_vec(), key),
+            ("dropped block", ct[..ct.len() - 16].to_vec(), key),
+            ("flipped", flipped, key),
+            ("wrong key", ct.clone(), wrong_key),
+        ];
+        for (name, data, k) in cases {
+            assert_eq!(decrypt_v1(&k, &data), Err(CoreError::Decryption), "{name}");
+        }
+    }
+
+    #[test]
+    fn unpad_rejects_every_bad_pattern() {
+        let mut block = [0u8; BLOCK];
+        assert!(unpad(&block).is_err());
+        block[15] = 17;
+        assert!(unpad(&block).is_err());
+        block[15] = 3;
+        block[14] = 3;
+        block[13] = 2;
+        assert!(unpad(&block).is_err());
+        block[13] = 3;
+        assert_eq!(unpad(&block), Ok(13));
+        let full = [16u8; BLOCK];
+        assert_eq!(unpad(&full), Ok(0));
+    }
+
+    #[test]
+    fn bad_lengths_are_reported() {
+        assert_eq!(
+            CbcDecryptor::new(&[0; 31], &[0; 16]).err(),
+            Some(CoreError::KeyLength(31))
+        );
+        assert_eq!(
+            CbcEncryptor::new(&[0; 32], &[0; 15]).err(),
+            Some(CoreError::IvLength(15))
+        );
+        assert_eq!(
+            decrypt_range(&[0; 32], &[0; 16], &[0; 17]),
+            Err(CoreError::Unaligned(17))
+        );
+        let mut dec = CbcDecryptor::new(&[0; 32], &[0; 16]).unwrap();
+        let mut small = [0u8; 16];
+        assert_eq!(
+            dec.update_into(&[0; 48], &mut small),
+            Err(CoreError::OutputTooSmall {
+                needed: 32,
+                got: 16
+            })
+        );
+    }
+
+    #[test]
+    fn finalize_twice_is_refused() {
+        let mut enc = CbcEncryptor::new(&[0; 32], &[0; 16]).unwrap();
+        enc.finalize().unwrap();
+        assert_eq!(enc.finalize(), Err(CoreError::Finalized));
+        assert_eq!(enc.update(b"x"), Err(CoreError::Finalized));
+    }
+}

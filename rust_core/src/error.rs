@@ -1,0 +1,52 @@
+//! The one error type of the core.
+
+use std::fmt;
+
+/// Everything the core can refuse.
+///
+/// `Decryption` deliberately carries no detail: bad padding, a truncated
+/// input and a wrong key must be indistinguishable to a caller (format v1
+/// has no MAC, so any difference would be a padding oracle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoreError {
+    /// A key that is not 32 bytes long.
+    KeyLength(usize),
+    /// An IV or previous block that is not 16 bytes long.
+    IvLength(usize),
+    /// A raw range whose length is not a multiple of the block size.
+    Unaligned(usize),
+    /// An output buffer too small for the result.
+    OutputTooSmall { needed: usize, got: usize },
+    /// A stream that was already finalized.
+    Finalized,
+    /// The operating system's random generator failed.
+    Random,
+    /// Any decryption failure; see the type-level comment.
+    Decryption,
+}
+
+/// The single message every decryption failure carries.
+pub const DECRYPTION_FAILED: &str = "decryption failed";
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::KeyLength(n) => write!(f, "key must be 32 bytes, got {n}"),
+            Self::IvLength(n) => write!(f, "IV must be 16 bytes, got {n}"),
+            Self::Unaligned(n) => {
+                write!(
+                    f,
+                    "ciphertext range must be a multiple of 16 bytes, got {n}"
+                )
+            }
+            Self::OutputTooSmall { needed, got } => {
+                write!(f, "output buffer too small: need {needed} bytes, got {got}")
+            }
+            Self::Finalized => f.write_str("stream already finalized"),
+            Self::Random => f.write_str("the OS random generator failed"),
+            Self::Decryption => f.write_str(DECRYPTION_FAILED),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}

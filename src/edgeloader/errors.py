@@ -1,0 +1,119 @@
+"""The one exception hierarchy of edgeloader.
+
+Every error the service raises on purpose is an ``EdgeloaderError``. Errors
+from lower layers (aiohttp, botocore, aiodocker, the OS) are mapped to these
+leaves at the boundary where they happen, so handlers and the CLI deal with
+one family only. ``status`` is the HTTP status the web layer answers with.
+
+This module must not import the native core: the core imports it to raise
+``DecryptionError``.
+"""
+
+from __future__ import annotations
+
+#: The single message of every decryption failure (no padding oracle).
+DECRYPTION_FAILED = "decryption failed"
+
+
+class EdgeloaderError(Exception):
+    """Base of every error edgeloader raises on purpose."""
+
+    status: int = 500
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.default_detail()
+        super().__init__(self.detail)
+
+    @classmethod
+    def default_detail(cls) -> str:
+        return (cls.__doc__ or cls.__name__).strip().splitlines()[0].rstrip(".")
+
+
+class ConfigError(EdgeloaderError):
+    """Invalid configuration."""
+
+
+class DecryptionError(EdgeloaderError):
+    """Decryption failed.
+
+    Bad padding, truncation and a wrong key all raise this, always with the
+    same message, so a caller cannot tell which check failed.
+    """
+
+    status = 502
+
+    def __init__(self, detail: str | None = None) -> None:
+        # The detail is ignored on purpose: one message for every cause.
+        super().__init__(DECRYPTION_FAILED)
+
+
+class InvalidRequest(EdgeloaderError):
+    """Invalid request."""
+
+    status = 400
+
+
+class UnsafeName(InvalidRequest):
+    """Unsafe file or folder name."""
+
+
+class ValidationFailed(EdgeloaderError):
+    """Malformed request body."""
+
+    status = 422
+
+
+class PayloadTooLarge(EdgeloaderError):
+    """Request body too large."""
+
+    status = 413
+
+
+class NotAuthenticated(EdgeloaderError):
+    """Not logged in."""
+
+    status = 401
+
+
+class InvalidCredentials(NotAuthenticated):
+    """Invalid credentials."""
+
+
+class Forbidden(EdgeloaderError):
+    """Not allowed."""
+
+    status = 403
+
+
+class NotFound(EdgeloaderError):
+    """Not found."""
+
+    status = 404
+
+
+class Conflict(EdgeloaderError):
+    """Conflict."""
+
+    status = 409
+
+
+class UpstreamError(EdgeloaderError):
+    """Upstream service failed."""
+
+    status = 502
+
+
+class ResourceApiError(UpstreamError):
+    """Resource API failed."""
+
+
+class CdnError(UpstreamError):
+    """CDN failed."""
+
+
+class EngineError(UpstreamError):
+    """Container engine failed."""
+
+
+class HardwareError(EdgeloaderError):
+    """Device fingerprint could not be collected."""

@@ -18,11 +18,12 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 BUSYBOX = Path("/bin/busybox")
-BUSYBOX_APPLETS = ("sh", "echo", "sleep", "cat", "true")
+BUSYBOX_APPLETS = ("sh", "echo", "sleep", "cat", "true", "false", "ls", "env", "id")
 # Label and file that make each test image (and so its ID) unique to its ref.
 REF_LABEL = "edgeloader.test.ref"
 REF_FILE = "etc/edgeloader-ref"
@@ -133,6 +134,7 @@ class PodmanService:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Keep Ctrl-C away from the service so stop() can still clean up.
                 start_new_session=True,
             )
         try:
@@ -149,10 +151,15 @@ class PodmanService:
         configured = self.containers_conf.exists() and self.storage_conf.exists()
         if configured and shutil.which(self._podman) is not None:
             # conmon outlives the service; removing the containers stops it.
-            self.run_podman("rm", "--all", "--force", "--time", "0", check=False)
+            with suppress(subprocess.TimeoutExpired):
+                self.run_podman("rm", "--all", "--force", "--time", "0", check=False, timeout=60)
         if self._process is not None:
             _terminate(self._process)
             self._process = None
+        # Fallback for when podman could not clean up (e.g. the service or
+        # the CLI crashed): containers run as PID 1 of their own PID namespace
+        # and ignore SIGTERM, and runc keeps state in /run/runc.
+        _delete_runc_containers(self.base_dir / "graph" / "vfs-containers")
         for path in self._owned_dirs():
             _kill_processes_under(path)
             _unmount_under(path)
@@ -193,7 +200,7 @@ class PodmanService:
         timeout: float = 60.0,
     ) -> tuple[int, bytes]:
         """One HTTP request to the API socket; returns ``(status, body)``."""
-        with self._open(method, path, body=body, headers=headers, timeout=timeout) as r:
+        with self.open_response(method, path, body=body, headers=headers, timeout=timeout) as r:
             return r.status, r.read()
 
     def run_podman(
@@ -226,7 +233,7 @@ class PodmanService:
             return ""
 
     @contextmanager
-    def _open(
+    def open_response(
         self,
         method: str,
         path: str,
@@ -235,6 +242,7 @@ class PodmanService:
         headers: Mapping[str, str] | None = None,
         timeout: float = 60.0,
     ) -> Iterator[http.client.HTTPResponse]:
+        """Like :meth:`request`, but yields the response unread (for large bodies)."""
         conn = _UnixHTTPConnection(self.socket_path, timeout)
         try:
             conn.request(method, path, body=body, headers=dict(headers or {}))
@@ -330,7 +338,8 @@ def import_busybox_image(service: PodmanService, ref: str) -> str:
         headers={"Content-Type": "application/x-tar"},
         timeout=120.0,
     )
-    image_id = json.loads(body).get("Id") if status == 200 else None
+    payload = json.loads(body) if status == 200 else None
+    image_id = payload.get("Id") if isinstance(payload, dict) else None
     if not isinstance(image_id, str):
         raise EngineError(f"importing {ref} failed: HTTP {status}: {_tail(body)}")
     return image_id
@@ -343,7 +352,7 @@ def save_images(service: PodmanService, refs: Sequence[str], out_tar: Path) -> P
     query = urlencode([("names", ref) for ref in refs])
     out_tar = Path(out_tar)
     out_tar.parent.mkdir(parents=True, exist_ok=True)
-    with service._open("GET", f"{_API}/images/get?{query}", timeout=120.0) as r:
+    with service.open_response("GET", f"{_API}/images/get?{query}", timeout=120.0) as r:
         if r.status != 200:
             raise EngineError(
                 f"saving {', '.join(refs)} failed: HTTP {r.status}: {_tail(r.read())}"
@@ -381,9 +390,10 @@ def remove_image(service: PodmanService, ref: str, *, missing_ok: bool = True) -
 
 
 def _busybox_rootfs(ref: str) -> bytes:
-    if not BUSYBOX.is_file():
+    if not BUSYBOX.is_file() or not _is_static_elf(BUSYBOX):
         raise EngineError(
-            f"{BUSYBOX} not found (Debian package busybox-static); run scripts/install-engine.sh"
+            f"{BUSYBOX} is missing or dynamically linked; the image has no libc, so it "
+            "needs Debian's busybox-static: run scripts/install-engine.sh"
         )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -395,6 +405,25 @@ def _busybox_rootfs(ref: str) -> bytes:
             _add_entry(tar, f"bin/{applet}", tarfile.SYMTYPE, linkname="busybox")
         _add_entry(tar, REF_FILE, tarfile.REGTYPE, data=f"{ref}\n".encode())
     return buf.getvalue()
+
+
+def _is_static_elf(path: Path) -> bool:
+    """False if a 64-bit little-endian ELF file names a program interpreter."""
+    with path.open("rb") as f:
+        header = f.read(64)
+        if len(header) < 64 or header[:6] != b"\x7fELF\x02\x01":
+            return True
+        (table_offset,) = struct.unpack_from("<Q", header, 32)
+        entry_size, entries = struct.unpack_from("<HH", header, 54)
+        if entry_size < 4:
+            return True
+        f.seek(table_offset)
+        table = f.read(entry_size * entries)
+    pt_interp = 3
+    return all(
+        struct.unpack_from("<I", table, i * entry_size)[0] != pt_interp
+        for i in range(len(table) // entry_size)
+    )
 
 
 def _add_entry(
@@ -431,25 +460,55 @@ def _terminate(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             process.wait()
 
 
+def _delete_runc_containers(containers_dir: Path) -> None:
+    runc = shutil.which("runc")
+    if runc is None or not containers_dir.is_dir():
+        return
+    for entry in containers_dir.iterdir():
+        if entry.is_dir() and len(entry.name) == 64:
+            subprocess.run(
+                [runc, "delete", "--force", entry.name], capture_output=True, check=False
+            )
+
+
 def _kill_processes_under(path: Path) -> None:
-    """SIGKILL leftovers that reference ``path``: conmon (command line) and
-    container processes (root directory inside the storage)."""
-    prefix = str(path).rstrip("/") + "/"
+    """SIGKILL processes whose command line mentions ``path`` (conmon, podman
+    cleanup) and all their descendants (the container processes)."""
+    needle = str(path).rstrip("/").encode() + b"/"
+    parents: dict[int, int] = {}
+    targets: list[int] = []
     for pid in _pids():
-        if pid == os.getpid():
-            continue
         proc = Path("/proc", str(pid))
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-            root = str((proc / "root").readlink())
+            stat = (proc / "stat").read_bytes()
         except OSError:
             continue
-        if prefix.encode() in cmdline or (root + "/").startswith(prefix):
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # The command name in stat may contain spaces; PPID follows its ")".
+        parents[pid] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        if needle in cmdline:
+            targets.append(pid)
+    # Never this process or its ancestors (their command line may name path).
+    protected = {os.getpid()}
+    pid = os.getpid()
+    while (pid := parents.get(pid, 0)) > 0:
+        protected.add(pid)
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    doomed: list[int] = []
+    while targets:
+        pid = targets.pop()
+        if pid not in protected:
+            doomed.append(pid)
+            targets.extend(children.get(pid, []))
+    # Children first, so that nothing is re-parented half way.
+    for pid in reversed(doomed):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
-def _pids() -> Iterable[int]:
+def _pids() -> Iterator[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             yield int(entry.name)

@@ -1,0 +1,216 @@
+"""The streaming cipher through the Python API, checked against NIST
+vectors and against `cryptography` as an independent oracle."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeloader import crypto
+from edgeloader.errors import DECRYPTION_FAILED, DecryptionError
+
+# NIST SP 800-38A, F.2.5 and F.2.6 (CBC-AES256).
+NIST_KEY = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+NIST_IV = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+NIST_PT = bytes.fromhex(
+    "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+    "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"
+)
+NIST_CT = bytes.fromhex(
+    "f58c4c04d6e5f1ba779eabfb5f7bfbd69cfc4e967edb808d679f777bc6702c7d"
+    "39f23369a9d9bacfa530e26304231461b2eb05e2c39be9fcda6c19078c6a9d1b"
+)
+KEY = bytes(range(32))
+
+
+def oracle_encrypt_v1(key: bytes, plaintext: bytes, iv: bytes) -> bytes:
+    padder = padding.PKCS7(128).padder()
+    padded = padder.update(plaintext) + padder.finalize()
+    enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return iv + enc.update(padded) + enc.finalize()
+
+
+def oracle_decrypt_v1(key: bytes, data: bytes) -> bytes:
+    dec = Cipher(algorithms.AES(key), modes.CBC(data[:16])).decryptor()
+    padded = dec.update(data[16:]) + dec.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    return unpadder.update(padded) + unpadder.finalize()
+
+
+def test_nist_encrypt_vector() -> None:
+    enc = crypto.Encryptor(NIST_KEY, NIST_IV)
+    assert enc.update(NIST_PT) == NIST_CT
+    assert enc.iv == NIST_IV
+
+
+def test_nist_decrypt_vector_by_range() -> None:
+    assert crypto.decrypt_range(NIST_KEY, NIST_IV, NIST_CT) == NIST_PT
+
+
+def test_nist_decrypt_from_an_inner_block() -> None:
+    got = crypto.decrypt_range(NIST_KEY, NIST_CT[16:32], NIST_CT[32:])
+    assert got == NIST_PT[32:]
+
+
+def test_nist_streaming_holds_back_the_last_block() -> None:
+    dec = crypto.Decryptor(NIST_KEY, NIST_IV)
+    # Without PKCS7 the last block is not valid padding, so only check update.
+    assert dec.update(NIST_CT) == NIST_PT[:48]
+
+
+@pytest.mark.parametrize("length", range(101))
+def test_round_trip_every_small_length(length: int) -> None:
+    plaintext = os.urandom(length)
+    ct = crypto.encrypt_v1(KEY, plaintext)
+    assert len(ct) == 16 + crypto.padded_length(length)
+    assert crypto.decrypt_v1(KEY, ct) == plaintext
+    assert oracle_decrypt_v1(KEY, ct) == plaintext
+
+
+@pytest.mark.parametrize("length", [1 << 16, (1 << 20) + 3, (8 << 20) - 1])
+def test_round_trip_large(length: int) -> None:
+    plaintext = os.urandom(length)
+    iv = os.urandom(16)
+    ct = crypto.encrypt_v1(KEY, plaintext, iv)
+    assert ct == oracle_encrypt_v1(KEY, plaintext, iv)
+    assert crypto.decrypt_v1(KEY, ct) == plaintext
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    plaintext=st.binary(max_size=3000),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+    iv=st.binary(min_size=16, max_size=16),
+)
+def test_streaming_encrypt_matches_oracle_for_any_chunking(
+    plaintext: bytes, cuts: list[int], iv: bytes
+) -> None:
+    got = b"".join(crypto.encrypt_stream(KEY, chunked(plaintext, cuts), iv))
+    assert got == oracle_encrypt_v1(KEY, plaintext, iv)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    plaintext=st.binary(max_size=3000),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+    iv=st.binary(min_size=16, max_size=16),
+    use_into=st.booleans(),
+)
+def test_streaming_decrypt_of_oracle_output_for_any_chunking(
+    plaintext: bytes, cuts: list[int], iv: bytes, use_into: bool
+) -> None:
+    ct = oracle_encrypt_v1(KEY, plaintext, iv)
+    dec = crypto.Decryptor(KEY, ct[:16])
+    out = bytearray()
+    for piece in chunked(ct[16:], cuts):
+        view = memoryview(piece)
+        if use_into:
+            buf = bytearray(dec.output_length(len(view)))
+            assert dec.update_into(view, buf) == len(buf)
+            out += buf
+        else:
+            out += dec.update(view)
+    out += dec.finalize()
+    assert bytes(out) == plaintext
+
+
+async def test_async_decrypt_stream_reads_the_iv_from_the_stream() -> None:
+    plaintext = os.urandom(5000)
+    ct = crypto.encrypt_v1(KEY, plaintext)
+
+    async def pieces() -> object:
+        for i in range(0, len(ct), 7):
+            yield ct[i : i + 7]
+
+    got = b"".join([c async for c in crypto.decrypt_stream(KEY, pieces())])  # type: ignore[arg-type]
+    assert got == plaintext
+
+
+def _flip(data: bytes, index: int) -> bytes:
+    out = bytearray(data)
+    out[index] ^= 0x01
+    return bytes(out)
+
+
+GOOD = crypto.encrypt_v1(KEY, b"the quick brown fox jumps over the lazy dog")
+FAILURES = {
+    "empty": (KEY, b""),
+    "iv only": (KEY, GOOD[:16]),
+    "shorter than a block": (KEY, GOOD[:20]),
+    "not block aligned": (KEY, GOOD[:-1]),
+    "last block dropped": (KEY, GOOD[:-16]),
+    "padding byte flipped": (KEY, _flip(GOOD, len(GOOD) - 17)),
+    "last block corrupted": (KEY, _flip(GOOD, len(GOOD) - 1)),
+    "wrong key": (bytes(32), GOOD),
+}
+
+
+@pytest.mark.parametrize("case", FAILURES, ids=list(FAILURES))
+def test_every_failure_is_one_error_with_one_message(case: str) -> None:
+    key, data = FAILURES[case]
+    with pytest.raises(DecryptionError) as info:
+        crypto.decrypt_v1(key, data)
+    assert str(info.value) == DECRYPTION_FAILED
+    assert info.value.detail == DECRYPTION_FAILED
+
+
+# A stream needs its IV to start; shorter inputs are covered above.
+STREAM_FAILURES = [case for case, (_, data) in FAILURES.items() if len(data) >= 16]
+
+
+@pytest.mark.parametrize("case", STREAM_FAILURES)
+def test_streaming_failures_surface_at_finalize_with_the_same_message(case: str) -> None:
+    key, data = FAILURES[case]
+    dec = crypto.Decryptor(key, data[:16])
+    dec.update(data[16:])
+    with pytest.raises(DecryptionError, match=f"^{DECRYPTION_FAILED}$"):
+        dec.finalize()
+
+
+def test_finalize_twice_and_update_after_finalize_are_refused() -> None:
+    enc = crypto.Encryptor(KEY)
+    enc.finalize()
+    with pytest.raises(ValueError, match="finalized"):
+        enc.finalize()
+    with pytest.raises(ValueError, match="finalized"):
+        enc.update(b"more")
+
+
+def test_bad_key_and_iv_lengths_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        crypto.Decryptor(b"short", bytes(16))
+    with pytest.raises(ValueError, match="16 bytes"):
+        crypto.Encryptor(KEY, b"short")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        crypto.decrypt_range(KEY, bytes(16), bytes(17))
+
+
+def test_update_into_rejects_small_readonly_and_overlapping_outputs() -> None:
+    dec = crypto.Decryptor(KEY, bytes(16))
+    with pytest.raises(ValueError, match="too small"):
+        dec.update_into(bytes(64), bytearray(16))
+    with pytest.raises(ValueError, match="writable"):
+        dec.update_into(bytes(64), bytes(64))
+    shared = bytearray(128)
+    with pytest.raises(ValueError, match="overlap"):
+        dec.update_into(memoryview(shared)[:64], memoryview(shared)[32:])
+
+
+def test_non_contiguous_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="contiguous"):
+        crypto.Decryptor(KEY, bytes(16)).update(memoryview(bytes(64))[::2])
+
+
+def test_encryptor_iv_is_random_when_not_given() -> None:
+    assert crypto.Encryptor(KEY).iv != crypto.Encryptor(KEY).iv
+    assert len(crypto.Encryptor(KEY).iv) == 16

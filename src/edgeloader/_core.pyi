@@ -1,14 +1,32 @@
 """Type stubs for the native crypto core (checked by mypy.stubtest)."""
 
-from typing_extensions import Buffer
 from typing import Final, final
+
+from typing_extensions import Buffer
+
+__all__ = [
+    "BLOCK_SIZE",
+    "DECRYPTION_FAILED",
+    "Decryptor",
+    "Encryptor",
+    "Sha256",
+    "api_key",
+    "archive_key",
+    "decrypt_range",
+    "decrypt_v1",
+    "encrypt_v1",
+    "hash_b64",
+    "hw_hash",
+    "key_from_str",
+    "resource_key",
+]
 
 BLOCK_SIZE: Final[int]
 DECRYPTION_FAILED: Final[str]
 
 @final
 class Decryptor:
-    def __init__(self, key: bytes, iv: bytes) -> None: ...
+    def __new__(cls, key: bytes, iv: bytes) -> Decryptor: ...
     def update(self, data: Buffer) -> bytes: ...
     def update_into(self, data: Buffer, out: Buffer) -> int: ...
     def output_length(self, input_length: int) -> int: ...
@@ -16,7 +34,7 @@ class Decryptor:
 
 @final
 class Encryptor:
-    def __init__(self, key: bytes, iv: bytes | None = None) -> None: ...
+    def __new__(cls, key: bytes, iv: bytes | None = None) -> Encryptor: ...
     @property
     def iv(self) -> bytes: ...
     def update(self, data: Buffer) -> bytes: ...
@@ -26,7 +44,7 @@ class Encryptor:
 
 @final
 class Sha256:
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Sha256: ...
     def update(self, data: Buffer) -> None: ...
     def digest(self) -> bytes: ...
     def hexdigest(self) -> str: ...

@@ -91,9 +91,9 @@ def gpu_name(proc: Path, sys: Path) -> str:
     for card in sorted((sys / "class/drm").glob("card[0-9]*")):
         if "-" in card.name:  # connectors such as card0-HDMI-A-1
             continue
-        driver = _driver_name(card / "device")
-        if driver:
-            return driver
+        card_driver = _driver_name(card / "device")
+        if card_driver:
+            return card_driver
     return UNKNOWN
 
 

@@ -3,6 +3,7 @@ vectors and against `cryptography` as an independent oracle."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -83,7 +84,7 @@ def test_round_trip_large(length: int) -> None:
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 @settings(max_examples=200, deadline=None)

@@ -99,4 +99,5 @@ def test_overlay_root_has_no_disk_serial(tmp_path: Path) -> None:
 def test_real_fingerprint_is_cached_and_well_formed() -> None:
     first = hardware.fingerprint()
     assert first is hardware.fingerprint()
-    assert first.startswith("CPU: ") and ". DriveSerial: " in first
+    assert first.startswith("CPU: ")
+    assert ". DriveSerial: " in first

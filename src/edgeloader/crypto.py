@@ -27,7 +27,9 @@ from edgeloader.errors import DecryptionError
 
 __all__ = [
     "BLOCK_SIZE",
+    "FULL_SMALL_PART_FROM",
     "IV_SIZE",
+    "MAX_SMALL_PART",
     "DecryptionError",
     "Decryptor",
     "Encryptor",
@@ -43,10 +45,37 @@ __all__ = [
     "hw_hash",
     "key_from_str",
     "padded_length",
+    "plaintext_length",
     "resource_key",
+    "small_part_length",
 ]
 
 IV_SIZE = BLOCK_SIZE
+#: Largest small part (DESIGN §4).
+MAX_SMALL_PART = 3072
+#: From this ciphertext length on, the small part is always MAX_SMALL_PART.
+FULL_SMALL_PART_FROM = MAX_SMALL_PART * 10 // 3
+
+
+def small_part_length(ciphertext_length: int) -> int:
+    """``min(3072, floor(0.3 x len(ct)))``, in integers to avoid float rounding."""
+    return min(MAX_SMALL_PART, ciphertext_length * 3 // 10)
+
+
+def plaintext_length(key: bytes, ciphertext_length: int, last_two_blocks: bytes) -> int:
+    """Length of the plaintext of a v1 ciphertext, from its last 32 bytes only.
+
+    CBC lets the final block be decrypted on its own (its IV is the block
+    before it), which reveals the padding and so the exact length before
+    the rest is read. Raises :class:`DecryptionError` like any bad input.
+    """
+    if ciphertext_length < 2 * BLOCK_SIZE or ciphertext_length % BLOCK_SIZE:
+        raise DecryptionError()
+    if len(last_two_blocks) != 2 * BLOCK_SIZE:
+        raise DecryptionError()
+    dec = Decryptor(key, last_two_blocks[:BLOCK_SIZE])
+    dec.update(last_two_blocks[BLOCK_SIZE:])
+    return ciphertext_length - 2 * BLOCK_SIZE + len(dec.finalize())
 
 
 def padded_length(plaintext_length: int) -> int:

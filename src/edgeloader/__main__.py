@@ -1,0 +1,3 @@
+from edgeloader.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The one typed settings object, read from the environment.
+
+Every knob of the loader lives here. ``Settings.from_env`` validates
+everything up front so that bad configuration stops start-up with a single
+clear line (a :class:`ConfigError`) instead of failing later mid-request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from edgeloader.errors import ConfigError
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class CdnOverrides:
+    """``EDGELOADER_CDN_*``: each one, when set, wins over ``cdn.yaml``."""
+
+    host: str | None = None
+    downloader_access_key: str | None = None
+    downloader_access_secret: str | None = None
+    uploader_access_key: str | None = None
+    uploader_access_secret: str | None = None
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    resource_api_url: str
+    images_path: Path = Path("/opt/edgeloader/images.enc")
+    api_version: str = "latest"
+    api_services: tuple[str, ...] = ()
+    cache_dir: Path | None = None
+    host: str = "0.0.0.0"  # noqa: S104 - a device service, reached by agents on the box
+    port: int = 8080
+    docker_host: str | None = None
+    cdn: CdnOverrides = field(default_factory=CdnOverrides)
+    upstream_jwt_key: str | None = None
+    # Tuning; the defaults suit small devices.
+    chunk_size: int = 1 * MiB
+    upload_part_size: int = 8 * MiB
+    max_upload_bytes: int = 64 * 1024 * MiB
+    api_timeout: float = 30.0
+    cdn_connect_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        url = get("RESOURCE_API_URL")
+        if url is None:
+            raise ConfigError("RESOURCE_API_URL is required (the Resource API base URL)")
+        _check_url("RESOURCE_API_URL", url)
+        cdn = CdnOverrides(
+            host=get("EDGELOADER_CDN_HOST"),
+            downloader_access_key=get("EDGELOADER_CDN_DOWNLOADER_ACCESS_KEY"),
+            downloader_access_secret=get("EDGELOADER_CDN_DOWNLOADER_ACCESS_SECRET"),
+            uploader_access_key=get("EDGELOADER_CDN_UPLOADER_ACCESS_KEY"),
+            uploader_access_secret=get("EDGELOADER_CDN_UPLOADER_ACCESS_SECRET"),
+            region=get("EDGELOADER_CDN_REGION") or "us-east-1",
+        )
+        if cdn.host:
+            _check_url("EDGELOADER_CDN_HOST", cdn.host)
+        services = tuple(s.strip() for s in (get("EDGELOADER_API_SERVICES") or "").split(","))
+        cache = get("EDGELOADER_CACHE_DIR")
+        settings = cls(
+            resource_api_url=url.rstrip("/"),
+            images_path=Path(get("IMAGES_PATH") or cls.images_path),
+            api_version=get("API_VERSION") or cls.api_version,
+            api_services=tuple(s for s in services if s),
+            cache_dir=Path(cache) if cache else None,
+            host=get("EDGELOADER_HOST") or cls.host,
+            port=_port(get("EDGELOADER_PORT") or str(cls.port)),
+            docker_host=get("DOCKER_HOST"),
+            cdn=cdn,
+            upstream_jwt_key=get("EDGELOADER_UPSTREAM_JWT_KEY"),
+        )
+        return settings
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields changed (CLI flags win over the environment)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+    @property
+    def expected_images(self) -> tuple[str, ...]:
+        """Image references that must be in the engine after an unlock."""
+        return tuple(f"{repo}:{self.api_version}" for repo in self.api_services)
+
+
+def _check_url(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(f"EDGELOADER_PORT must be a number, got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"EDGELOADER_PORT must be 0-65535, got {port}")
+    return port

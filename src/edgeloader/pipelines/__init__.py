@@ -1,0 +1,1 @@
+"""The streaming flows: load, upload and unlock. They know nothing of HTTP."""

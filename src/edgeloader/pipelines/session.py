@@ -1,0 +1,63 @@
+"""What every pipeline needs of the device's upstream session: the Resource
+API client, the device fingerprint, the per-device API key and the CDN."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from edgeloader import crypto
+from edgeloader.config import Settings
+from edgeloader.errors import NotAuthenticated
+from edgeloader.upstream.cdn import Cdn, CdnConfig
+from edgeloader.upstream.resource_api import ResourceApiClient
+
+log = logging.getLogger(__name__)
+
+CDN_SETTINGS_FILE = "cdn.yaml"
+
+
+class DeviceSession:
+    def __init__(self, settings: Settings, api: ResourceApiClient, hardware: str) -> None:
+        self.settings = settings
+        self.api = api
+        self.hardware = hardware
+        self._cdn: Cdn | None = None
+        self._cdn_lock = asyncio.Lock()
+
+    def api_key(self) -> bytes:
+        creds = self.api.credentials
+        if creds is None:
+            raise NotAuthenticated("not logged in: POST /login first")
+        return crypto.api_key(creds.email, creds.password, self.hardware)
+
+    async def fetch_small(self, folder: str, file_name: str) -> bytes:
+        """A part served by the API, with the per-device encryption removed."""
+        wire = await self.api.fetch_part(folder, file_name, self.hardware)
+        return crypto.decrypt_v1(self.api_key(), wire)
+
+    async def cdn(self) -> Cdn:
+        """The CDN clients, opened on first use with ``cdn.yaml`` from the API
+        (unless the environment configures the CDN completely)."""
+        async with self._cdn_lock:
+            if self._cdn is None:
+                overrides = self.settings.cdn
+                text = None
+                if not CdnConfig.complete_without_yaml(overrides):
+                    raw = await self.fetch_small("", CDN_SETTINGS_FILE)
+                    text = raw.decode("utf-8", errors="replace")
+                config = CdnConfig.resolve(text, overrides)
+                cdn = Cdn(config, connect_timeout=self.settings.cdn_connect_timeout)
+                self._cdn = await cdn.__aenter__()
+                log.info("CDN at %s", config.host)
+            return self._cdn
+
+    async def reset(self) -> None:
+        """Drops the CDN clients, e.g. after a login as someone else."""
+        async with self._cdn_lock:
+            if self._cdn is not None:
+                await self._cdn.__aexit__(None, None, None)
+                self._cdn = None
+
+    async def close(self) -> None:
+        await self.reset()

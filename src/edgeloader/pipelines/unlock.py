@@ -1,0 +1,157 @@
+"""Unlock: key fragment → archive key → decrypt ``images.enc`` as a stream
+straight into the engine's image load. No temp file, no plaintext on disk.
+
+One unlock runs at a time, in the background; callers poll its status.
+Reading, decrypting and loading overlap: the engine consumes an async
+generator that reads the next chunk only when the engine wants it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeloader import crypto
+from edgeloader.errors import EdgeloaderError, EngineError, NotFound
+from edgeloader.pipelines.session import DeviceSession
+from edgeloader.upstream.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class UnlockState(enum.StrEnum):
+    IDLE = "idle"
+    AUTHENTICATING = "authenticating"
+    DOWNLOADING_KEY = "downloading_key"
+    DECRYPTING = "decrypting"
+    LOADING_IMAGES = "loading_images"
+    READY = "ready"
+    ERROR = "error"
+
+
+@dataclass
+class UnlockStatus:
+    state: UnlockState = UnlockState.IDLE
+    error: str | None = None
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+async def read_file_chunks(path: Path, chunk_size: int) -> AsyncIterator[bytes]:
+    """The file's bytes in chunks, read off the event loop."""
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        while data := await asyncio.to_thread(handle.read, chunk_size):
+            yield data
+    finally:
+        handle.close()
+
+
+async def decrypted_archive(
+    key: bytes, path: Path, chunk_size: int, progress: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    """Plaintext of the v1 archive; ``progress`` gets ciphertext bytes read."""
+
+    async def counted() -> AsyncIterator[bytes]:
+        async for chunk in read_file_chunks(path, chunk_size):
+            progress(len(chunk))
+            yield chunk
+
+    async for plain in crypto.decrypt_stream(key, counted()):
+        yield plain
+
+
+class UnlockManager:
+    def __init__(self, session: DeviceSession, engine: Engine) -> None:
+        self.session = session
+        self.engine = engine
+        self.status = UnlockStatus()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self, email: str, password: str) -> UnlockStatus:
+        """Starts an unlock unless one runs or every image is already there."""
+        if self.running:
+            return self.status
+        settings = self.session.settings
+        expected = settings.expected_images
+        try:
+            if expected and not await self.engine.missing_images(expected):
+                self.status = UnlockStatus(UnlockState.READY)
+                return self.status
+        except EngineError as exc:
+            self.status = UnlockStatus(UnlockState.ERROR, error=exc.detail)
+            log.error("unlock: %s", exc.detail)
+            return self.status
+        if not settings.images_path.is_file():
+            raise NotFound(f"image archive not found: {settings.images_path}")
+        total = settings.images_path.stat().st_size
+        self.status = UnlockStatus(UnlockState.AUTHENTICATING, bytes_total=total)
+        self._task = asyncio.create_task(self._run(email, password), name="unlock")
+        return self.status
+
+    def _set(self, state: UnlockState) -> None:
+        log.info("unlock: %s", state.value)
+        self.status.state = state
+
+    def _progress(self, n: int) -> None:
+        self.status.bytes_done += n
+
+    async def _run(self, email: str, password: str) -> None:
+        settings = self.session.settings
+        before: set[str] | None = None
+        try:
+            await self.session.api.login(email, password)
+            self._set(UnlockState.DOWNLOADING_KEY)
+            key = crypto.archive_key(await self.session.api.key_fragment())
+            before = await self.engine.image_ids()
+            self._set(UnlockState.DECRYPTING)
+            archive = decrypted_archive(
+                key, settings.images_path, settings.chunk_size, self._progress
+            )
+            messages = await self.engine.load(self._mark_sent(archive))
+            for line in messages:
+                log.info("engine: %s", line)
+            missing = await self.engine.missing_images(settings.expected_images)
+            if missing:
+                raise NotFound(f"archive loaded but images missing: {', '.join(missing)}")
+            self._set(UnlockState.READY)
+        except EdgeloaderError as exc:
+            await self._fail(exc.detail, before)
+        except Exception as exc:
+            log.exception("unlock failed unexpectedly")
+            await self._fail(f"unexpected error: {exc}", before)
+
+    async def _mark_sent(self, archive: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Passes the archive through; once it is all sent, the engine is
+        still unpacking, which the status shows as ``loading_images``."""
+        async for chunk in archive:
+            yield chunk
+        self._set(UnlockState.LOADING_IMAGES)
+
+    async def _fail(self, message: str, before: set[str] | None) -> None:
+        log.error("unlock failed: %s", message)
+        self.status.error = message
+        self.status.state = UnlockState.ERROR
+        if before is None:
+            return
+        try:
+            new = await self.engine.image_ids() - before
+            if new:
+                await self.engine.remove_images(new)
+        except EdgeloaderError:
+            log.warning("could not check the engine for partial images", exc_info=True)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,240 @@
+"""Client of the S3-compatible CDN that serves the big parts (aiobotocore).
+
+Reads use the downloader credentials and stream in ``chunk_size`` pieces
+(aiobotocore's default of 1 KiB would cost a Python iteration per KiB).
+Writes use the uploader credentials and a multipart upload, so memory stays
+at one part whatever the object's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import yaml
+from aiobotocore.session import get_session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from edgeloader.config import CdnOverrides
+from edgeloader.errors import CdnError, ConfigError, NotFound
+
+log = logging.getLogger(__name__)
+
+_MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+# S3 refuses multipart parts under 5 MiB, except the last.
+MIN_PART_SIZE = 5 << 20
+
+
+@dataclass(frozen=True)
+class CdnConfig:
+    host: str
+    downloader_access_key: str
+    downloader_access_secret: str
+    uploader_access_key: str
+    uploader_access_secret: str
+    region: str = "us-east-1"
+
+    @classmethod
+    def resolve(cls, yaml_text: str | None, overrides: CdnOverrides) -> CdnConfig:
+        """``cdn.yaml`` (DESIGN §3) with the environment's overrides on top."""
+        doc: dict[str, Any] = {}
+        if yaml_text:
+            try:
+                loaded = yaml.safe_load(yaml_text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"cdn.yaml is not valid YAML: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError("cdn.yaml must be a mapping")
+            doc = loaded
+        names = (
+            "host",
+            "downloader_access_key",
+            "downloader_access_secret",
+            "uploader_access_key",
+            "uploader_access_secret",
+        )
+        values = {n: getattr(overrides, n) or doc.get(n) for n in names}
+        missing = [n for n, v in values.items() if not v]
+        if missing:
+            raise ConfigError(f"CDN settings missing: {', '.join(missing)}")
+        return cls(**{n: str(v) for n, v in values.items()}, region=overrides.region)
+
+    @staticmethod
+    def complete_without_yaml(overrides: CdnOverrides) -> bool:
+        """True when the environment alone configures the CDN."""
+        return all(
+            (
+                overrides.host,
+                overrides.downloader_access_key,
+                overrides.downloader_access_secret,
+                overrides.uploader_access_key,
+                overrides.uploader_access_secret,
+            )
+        )
+
+
+@contextlib.contextmanager
+def _mapped(what: str) -> Any:
+    """Maps botocore and transport errors to ours."""
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _MISSING_CODES:
+            raise NotFound(f"{what}: not found on the CDN") from None
+        raise CdnError(f"CDN refused {what}: {code or exc}") from exc
+    except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise CdnError(f"CDN unreachable during {what}: {exc}") from exc
+
+
+class CdnObject:
+    """An object being read: its size, and its bytes as a stream."""
+
+    def __init__(self, what: str, size: int, body: Any) -> None:
+        self.size = size
+        self._what = what
+        self._body = body
+
+    async def chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
+        with _mapped(self._what):
+            async for chunk in self._body.iter_chunks(chunk_size):
+                yield chunk
+
+    def close(self) -> None:
+        """Releases the connection; stops an unfinished read."""
+        self._body.close()
+
+
+class Cdn:
+    """Both CDN clients; use as an async context manager."""
+
+    def __init__(self, config: CdnConfig, *, connect_timeout: float = 10.0) -> None:
+        self.config = config
+        self._boto = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=60,
+            retries={"max_attempts": 2, "mode": "standard"},
+            s3={"addressing_style": "path"},
+        )
+        self._stack = contextlib.AsyncExitStack()
+        self._reader: Any = None
+        self._writer: Any = None
+
+    async def __aenter__(self) -> Cdn:
+        session = get_session()
+        common = {
+            "endpoint_url": self.config.host,
+            "region_name": self.config.region,
+            "config": self._boto,
+        }
+        self._reader = await self._stack.enter_async_context(
+            session.create_client(
+                "s3",
+                aws_access_key_id=self.config.downloader_access_key,
+                aws_secret_access_key=self.config.downloader_access_secret,
+                **common,
+            )
+        )
+        self._writer = await self._stack.enter_async_context(
+            session.create_client(
+                "s3",
+                aws_access_key_id=self.config.uploader_access_key,
+                aws_secret_access_key=self.config.uploader_access_secret,
+                **common,
+            )
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def tail(self, bucket: str, key: str, length: int) -> tuple[int, bytes]:
+        """The object's size and its last ``length`` bytes (all of it if shorter)."""
+        what = f"read of {bucket}/{key}"
+        with _mapped(what):
+            resp = await self._reader.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{length}")
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+        content_range = resp.get("ContentRange") or ""
+        match = re.search(r"/(\d+)$", content_range)
+        size = int(match.group(1)) if match else len(data)
+        return size, data
+
+    async def get(self, bucket: str, key: str) -> CdnObject:
+        """Starts a read of the whole object; the caller must ``close()`` it."""
+        what = f"read of {bucket}/{key}"
+        with _mapped(what):
+            resp = await self._reader.get_object(Bucket=bucket, Key=key)
+        return CdnObject(what, int(resp.get("ContentLength") or 0), resp["Body"])
+
+    async def upload(
+        self, bucket: str, key: str, chunks: AsyncIterable[bytes], part_size: int
+    ) -> int:
+        """Uploads a stream; a multipart upload unless it fits in one part.
+
+        On any failure the multipart upload is aborted, so no half object
+        and no orphaned parts remain.
+        """
+        part_size = max(part_size, MIN_PART_SIZE)
+        what = f"upload of {bucket}/{key}"
+        buffer = bytearray()
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        total = 0
+        try:
+            async for chunk in chunks:
+                buffer += chunk
+                total += len(chunk)
+                while len(buffer) >= part_size:
+                    if upload_id is None:
+                        with _mapped(what):
+                            created = await self._writer.create_multipart_upload(
+                                Bucket=bucket, Key=key
+                            )
+                        upload_id = created["UploadId"]
+                    piece = bytes(buffer[:part_size])
+                    del buffer[:part_size]
+                    parts.append(
+                        await self._put_part(bucket, key, upload_id, len(parts) + 1, piece)
+                    )
+            with _mapped(what):
+                if upload_id is None:
+                    await self._writer.put_object(Bucket=bucket, Key=key, Body=bytes(buffer))
+                    return total
+                if buffer:
+                    parts.append(
+                        await self._put_part(bucket, key, upload_id, len(parts) + 1, bytes(buffer))
+                    )
+                await self._writer.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+            return total
+        except BaseException:
+            if upload_id is not None:
+                await self._abort(bucket, key, upload_id)
+            raise
+
+    async def delete(self, bucket: str, key: str) -> None:
+        with _mapped(f"delete of {bucket}/{key}"):
+            await self._writer.delete_object(Bucket=bucket, Key=key)
+
+    async def _put_part(
+        self, bucket: str, key: str, upload_id: str, number: int, data: bytes
+    ) -> dict[str, Any]:
+        with _mapped(f"upload of {bucket}/{key} part {number}"):
+            resp = await self._writer.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            )
+        return {"PartNumber": number, "ETag": resp["ETag"]}
+
+    async def _abort(self, bucket: str, key: str, upload_id: str) -> None:
+        try:
+            await self._writer.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception:  # the original error matters more; S3 expires orphans too
+            log.warning("could not abort multipart upload of %s/%s", bucket, key, exc_info=True)

@@ -1,0 +1,5 @@
+"""The HTTP face of the loader: routes that call pipelines, and nothing more."""
+
+from edgeloader.web.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,33 @@
+"""One error middleware: our exception hierarchy → JSON ``{"detail"}``."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from edgeloader.errors import EdgeloaderError
+
+log = logging.getLogger(__name__)
+
+
+def error_body(status: int, detail: str) -> web.Response:
+    return web.json_response({"detail": detail}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EdgeloaderError as exc:
+        level = logging.WARNING if exc.status >= 500 else logging.INFO
+        log.log(level, "%s %s -> %d %s", request.method, request.path, exc.status, exc.detail)
+        return error_body(exc.status, exc.detail)
+    except web.HTTPException as exc:
+        if exc.empty_body or exc.status < 400:
+            raise
+        return error_body(exc.status, exc.reason)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_body(500, "internal error")

@@ -1,0 +1,184 @@
+"""Route handlers, drop-in compatible with Azaion.Loader.
+
+Handlers parse and validate the request, call a pipeline and shape the
+answer; the work itself lives in ``edgeloader.pipelines``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from edgeloader.errors import (
+    EdgeloaderError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ValidationFailed,
+)
+from edgeloader.names import safe_folder, safe_name
+from edgeloader.pipelines import load, upload
+from edgeloader.web.state import services
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+DEFAULT_FOLDER = "models"
+
+
+async def json_body(request: web.Request, *required: str) -> dict[str, Any]:
+    """A JSON object with string values for ``required``, else 422."""
+    try:
+        body = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge("request body too large") from None
+    except ValueError:
+        raise ValidationFailed("request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    for name in required:
+        if not isinstance(body.get(name), str) or not body[name]:
+            raise ValidationFailed(f"field '{name}' is required and must be a string")
+    return body
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "healthy"})
+
+
+@routes.get("/status")
+async def status(request: web.Request) -> web.Response:
+    svc = services(request)
+    cache_dir = svc.settings.cache_dir
+    return web.json_response(
+        {
+            "status": "healthy",
+            "authenticated": svc.session.api.authenticated,
+            "modelCacheDir": str(cache_dir) if cache_dir else None,
+        }
+    )
+
+
+@routes.post("/login")
+async def login(request: web.Request) -> web.Response:
+    body = await json_body(request, "email", "password")
+    svc = services(request)
+    previous = svc.session.api.credentials
+    await svc.session.api.login(body["email"], body["password"])
+    if previous is not None and previous.email != body["email"]:
+        await svc.session.reset()
+    return web.json_response({"status": "ok"})
+
+
+@routes.post("/load/{filename}")
+async def load_resource(request: web.Request) -> web.StreamResponse:
+    name = safe_name(request.match_info["filename"], "filename")
+    body = await json_body(request)
+    if body.get("filename") not in (None, "", name):
+        raise InvalidRequest("filename in the path and in the body differ")
+    folder = safe_folder(body.get("folder") or DEFAULT_FOLDER)
+    svc = services(request)
+    stream = await load.open_resource(svc.session, svc.cache, folder, name)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{name}"',
+        }
+    )
+    response.content_length = stream.length
+    sent = 0
+    async with contextlib.aclosing(stream.chunks) as chunks:
+        await response.prepare(request)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+                sent += len(chunk)
+        except ConnectionError:
+            log.info("client left %s/%s after %d of %d bytes", folder, name, sent, stream.length)
+            return response
+        except EdgeloaderError as exc:
+            # Headers are out: the only honest signal left is a cut connection,
+            # which the client sees as a body shorter than Content-Length.
+            log.error("load of %s/%s failed after %d bytes: %s", folder, name, sent, exc.detail)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+    await response.write_eof()
+    log.info("loaded %s/%s from %s: %d bytes", folder, name, stream.source, sent)
+    return response
+
+
+async def _part_chunks(part: BodyPartReader, chunk_size: int, limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    while chunk := await part.read_chunk(chunk_size):
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"upload larger than {limit} bytes")
+        yield chunk
+
+
+@routes.post("/upload/{filename}")
+async def upload_resource(request: web.Request) -> web.Response:
+    name = safe_name(request.match_info["filename"], "filename")
+    svc = services(request)
+    if not request.content_type.startswith("multipart/"):
+        raise ValidationFailed("upload must be multipart/form-data with a file field 'data'")
+    folder = safe_folder(request.query.get("folder") or DEFAULT_FOLDER)
+    folder_given = "folder" in request.query
+    staged: upload.StagedUpload | None = None
+    reader = await request.multipart()
+    try:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ValidationFailed("nested multipart bodies are not supported")
+            if part.name == "folder":
+                value = safe_folder((await part.text()).strip())
+                if staged is not None and value != folder:
+                    raise ValidationFailed("the 'folder' field must come before the file")
+                folder, folder_given = value, True
+            elif part.name == "data":
+                if staged is not None:
+                    raise ValidationFailed("only one file field 'data' is allowed")
+                chunks = _part_chunks(part, svc.settings.chunk_size, svc.settings.max_upload_bytes)
+                staged = await upload.stage_upload(svc.session, folder, name, chunks)
+            else:
+                await part.release()
+        if staged is None:
+            raise ValidationFailed("multipart field 'data' (the file) is required")
+        await staged.publish()
+    except BaseException:
+        if staged is not None:
+            await staged.discard()
+        raise
+    log.info("upload of %s to folder %s (%s)", name, folder, "given" if folder_given else "default")
+    return web.json_response(
+        {
+            "status": "ok",
+            "filename": name,
+            "folder": folder,
+            "size": staged.plaintext_bytes,
+        }
+    )
+
+
+@routes.post("/unlock")
+async def unlock(request: web.Request) -> web.Response:
+    body = await json_body(request, "email", "password")
+    status = await services(request).unlock.start(body["email"], body["password"])
+    return web.json_response({"state": status.state.value})
+
+
+@routes.get("/unlock/status")
+async def unlock_status(request: web.Request) -> web.Response:
+    status = services(request).unlock.status
+    return web.json_response(
+        {
+            "state": status.state.value,
+            "error": status.error,
+            "bytesDone": status.bytes_done,
+            "bytesTotal": status.bytes_total,
+        }
+    )

@@ -1,0 +1,32 @@
+"""The app's typed state, shared by the factory and the handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from edgeloader.config import Settings
+from edgeloader.pipelines.cache import ModelCache
+from edgeloader.pipelines.session import DeviceSession
+from edgeloader.pipelines.unlock import UnlockManager
+from edgeloader.upstream.engine import Engine
+
+
+@dataclass
+class Services:
+    """Everything the handlers reach, opened and closed with the app."""
+
+    settings: Settings
+    session: DeviceSession
+    cache: ModelCache | None
+    engine: Engine
+    unlock: UnlockManager
+
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]

@@ -72,6 +72,9 @@ class UnlockManager:
         self.engine = engine
         self.status = UnlockStatus()
         self._task: asyncio.Task[None] | None = None
+        # start() awaits the engine before creating the task; without the
+        # lock, concurrent callers could all pass the `running` check.
+        self._starting = asyncio.Lock()
 
     @property
     def running(self) -> bool:
@@ -79,6 +82,10 @@ class UnlockManager:
 
     async def start(self, email: str, password: str) -> UnlockStatus:
         """Starts an unlock unless one runs or every image is already there."""
+        async with self._starting:
+            return await self._start(email, password)
+
+    async def _start(self, email: str, password: str) -> UnlockStatus:
         if self.running:
             return self.status
         settings = self.session.settings

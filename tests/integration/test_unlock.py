@@ -1,0 +1,217 @@
+"""Unlock against podman's Docker-compatible service, started per session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeloader.resource_api.publish import encrypt_archive
+from tests.integration.conftest import ADMIN, Stack
+from tests.support.engine import PodmanService, image_exists, remove_image, save_images
+
+SERVICES = ("localhost/edgeloader-svc-a", "localhost/edgeloader-svc-b")
+IMAGES = tuple(f"{repo}:latest" for repo in SERVICES)
+CREDS = {"email": ADMIN[0], "password": ADMIN[1]}
+
+
+@pytest.fixture(scope="session")
+def plain_archive(engine: PodmanService, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``docker save`` archive holding both service images."""
+    from tests.support.engine import import_busybox_image
+
+    for ref in IMAGES:
+        import_busybox_image(engine, ref)
+    return save_images(engine, IMAGES, tmp_path_factory.mktemp("images") / "images.tar")
+
+
+@pytest.fixture
+def clean_engine(engine: PodmanService) -> Iterator[PodmanService]:
+    for ref in IMAGES:
+        remove_image(engine, ref)
+    yield engine
+    for ref in IMAGES:
+        remove_image(engine, ref)
+
+
+def encrypted_archive(stack: Stack, plain: Path) -> Path:
+    fragment = (stack.api_dir / "key_fragment").read_bytes()
+    out = stack.tmp / "images.enc"
+    encrypt_archive(plain, out, fragment)
+    return out
+
+
+async def start_unlocker(stack: Stack, engine: PodmanService, archive: Path, **extra: Any) -> None:
+    settings = stack.settings(
+        images_path=archive,
+        api_services=SERVICES,
+        docker_host=engine.docker_host,
+        **extra,
+    )
+    await stack.start_loader(settings)
+
+
+async def unlock(stack: Stack) -> dict[str, Any]:
+    async with stack.http.post(f"{stack.loader_url}/unlock", json=CREDS) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()  # type: ignore[no-any-return]
+
+
+async def final_status(stack: Stack, timeout: float = 120) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        async with stack.http.get(f"{stack.loader_url}/unlock/status") as resp:
+            status: dict[str, Any] = await resp.json()
+        if status["state"] in ("ready", "error"):
+            return status
+        assert loop.time() < deadline, f"unlock did not finish: {status}"
+        await asyncio.sleep(0.05)
+
+
+async def test_unlock_loads_every_expected_image(
+    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    archive = encrypted_archive(stack, plain_archive)
+    await start_unlocker(stack, clean_engine, archive)
+    first = await unlock(stack)
+    assert first["state"] == "authenticating"
+    status = await final_status(stack)
+    assert status == {
+        "state": "ready",
+        "error": None,
+        "bytesDone": archive.stat().st_size,
+        "bytesTotal": archive.stat().st_size,
+    }
+    for ref in IMAGES:
+        assert image_exists(clean_engine, ref)
+
+
+async def test_already_loaded_is_ready_at_once(
+    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    archive = encrypted_archive(stack, plain_archive)
+    await start_unlocker(stack, clean_engine, archive)
+    await unlock(stack)
+    assert (await final_status(stack))["state"] == "ready"
+    await start_unlocker(stack, clean_engine, archive)
+    assert await unlock(stack) == {"state": "ready"}
+
+
+async def test_concurrent_unlocks_start_one_run(
+    stack: Stack,
+    clean_engine: PodmanService,
+    plain_archive: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    archive = encrypted_archive(stack, plain_archive)
+    await start_unlocker(stack, clean_engine, archive)
+    with caplog.at_level(logging.INFO, logger="edgeloader.pipelines.unlock"):
+        answers = await asyncio.gather(*(unlock(stack) for _ in range(5)))
+        assert all(a["state"] != "error" for a in answers)
+        assert (await final_status(stack))["state"] == "ready"
+    runs = [r for r in caplog.records if r.getMessage() == "unlock: downloading_key"]
+    assert len(runs) == 1
+
+
+async def test_missing_archive_is_404(stack: Stack, clean_engine: PodmanService) -> None:
+    await start_unlocker(stack, clean_engine, stack.tmp / "absent.enc")
+    async with stack.http.post(f"{stack.loader_url}/unlock", json=CREDS) as resp:
+        assert resp.status == 404
+        assert "archive not found" in (await resp.json())["detail"]
+
+
+async def test_corrupted_archive_ends_in_error_and_loads_nothing(
+    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    archive = encrypted_archive(stack, plain_archive)
+    data = bytearray(archive.read_bytes())
+    data[-1] ^= 0x42  # the final padding no longer checks out
+    archive.write_bytes(bytes(data))
+    await start_unlocker(stack, clean_engine, archive)
+    await unlock(stack)
+    status = await final_status(stack)
+    assert status["state"] == "error"
+    assert status["error"] == "decryption failed"
+    for ref in IMAGES:
+        assert not image_exists(clean_engine, ref)
+
+
+async def test_wrong_fragment_ends_in_error(
+    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    out = stack.tmp / "images.enc"
+    encrypt_archive(plain_archive, out, b"some other fragment")
+    await start_unlocker(stack, clean_engine, out)
+    await unlock(stack)
+    status = await final_status(stack)
+    assert status["state"] == "error"
+    assert status["error"] in ("decryption failed",) or "image load failed" in status["error"]
+
+
+async def test_engine_down_ends_in_error_with_a_clear_message(
+    stack: Stack, plain_archive: Path
+) -> None:
+    archive = encrypted_archive(stack, plain_archive)
+    socket = stack.tmp / "no-engine.sock"
+    await stack.start_loader(
+        stack.settings(images_path=archive, api_services=SERVICES, docker_host=f"unix://{socket}")
+    )
+    await unlock(stack)
+    status = await final_status(stack)
+    assert status["state"] == "error"
+    assert status["error"].startswith(f"container engine unreachable at unix://{socket}")
+
+
+async def test_bad_credentials_end_in_error(
+    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    archive = encrypted_archive(stack, plain_archive)
+    await start_unlocker(stack, clean_engine, archive)
+    async with stack.http.post(
+        f"{stack.loader_url}/unlock", json={"email": ADMIN[0], "password": "nope"}
+    ) as resp:
+        assert resp.status == 200
+    status = await final_status(stack)
+    assert status == {
+        "state": "error",
+        "error": "invalid email or password",
+        "bytesDone": 0,
+        "bytesTotal": archive.stat().st_size,
+    }
+
+
+async def test_unlock_writes_no_file_under_tmpdir(
+    stack: Stack,
+    clean_engine: PodmanService,
+    plain_archive: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    watched = tmp_path / "tmpdir"
+    watched.mkdir()
+    monkeypatch.setenv("TMPDIR", str(watched))
+    monkeypatch.setattr(tempfile, "tempdir", str(watched))
+    archive = encrypted_archive(stack, plain_archive)
+    await start_unlocker(stack, clean_engine, archive)
+    seen: set[str] = set()
+
+    async def watch() -> None:
+        while True:
+            for root, dirs, files in os.walk(watched):
+                seen.update(os.path.join(root, n) for n in dirs + files)
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await unlock(stack)
+        assert (await final_status(stack))["state"] == "ready"
+    finally:
+        watcher.cancel()
+    assert seen == set()

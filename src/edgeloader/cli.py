@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeloader.publish_cli import add_publish_resource
     from edgeloader.resource_api.cli import add_subcommands
 
-    add_subcommands(commands)
-    add_publish_resource(commands)
+    add_publish_resource(add_subcommands(commands))
     return parser
 
 

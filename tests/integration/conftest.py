@@ -19,11 +19,11 @@ from aiohttp import web
 from moto.server import ThreadedMotoServer
 
 from edgeloader.config import Settings
+from edgeloader.devtools.podman import PodmanService
 from edgeloader.resource_api.server import ResourceApiConfig, create_resource_api_app
 from edgeloader.resource_api.users import UserStore
 from edgeloader.web import create_app
 from tests.support import reference
-from tests.support.engine import PodmanService
 
 ADMIN = ("admin@example.org", "admin-password-1")
 OPERATOR = ("operator@example.org", "operator-password-1")
@@ -58,7 +58,7 @@ def s3_client(endpoint: str) -> Any:
         endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="test",
-        aws_secret_access_key="test",  # noqa: S106 - moto accepts any
+        aws_secret_access_key="test",
     )
 
 
@@ -109,9 +109,7 @@ class Stack:
         return Settings.from_env(env).with_overrides(**overrides)
 
     async def start_loader(self, settings: Settings | None = None) -> str:
-        runner, url = await start(
-            create_app(settings or self.settings(), fingerprint=FINGERPRINT)
-        )
+        runner, url = await start(create_app(settings or self.settings(), fingerprint=FINGERPRINT))
         self.runners.append(runner)
         self.loader_url = url
         return url
@@ -176,9 +174,9 @@ def pattern(size: int) -> bytes:
     return block * reps + block[:rest]
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
+async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not await check():
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")

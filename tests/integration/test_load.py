@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 
 from edgeloader.config import CdnOverrides
-
 from tests.integration.conftest import (
     ADMIN,
     FINGERPRINT,
@@ -48,7 +47,9 @@ async def test_small_part_on_the_wire_is_encrypted_per_device(stack: Stack) -> N
     data = pattern(5000)
     stack.publish("wire.bin", data)
     email, password = ADMIN
-    async with stack.http.post(f"{stack.api_url}/login", json={"email": email, "password": password}) as r:
+    async with stack.http.post(
+        f"{stack.api_url}/login", json={"email": email, "password": password}
+    ) as r:
         token = (await r.json())["token"]
     async with stack.http.post(
         f"{stack.api_url}/resources/get/{stack.bucket}",
@@ -149,7 +150,7 @@ async def test_cache_serves_when_the_cdn_is_down(
     async def committed() -> bool:  # the commit may land just after the last byte
         return [p.suffix for p in entry_dir.iterdir()] == [".big"]
 
-    await wait_for(committed, timeout=10)
+    await wait_for(committed, within=10)
     entries = list(entry_dir.iterdir())
     # The cache holds ciphertext only.
     assert data[:4096] not in entries[0].read_bytes()
@@ -181,7 +182,7 @@ async def test_republished_resource_is_not_served_from_a_stale_cache(stack: Stac
     async def one_entry() -> bool:
         return [p.suffix for p in entry_dir.iterdir()] == [".big"]
 
-    await wait_for(one_entry, timeout=10)
+    await wait_for(one_entry, within=10)
 
 
 async def test_api_down_is_502(stack: Stack) -> None:
@@ -269,9 +270,7 @@ async def test_client_disconnect_mid_stream_leaks_nothing(stack: Stack) -> None:
     stack.publish("big.bin", data)
     await stack.login()
     tasks_before = len(asyncio.all_tasks())
-    resp = await stack.http.post(
-        f"{stack.loader_url}/load/big.bin", json={"folder": stack.bucket}
-    )
+    resp = await stack.http.post(f"{stack.loader_url}/load/big.bin", json={"folder": stack.bucket})
     assert resp.status == 200
     await resp.content.readexactly(1 << 20)
     resp.close()  # drop the connection mid-body
@@ -281,7 +280,7 @@ async def test_client_disconnect_mid_stream_leaks_nothing(stack: Stack) -> None:
         leftovers = list(cache.glob("*")) if cache.exists() else []
         return not leftovers and len(asyncio.all_tasks()) <= tasks_before
 
-    await wait_for(settled, timeout=20)
+    await wait_for(settled, within=20)
     async with stack.http.get(f"{stack.loader_url}/health") as health:
         assert health.status == 200
     assert await stack.load("big.bin") == (200, data)

@@ -12,9 +12,15 @@ from typing import Any
 
 import pytest
 
+from edgeloader.devtools.podman import (
+    PodmanService,
+    image_exists,
+    import_busybox_image,
+    remove_image,
+    save_images,
+)
 from edgeloader.resource_api.publish import encrypt_archive
 from tests.integration.conftest import ADMIN, Stack
-from tests.support.engine import PodmanService, image_exists, remove_image, save_images
 
 SERVICES = ("localhost/edgeloader-svc-a", "localhost/edgeloader-svc-b")
 IMAGES = tuple(f"{repo}:latest" for repo in SERVICES)
@@ -24,8 +30,6 @@ CREDS = {"email": ADMIN[0], "password": ADMIN[1]}
 @pytest.fixture(scope="session")
 def plain_archive(engine: PodmanService, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``docker save`` archive holding both service images."""
-    from tests.support.engine import import_busybox_image
-
     for ref in IMAGES:
         import_busybox_image(engine, ref)
     return save_images(engine, IMAGES, tmp_path_factory.mktemp("images") / "images.tar")
@@ -63,9 +67,9 @@ async def unlock(stack: Stack) -> dict[str, Any]:
         return await resp.json()  # type: ignore[no-any-return]
 
 
-async def final_status(stack: Stack, timeout: float = 120) -> dict[str, Any]:
+async def final_status(stack: Stack, within: float = 120) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         async with stack.http.get(f"{stack.loader_url}/unlock/status") as resp:
             status: dict[str, Any] = await resp.json()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgeloader import crypto
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound
+from edgeloader.files import read_file_chunks
 from edgeloader.pipelines.session import DeviceSession
 from edgeloader.upstream.engine import Engine
 
@@ -40,16 +41,6 @@ class UnlockStatus:
     error: str | None = None
     bytes_done: int = 0
     bytes_total: int = 0
-
-
-async def read_file_chunks(path: Path, chunk_size: int) -> AsyncIterator[bytes]:
-    """The file's bytes in chunks, read off the event loop."""
-    handle = await asyncio.to_thread(path.open, "rb")
-    try:
-        while data := await asyncio.to_thread(handle.read, chunk_size):
-            yield data
-    finally:
-        handle.close()
 
 
 async def decrypted_archive(

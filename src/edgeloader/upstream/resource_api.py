@@ -192,7 +192,8 @@ class ResourceApiClient:
         """``POST /resources/{folder}``: multipart with the file field ``data``."""
 
         def form() -> aiohttp.FormData:
-            fd = aiohttp.FormData()
+            # Names are sent as they are: the API stores what it receives.
+            fd = aiohttp.FormData(quote_fields=False)
             fd.add_field("data", data, filename=file_name, content_type="application/octet-stream")
             return fd
 

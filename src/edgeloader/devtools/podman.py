@@ -1,11 +1,11 @@
-"""A private podman Docker-compatible API service for integration tests.
+"""A private podman Docker-compatible API service for tests and `make run`.
 
 ``PodmanService`` runs ``podman system service`` with its own configuration,
 storage, runtime state and socket under one folder, so tests never touch the
 machine's default container storage. The helpers build tiny busybox images
 through the service's API and write them as ``docker save`` style archives.
 
-Install the engine with ``scripts/install-engine.sh``.
+Install the engine with ``scripts/install-engine.sh`` (``make engine``).
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ _LIBPOD_API = "/v4.0.0/libpod"
 _LOG_TAIL_BYTES = 4000
 # sun_path holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
+
+
+def available() -> bool:
+    """True when podman, runc and a static busybox are installed."""
+    return bool(shutil.which("podman") and shutil.which("runc")) and _is_static_elf(BUSYBOX)
 
 
 class EngineError(RuntimeError):

@@ -1,0 +1,186 @@
+"""``make run``: a complete local stack on one machine, no outside service.
+
+- moto's S3 server as the CDN,
+- the reference Resource API with a demo user,
+- podman's engine service, when podman is installed,
+- a published sample resource and a sample image archive,
+- then the loader in the foreground, until Ctrl-C.
+
+State lives in ``.state/devstack`` and is reused between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from contextlib import AsyncExitStack, suppress
+from pathlib import Path
+
+from aiobotocore.session import get_session
+from aiohttp import web
+from moto.server import ThreadedMotoServer
+
+from edgeloader import logs
+from edgeloader.config import Settings
+from edgeloader.devtools import podman
+from edgeloader.errors import EdgeloaderError
+from edgeloader.publish_cli import publish_file
+from edgeloader.resource_api.publish import encrypt_archive
+from edgeloader.resource_api.server import (
+    KEY_FRAGMENT_FILE,
+    ResourceApiConfig,
+    create_resource_api_app,
+    read_or_create_secret,
+)
+from edgeloader.resource_api.users import UserStore
+from edgeloader.web import create_app
+
+log = logging.getLogger("edgeloader.devstack")
+
+DEMO_EMAIL = "demo@edgeloader.local"
+DEMO_PASSWORD = "demo-password"  # noqa: S105 - a local demo account, printed on start
+FOLDER = "models"
+SAMPLE = "sample-model.bin"
+DEMO_SERVICE = "localhost/edgeloader-demo"
+S3_KEY, S3_SECRET = "devstack", "devstack-secret"
+
+
+async def _serve(app: web.Application, host: str, port: int, stack: AsyncExitStack) -> str:
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.TCPSite(runner, host, port).start()
+    return f"http://{host}:{port}"
+
+
+async def _create_bucket(endpoint: str, bucket: str) -> None:
+    async with get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+    ) as s3:
+        with suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+            await s3.create_bucket(Bucket=bucket)
+
+
+def _sample_archive(state: Path, fragment: bytes) -> podman.PodmanService | None:
+    """Builds a demo image with podman and encrypts it as images.enc."""
+    if not podman.available():
+        log.warning("podman not installed: no engine and no sample archive (`make engine`)")
+        return None
+    service = podman.PodmanService(state / "podman")
+    service.start()
+    ref = f"{DEMO_SERVICE}:latest"
+    podman.import_busybox_image(service, ref)
+    tar = podman.save_images(service, [ref], state / "images.tar")
+    encrypt_archive(tar, state / "images.enc", fragment)
+    tar.unlink()
+    podman.remove_image(service, ref)  # so that /unlock has something to do
+    return service
+
+
+async def run(args: argparse.Namespace) -> None:
+    state: Path = args.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=args.s3_port, verbose=False)
+        moto.start()
+        stack.callback(moto.stop)
+        s3 = f"http://127.0.0.1:{args.s3_port}"
+        await _create_bucket(s3, FOLDER)
+
+        api_dir = state / "api"
+        api_dir.mkdir(exist_ok=True)
+        users = UserStore(api_dir / "users.sqlite3")
+        users.add_user(DEMO_EMAIL, DEMO_PASSWORD, role="Admin")
+        users.close()
+        (api_dir / "cdn.yaml").write_text(
+            f"host: {s3}\ndownloader_access_key: {S3_KEY}\ndownloader_access_secret: {S3_SECRET}\n"
+            f"uploader_access_key: {S3_KEY}\nuploader_access_secret: {S3_SECRET}\n"
+        )
+        secret = read_or_create_secret(
+            api_dir / "jwt_secret", lambda: secrets.token_hex(32).encode()
+        )
+        config = ResourceApiConfig(data_dir=api_dir, jwt_secret=secret.decode())
+        api_url = await _serve(create_resource_api_app(config), "127.0.0.1", args.api_port, stack)
+        fragment = (api_dir / KEY_FRAGMENT_FILE).read_bytes()
+
+        sample = state / SAMPLE
+        if not sample.exists():
+            sample.write_bytes(os.urandom(8 << 20))
+        env = {
+            "RESOURCE_API_URL": api_url,
+            "EDGELOADER_CACHE_DIR": str(state / "cache"),
+            "IMAGES_PATH": str(state / "images.enc"),
+        }
+        publish_settings = Settings.from_env(env)
+        await publish_file(publish_settings, DEMO_EMAIL, DEMO_PASSWORD, sample, FOLDER, SAMPLE)
+
+        engine = await asyncio.to_thread(_sample_archive, state, fragment)
+        if engine is not None:
+            stack.callback(engine.stop)
+            env |= {"DOCKER_HOST": engine.docker_host, "EDGELOADER_API_SERVICES": DEMO_SERVICE}
+        settings = Settings.from_env(env).with_overrides(host=args.host, port=args.port)
+        loader = await _serve(create_app(settings), settings.host, settings.port, stack)
+        _print_usage(loader, sample, engine is not None)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+
+
+def _print_usage(url: str, sample: Path, with_engine: bool) -> None:
+    creds = f'{{"email": "{DEMO_EMAIL}", "password": "{DEMO_PASSWORD}"}}'
+    json = "-H 'Content-Type: application/json'"
+    lines = [
+        "",
+        f"edgeloader is up at {url}  (Ctrl-C stops everything)",
+        "",
+        "  # log the device in",
+        f"  curl -s -X POST {url}/login {json} -d '{creds}'",
+        "  # load the sample model and compare it with the original",
+        f'  curl -s -X POST {url}/load/{SAMPLE} {json} -d \'{{"folder": "{FOLDER}"}}\' '
+        f"-o /tmp/{SAMPLE} && cmp /tmp/{SAMPLE} {sample} && echo identical",
+    ]
+    if with_engine:
+        lines += [
+            "  # unlock the service images into the engine, then watch it",
+            f"  curl -s -X POST {url}/unlock {json} -d '{creds}'",
+            f"  curl -s {url}/unlock/status",
+        ]
+    print("\n".join(lines) + "\n", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--state-dir", type=Path, default=Path(".state/devstack"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("EDGELOADER_PORT", 8080)))
+    parser.add_argument("--api-port", type=int, default=8090)
+    parser.add_argument("--s3-port", type=int, default=9000)
+    args = parser.parse_args()
+    logs.configure("text", "INFO")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        asyncio.run(run(args))
+    except EdgeloaderError as exc:
+        print(f"edgeloader: {exc.detail}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"edgeloader: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

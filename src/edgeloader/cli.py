@@ -21,7 +21,10 @@ def serve(args: argparse.Namespace) -> int:
     from edgeloader.web import create_app
 
     logs.configure(args.log_format, args.log_level)
-    settings = Settings.from_env().with_overrides(host=args.host, port=args.port)
+    flags = {"host": args.host, "port": args.port}
+    settings = Settings.from_env().with_overrides(
+        **{k: v for k, v in flags.items() if v is not None}
+    )
     web.run_app(
         create_app(settings),
         host=settings.host,

@@ -88,12 +88,12 @@ class Settings:
         return settings
 
     def with_overrides(self, **changes: object) -> Settings:
-        """A copy with some fields changed (CLI flags win over the environment)."""
+        """A copy with the given fields changed (CLI flags win over the environment)."""
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+        return replace(self, **changes)  # type: ignore[arg-type]
 
     @property
     def expected_images(self) -> tuple[str, ...]:

@@ -100,12 +100,10 @@ class Engine:
             except aiodocker.DockerError as exc:
                 if exc.status == 404:
                     missing.append(ref)
-                    continue
-                raise (
-                    self._unreachable(exc)
-                    if exc.status == 900
-                    else EngineError(f"image inspect failed: {exc.message}")
-                ) from exc
+                elif exc.status == 900:  # aiodocker's code for "cannot connect"
+                    raise self._unreachable(exc) from exc
+                else:
+                    raise EngineError(f"image inspect failed: {exc.message}") from exc
             except (aiohttp.ClientError, OSError) as exc:
                 raise self._unreachable(exc) from exc
         return missing

@@ -88,6 +88,7 @@ class Stack:
     http: aiohttp.ClientSession
     tmp: Path
     bucket: str
+    jwt_secret: str = ""
     runners: list[web.AppRunner] = field(default_factory=list)
     loader_url: str = ""
 
@@ -144,11 +145,14 @@ async def make_stack(
         )
         bucket = f"models-{secrets.token_hex(4)}"
         s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+        jwt_secret = secrets.token_hex(32)
         config = ResourceApiConfig(
-            data_dir=api_dir, jwt_secret=secrets.token_hex(32), token_lifetime=token_lifetime
+            data_dir=api_dir, jwt_secret=jwt_secret, token_lifetime=token_lifetime
         )
         runner, url = await start(create_resource_api_app(config))
-        stack = Stack(s3_endpoint, api_dir, url, runner, aiohttp.ClientSession(), tmp_path, bucket)
+        stack = Stack(
+            s3_endpoint, api_dir, url, runner, aiohttp.ClientSession(), tmp_path, bucket, jwt_secret
+        )
         stacks.append(stack)
         return stack
 

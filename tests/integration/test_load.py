@@ -303,3 +303,32 @@ async def test_corruption_in_the_middle_stays_local(stack: Stack) -> None:
     first = next(i for i in range(len(data)) if body[i] != data[i])
     last = len(data) - next(i for i in range(1, len(data)) if body[-i] != data[-i])
     assert last - first < 32
+
+
+async def test_status_reports_login_and_cache(stack: Stack) -> None:
+    async with stack.http.get(f"{stack.loader_url}/status") as resp:
+        before = await resp.json()
+    await stack.login()
+    async with stack.http.get(f"{stack.loader_url}/status") as resp:
+        after = await resp.json()
+    cache = str(stack.tmp / "cache")
+    assert before == {"status": "healthy", "authenticated": False, "modelCacheDir": cache}
+    assert after == {"status": "healthy", "authenticated": True, "modelCacheDir": cache}
+
+
+async def test_upstream_token_is_verified_with_the_configured_key(stack: Stack) -> None:
+    stack.publish("m.bin", b"verified")
+    await stack.start_loader(stack.settings(upstream_jwt_key=stack.jwt_secret))
+    await stack.login()
+    assert await stack.load("m.bin") == (200, b"verified")
+
+
+async def test_upstream_token_with_a_bad_signature_is_refused(stack: Stack) -> None:
+    await stack.start_loader(stack.settings(upstream_jwt_key="another-secret-" * 4))
+    async with stack.http.post(
+        f"{stack.loader_url}/login", json={"email": ADMIN[0], "password": ADMIN[1]}
+    ) as resp:
+        assert resp.status == 502
+        assert "token rejected" in (await resp.json())["detail"]
+    async with stack.http.get(f"{stack.loader_url}/status") as resp:
+        assert (await resp.json())["authenticated"] is False

@@ -13,6 +13,7 @@ use aes::cipher::{
     BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, InOutBuf, KeyInit,
 };
 use aes::Aes256;
+use std::marker::PhantomData;
 
 use crate::error::CoreError;
 
@@ -118,107 +119,6 @@ fn unpad(block: &Block) -> Result<usize, CoreError> {
     Ok(BLOCK - pad as usize)
 }
 
-/// Streaming AES-256-CBC decryption with PKCS7.
-///
-/// `update` emits plaintext for complete blocks but always holds back the
-/// last one, which may carry padding, until `finalize`.
-pub struct CbcDecryptor {
-    cipher: Aes256,
-    chain: Block,
-    /// Ciphertext not yet decrypted: 0..=16 bytes.
-    pending: [u8; BLOCK],
-    pending_len: usize,
-    finalized: bool,
-}
-
-impl CbcDecryptor {
-    pub fn new(key: &[u8], iv: &[u8]) -> Result<Self, CoreError> {
-        Ok(Self {
-            cipher: new_cipher(key)?,
-            chain: to_block(iv)?,
-            pending: [0; BLOCK],
-            pending_len: 0,
-            finalized: false,
-        })
-    }
-
-    /// How many plaintext bytes `update` emits for `input_len` more bytes.
-    pub fn output_len(&self, input_len: usize) -> usize {
-        let total = self.pending_len + input_len;
-        // Hold back one full block when the input ends on a boundary.
-        total.saturating_sub(1) / BLOCK * BLOCK
-    }
-
-    /// Decrypts what it can of `input` into `out`; returns bytes written,
-    /// always `output_len(input.len())`.
-    pub fn update_into(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CoreError> {
-        if self.finalized {
-            return Err(CoreError::Finalized);
-        }
-        let needed = self.output_len(input.len());
-        if out.len() < needed {
-            return Err(CoreError::OutputTooSmall {
-                needed,
-                got: out.len(),
-            });
-        }
-        if needed == 0 {
-            self.stash(input);
-            return Ok(0);
-        }
-        let mut input = input;
-        let mut written = 0;
-        // Complete and decrypt the pending block first.
-        if self.pending_len > 0 {
-            let take = BLOCK - self.pending_len;
-            self.pending[self.pending_len..].copy_from_slice(&input[..take]);
-            input = &input[take..];
-            let block = self.pending;
-            cbc_decrypt_blocks(&self.cipher, &mut self.chain, &block, &mut out[..BLOCK]);
-            self.pending_len = 0;
-            written = BLOCK;
-        }
-        // Then the bulk straight from the caller's buffer.
-        let bulk = needed - written;
-        cbc_decrypt_blocks(
-            &self.cipher,
-            &mut self.chain,
-            &input[..bulk],
-            &mut out[written..needed],
-        );
-        self.stash(&input[bulk..]);
-        Ok(needed)
-    }
-
-    pub fn update(&mut self, input: &[u8]) -> Result<Vec<u8>, CoreError> {
-        let mut out = vec![0u8; self.output_len(input.len())];
-        self.update_into(input, &mut out)?;
-        Ok(out)
-    }
-
-    fn stash(&mut self, rest: &[u8]) {
-        self.pending[self.pending_len..self.pending_len + rest.len()].copy_from_slice(rest);
-        self.pending_len += rest.len();
-    }
-
-    /// Decrypts the held-back block, checks and strips the padding.
-    /// Any failure, including a truncated stream, is `Decryption`.
-    pub fn finalize(&mut self) -> Result<Vec<u8>, CoreError> {
-        if self.finalized {
-            return Err(CoreError::Finalized);
-        }
-        self.finalized = true;
-        if self.pending_len != BLOCK {
-            return Err(CoreError::Decryption);
-        }
-        let mut last = [0u8; BLOCK];
-        let pending = self.pending;
-        cbc_decrypt_blocks(&self.cipher, &mut self.chain, &pending, &mut last);
-        let keep = unpad(&last)?;
-        Ok(last[..keep].to_vec())
-    }
-}
-
 /// Serial CBC chaining run inside the AES backend, so the per-block loop
 /// does not re-dispatch on CPU features.
 struct EncryptChain<'a> {
@@ -249,16 +149,51 @@ impl BlockCipherEncClosure for EncryptChain<'_> {
     }
 }
 
-/// Streaming AES-256-CBC encryption with PKCS7.
-pub struct CbcEncryptor {
-    cipher: Aes256,
-    chain: Block,
-    pending: [u8; BLOCK],
-    pending_len: usize,
-    finalized: bool,
+/// What differs between the two directions of a stream.
+pub trait Direction {
+    /// Whether a complete last block is held back until `finalize`
+    /// (decryption: it may carry the padding).
+    const HOLDS_LAST_BLOCK: bool;
+    /// CBC over whole blocks, advancing the chaining value.
+    fn blocks(cipher: &Aes256, chain: &mut Block, input: &[u8], out: &mut [u8]);
 }
 
-impl CbcEncryptor {
+pub enum Decrypt {}
+pub enum Encrypt {}
+
+impl Direction for Decrypt {
+    const HOLDS_LAST_BLOCK: bool = true;
+    fn blocks(cipher: &Aes256, chain: &mut Block, input: &[u8], out: &mut [u8]) {
+        cbc_decrypt_blocks(cipher, chain, input, out);
+    }
+}
+
+impl Direction for Encrypt {
+    const HOLDS_LAST_BLOCK: bool = false;
+    fn blocks(cipher: &Aes256, chain: &mut Block, input: &[u8], out: &mut [u8]) {
+        cipher.encrypt_with_backend(EncryptChain { chain, input, out });
+    }
+}
+
+/// Streaming AES-256-CBC with PKCS7 in direction `D`.
+///
+/// `update` emits output for complete blocks and carries an unfinished
+/// block over to the next call; `finalize` pads (encryption) or checks and
+/// strips the padding (decryption).
+pub struct CbcStream<D> {
+    cipher: Aes256,
+    chain: Block,
+    /// Input not yet processed: 0..=16 bytes.
+    pending: Block,
+    pending_len: usize,
+    finalized: bool,
+    direction: PhantomData<D>,
+}
+
+pub type CbcDecryptor = CbcStream<Decrypt>;
+pub type CbcEncryptor = CbcStream<Encrypt>;
+
+impl<D: Direction> CbcStream<D> {
     pub fn new(key: &[u8], iv: &[u8]) -> Result<Self, CoreError> {
         Ok(Self {
             cipher: new_cipher(key)?,
@@ -266,22 +201,22 @@ impl CbcEncryptor {
             pending: [0; BLOCK],
             pending_len: 0,
             finalized: false,
+            direction: PhantomData,
         })
     }
 
-    /// How many ciphertext bytes `update` emits for `input_len` more bytes.
+    /// How many bytes `update` emits for `input_len` more bytes of input.
     pub fn output_len(&self, input_len: usize) -> usize {
-        (self.pending_len + input_len) / BLOCK * BLOCK
+        let total = self.pending_len + input_len;
+        if D::HOLDS_LAST_BLOCK {
+            total.saturating_sub(1) / BLOCK * BLOCK
+        } else {
+            total / BLOCK * BLOCK
+        }
     }
 
-    fn encrypt_blocks(&mut self, input: &[u8], out: &mut [u8]) {
-        self.cipher.encrypt_with_backend(EncryptChain {
-            chain: &mut self.chain,
-            input,
-            out,
-        });
-    }
-
+    /// Processes what it can of `input` into `out`; returns the bytes
+    /// written, always `output_len(input.len())`.
     pub fn update_into(&mut self, input: &[u8], out: &mut [u8]) -> Result<usize, CoreError> {
         if self.finalized {
             return Err(CoreError::Finalized);
@@ -295,17 +230,24 @@ impl CbcEncryptor {
         }
         let mut input = input;
         let mut written = 0;
+        // Complete the pending block first...
         if needed > 0 && self.pending_len > 0 {
             let take = BLOCK - self.pending_len;
             self.pending[self.pending_len..].copy_from_slice(&input[..take]);
             input = &input[take..];
             let block = self.pending;
-            self.encrypt_blocks(&block, &mut out[..BLOCK]);
+            D::blocks(&self.cipher, &mut self.chain, &block, &mut out[..BLOCK]);
             self.pending_len = 0;
             written = BLOCK;
         }
+        // ...then the bulk straight from the caller's buffer.
         let bulk = needed - written;
-        self.encrypt_blocks(&input[..bulk], &mut out[written..needed]);
+        D::blocks(
+            &self.cipher,
+            &mut self.chain,
+            &input[..bulk],
+            &mut out[written..needed],
+        );
         let rest = &input[bulk..];
         self.pending[self.pending_len..self.pending_len + rest.len()].copy_from_slice(rest);
         self.pending_len += rest.len();
@@ -318,17 +260,38 @@ impl CbcEncryptor {
         Ok(out)
     }
 
-    /// Pads and encrypts the final block (always one: PKCS7 pads a full block too).
-    pub fn finalize(&mut self) -> Result<Vec<u8>, CoreError> {
+    /// Marks the stream finished and hands back the pending input.
+    fn finish(&mut self) -> Result<(Block, usize), CoreError> {
         if self.finalized {
             return Err(CoreError::Finalized);
         }
         self.finalized = true;
-        let pad = (BLOCK - self.pending_len) as u8;
-        let mut last = self.pending;
-        last[self.pending_len..].fill(pad);
+        Ok((self.pending, self.pending_len))
+    }
+}
+
+impl CbcStream<Decrypt> {
+    /// Decrypts the held-back block, checks and strips the padding.
+    /// Any failure, including a truncated stream, is `Decryption`.
+    pub fn finalize(&mut self) -> Result<Vec<u8>, CoreError> {
+        let (last_ct, len) = self.finish()?;
+        if len != BLOCK {
+            return Err(CoreError::Decryption);
+        }
+        let mut last = [0u8; BLOCK];
+        Decrypt::blocks(&self.cipher, &mut self.chain, &last_ct, &mut last);
+        let keep = unpad(&last)?;
+        Ok(last[..keep].to_vec())
+    }
+}
+
+impl CbcStream<Encrypt> {
+    /// Pads and encrypts the final block (always one: PKCS7 pads a full block too).
+    pub fn finalize(&mut self) -> Result<Vec<u8>, CoreError> {
+        let (mut last, len) = self.finish()?;
+        last[len..].fill((BLOCK - len) as u8);
         let mut out = vec![0u8; BLOCK];
-        self.encrypt_blocks(&last, &mut out);
+        Encrypt::blocks(&self.cipher, &mut self.chain, &last, &mut out);
         Ok(out)
     }
 }

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from edgeloader.errors import ConfigError
 
 MiB = 1 << 20
+AUTH_MODES = ("required", "compat")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class Settings:
     docker_host: str | None = None
     cdn: CdnOverrides = field(default_factory=CdnOverrides)
     upstream_jwt_key: str | None = None
+    # Agent authentication (docs/security.md).
+    auth_mode: str = "required"
+    state_dir: Path = Path("/var/lib/edgeloader")
+    access_token_ttl: float = 15 * 60
+    refresh_token_ttl: float = 30 * 86_400
+    token_issuer: str = "edgeloader"  # noqa: S105 - the `iss` claim, not a secret
     # Tuning; the defaults suit small devices.
     chunk_size: int = 1 * MiB
     upload_part_size: int = 8 * MiB
@@ -73,6 +80,9 @@ class Settings:
             _check_url("EDGELOADER_CDN_HOST", cdn.host)
         services = tuple(s.strip() for s in (get("EDGELOADER_API_SERVICES") or "").split(","))
         cache = get("EDGELOADER_CACHE_DIR")
+        auth_mode = (get("EDGELOADER_AUTH") or "required").lower()
+        if auth_mode not in AUTH_MODES:
+            raise ConfigError(f"EDGELOADER_AUTH must be one of {', '.join(AUTH_MODES)}")
         settings = cls(
             resource_api_url=url.rstrip("/"),
             images_path=Path(get("IMAGES_PATH") or cls.images_path),
@@ -84,6 +94,10 @@ class Settings:
             docker_host=get("DOCKER_HOST"),
             cdn=cdn,
             upstream_jwt_key=get("EDGELOADER_UPSTREAM_JWT_KEY"),
+            auth_mode=auth_mode,
+            state_dir=Path(get("EDGELOADER_STATE_DIR") or cls.state_dir),
+            access_token_ttl=_seconds(env, "EDGELOADER_ACCESS_TOKEN_TTL", cls.access_token_ttl),
+            refresh_token_ttl=_seconds(env, "EDGELOADER_REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
         )
         return settings
 
@@ -105,6 +119,19 @@ def _check_url(name: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
 
 
 def _port(value: str) -> int:

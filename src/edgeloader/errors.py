@@ -85,6 +85,16 @@ class Forbidden(EdgeloaderError):
     status = 403
 
 
+class TooManyAttempts(EdgeloaderError):
+    """Too many failed attempts; try again later."""
+
+    status = 429
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
+        self.retry_after = retry_after
+        super().__init__(detail or f"too many failed attempts; retry in {retry_after} s")
+
+
 class NotFound(EdgeloaderError):
     """Not found."""
 

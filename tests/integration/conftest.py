@@ -103,9 +103,13 @@ class Stack:
         path.write_bytes(small)
 
     def settings(self, **overrides: Any) -> Settings:
+        # The Azaion-route tests run in compat mode; tests/integration/test_auth.py
+        # covers the default, `required`.
         env = {
             "RESOURCE_API_URL": self.api_url,
             "EDGELOADER_CACHE_DIR": str(self.tmp / "cache"),
+            "EDGELOADER_STATE_DIR": str(self.tmp / "state"),
+            "EDGELOADER_AUTH": "compat",
         }
         return Settings.from_env(env).with_overrides(**overrides)
 

@@ -92,6 +92,10 @@ class ResourceApiClient:
         log.info("logged in upstream as %s (role %s)", identity.email, identity.role or "none")
         return identity
 
+    async def check_credentials(self, email: str, password: str) -> Identity:
+        """Verifies a user upstream without making them the device's session."""
+        return self._identity_from(await self._fetch_token(Credentials(email, password)))
+
     async def _fetch_token(self, creds: Credentials) -> str:
         body = {"email": creds.email, "password": creds.password}
         try:

@@ -7,13 +7,13 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from edgeloader.errors import EdgeloaderError
+from edgeloader.errors import EdgeloaderError, TooManyAttempts
 
 log = logging.getLogger(__name__)
 
 
-def error_body(status: int, detail: str) -> web.Response:
-    return web.json_response({"detail": detail}, status=status)
+def error_body(status: int, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"detail": detail}, status=status, headers=headers)
 
 
 @web.middleware
@@ -23,7 +23,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except EdgeloaderError as exc:
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         log.log(level, "%s %s -> %d %s", request.method, request.path, exc.status, exc.detail)
-        return error_body(exc.status, exc.detail)
+        headers = (
+            {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyAttempts) else None
+        )
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return error_body(exc.status, exc.detail, headers)
     except web.HTTPException as exc:
         if exc.empty_body or exc.status < 400:
             raise

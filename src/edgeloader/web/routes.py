@@ -21,6 +21,15 @@ from edgeloader.errors import (
 )
 from edgeloader.names import safe_folder, safe_name
 from edgeloader.pipelines import load, upload
+from edgeloader.web.guards import (
+    AUDIT_BYTES,
+    AUDIT_OUTCOME,
+    AUDIT_RESOURCE,
+    audited,
+    azaion,
+    client_address,
+    roles,
+)
 from edgeloader.web.state import services
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 @routes.get("/status")
+@azaion
 async def status(request: web.Request) -> web.Response:
     svc = services(request)
     cache_dir = svc.settings.cache_dir
@@ -64,22 +74,34 @@ async def status(request: web.Request) -> web.Response:
 
 @routes.post("/login")
 async def login(request: web.Request) -> web.Response:
+    """Logs the device in upstream; in ``required`` mode also answers with
+    a token pair for the caller."""
     body = await json_body(request, "email", "password")
+    email, password = body["email"], body["password"]
     svc = services(request)
     previous = svc.session.api.credentials
-    await svc.session.api.login(body["email"], body["password"])
-    if previous is not None and previous.email != body["email"]:
+    pair = await svc.auth.login(
+        email,
+        client_address(request),
+        "POST /login",
+        lambda: svc.session.api.login(email, password),
+        issue=svc.settings.auth_mode == "required",
+    )
+    if previous is not None and previous.email != email:
         await svc.session.reset()
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", **(pair.as_json() if pair else {})})
 
 
 @routes.post("/load/{filename}")
+@azaion
+@audited("load")
 async def load_resource(request: web.Request) -> web.StreamResponse:
     name = safe_name(request.match_info["filename"], "filename")
     body = await json_body(request)
     if body.get("filename") not in (None, "", name):
         raise InvalidRequest("filename in the path and in the body differ")
     folder = safe_folder(body.get("folder") or DEFAULT_FOLDER)
+    request[AUDIT_RESOURCE] = f"{folder}/{name}"
     svc = services(request)
     stream = await load.open_resource(svc.session, svc.cache, folder, name)
     response = web.StreamResponse(
@@ -96,13 +118,16 @@ async def load_resource(request: web.Request) -> web.StreamResponse:
             async for chunk in chunks:
                 await response.write(chunk)
                 sent += len(chunk)
+                request[AUDIT_BYTES] = sent
         except ConnectionError:
+            request[AUDIT_OUTCOME] = "client disconnected"
             log.info("client left %s/%s after %d of %d bytes", folder, name, sent, stream.length)
             return response
         except EdgeloaderError as exc:
             # Headers are out: the only honest signal left is a cut connection,
             # which the client sees as a body shorter than Content-Length.
             log.error("load of %s/%s failed after %d bytes: %s", folder, name, sent, exc.detail)
+            request[AUDIT_OUTCOME] = f"failed mid-stream: {exc.detail}"
             if request.transport is not None:
                 request.transport.abort()
             return response
@@ -121,12 +146,16 @@ async def _part_chunks(part: BodyPartReader, chunk_size: int, limit: int) -> Asy
 
 
 @routes.post("/upload/{filename}")
+@azaion
+@roles("ResourceUploader", "Admin", "ApiAdmin")
+@audited("upload")
 async def upload_resource(request: web.Request) -> web.Response:
     name = safe_name(request.match_info["filename"], "filename")
     svc = services(request)
     if not request.content_type.startswith("multipart/"):
         raise ValidationFailed("upload must be multipart/form-data with a file field 'data'")
     folder = safe_folder(request.query.get("folder") or DEFAULT_FOLDER)
+    request[AUDIT_RESOURCE] = f"{folder}/{name}"
     folder_given = "folder" in request.query
     staged: upload.StagedUpload | None = None
     reader = await request.multipart()
@@ -139,6 +168,7 @@ async def upload_resource(request: web.Request) -> web.Response:
                 if staged is not None and value != folder:
                     raise ValidationFailed("the 'folder' field must come before the file")
                 folder, folder_given = value, True
+                request[AUDIT_RESOURCE] = f"{folder}/{name}"
             elif part.name == "data":
                 if staged is not None:
                     raise ValidationFailed("only one file field 'data' is allowed")
@@ -149,6 +179,7 @@ async def upload_resource(request: web.Request) -> web.Response:
         if staged is None:
             raise ValidationFailed("multipart field 'data' (the file) is required")
         await staged.publish()
+        request[AUDIT_BYTES] = staged.plaintext_bytes
     except BaseException:
         if staged is not None:
             await staged.discard()
@@ -165,13 +196,19 @@ async def upload_resource(request: web.Request) -> web.Response:
 
 
 @routes.post("/unlock")
+@azaion
+@roles("Admin", "ApiAdmin", "CompanionPC")
+@audited("unlock")
 async def unlock(request: web.Request) -> web.Response:
     body = await json_body(request, "email", "password")
-    status = await services(request).unlock.start(body["email"], body["password"])
+    svc = services(request)
+    request[AUDIT_RESOURCE] = str(svc.settings.images_path)
+    status = await svc.unlock.start(body["email"], body["password"])
     return web.json_response({"state": status.state.value})
 
 
 @routes.get("/unlock/status")
+@azaion
 async def unlock_status(request: web.Request) -> web.Response:
     status = services(request).unlock.status
     return web.json_response(

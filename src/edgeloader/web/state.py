@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edgeloader.auth.service import AuthService
 from edgeloader.config import Settings
 from edgeloader.pipelines.cache import ModelCache
 from edgeloader.pipelines.session import DeviceSession
@@ -22,6 +23,7 @@ class Services:
     cache: ModelCache | None
     engine: Engine
     unlock: UnlockManager
+    auth: AuthService
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -1,0 +1,129 @@
+"""Who may call what: the auth and audit middlewares and the route marks
+they read.
+
+Handlers are marked with decorators (``azaion``, ``roles``, ``audited``);
+the middlewares enforce the marks, so a handler never checks tokens itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from edgeloader.auth.tokens import Claims
+from edgeloader.errors import Forbidden, NotAuthenticated
+from edgeloader.web.state import services
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PRINCIPAL = web.RequestKey("principal", Claims)
+AUDIT_RESOURCE = web.RequestKey("audit_resource", str)
+AUDIT_BYTES = web.RequestKey("audit_bytes", int)
+AUDIT_OUTCOME = web.RequestKey("audit_outcome", str)
+
+#: Routes anyone may call: health, the ways to obtain tokens, and the keys
+#: that verify them. The Azaion ``/login`` logs the device in, so it is one.
+PUBLIC_PATHS = frozenset(
+    {
+        "/health",
+        "/login",
+        "/api/auth/login",
+        "/api/auth/token",
+        "/api/auth/refresh",
+        "/api/auth/keys.json",
+    }
+)
+
+
+def azaion(handler: F) -> F:
+    """An Azaion.Loader route: token-free in ``compat`` mode."""
+    handler.__dict__["edgeloader_azaion"] = True
+    return handler
+
+
+def roles(*allowed: str) -> Callable[[F], F]:
+    """Only these roles may call the route (any authenticated role if unmarked)."""
+
+    def mark(handler: F) -> F:
+        handler.__dict__["edgeloader_roles"] = frozenset(allowed)
+        return handler
+
+    return mark
+
+
+def audited(action: str) -> Callable[[F], F]:
+    """Every call of the route is written to the audit log."""
+
+    def mark(handler: F) -> F:
+        handler.__dict__["edgeloader_audit"] = action
+        return handler
+
+    return mark
+
+
+def _mark(request: web.Request, name: str) -> Any:
+    return getattr(request.match_info.handler, "__dict__", {}).get(name)
+
+
+def principal(request: web.Request) -> Claims | None:
+    return request.get(PRINCIPAL)
+
+
+def require_principal(request: web.Request) -> Claims:
+    claims = principal(request)
+    if claims is None:
+        raise NotAuthenticated("a bearer access token is required")
+    return claims
+
+
+def client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.match_info.http_exception is not None or request.path in PUBLIC_PATHS:
+        return await handler(request)
+    svc = services(request)
+    if svc.settings.auth_mode == "compat" and _mark(request, "edgeloader_azaion"):
+        return await handler(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticated("a bearer access token is required")
+    claims = await svc.auth.authenticate(token.strip())
+    request[PRINCIPAL] = claims
+    allowed: frozenset[str] | None = _mark(request, "edgeloader_roles")
+    if allowed is not None and claims.role not in allowed:
+        raise Forbidden(
+            f"role {claims.role or 'none'} may not call {request.method} {request.path}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    return await handler(request)
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: sees the final status, including errors turned into answers."""
+    response = await handler(request)
+    action = _mark(request, "edgeloader_audit")
+    if action:
+        claims = principal(request)
+        outcome = request.get(AUDIT_OUTCOME) or (
+            "ok" if response.status < 400 else f"error {response.status}"
+        )
+        await services(request).auth.auditor.record(
+            subject=claims.subject if claims else "anonymous",
+            role=claims.role if claims else "",
+            action=action,
+            route=f"{request.method} {request.path}",
+            resource=request.get(AUDIT_RESOURCE, ""),
+            outcome=outcome,
+            bytes_=request.get(AUDIT_BYTES, 0),
+        )
+    return response

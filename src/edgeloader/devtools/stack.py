@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -119,6 +120,7 @@ async def run(args: argparse.Namespace) -> None:
             "RESOURCE_API_URL": api_url,
             "EDGELOADER_CACHE_DIR": str(state / "cache"),
             "IMAGES_PATH": str(state / "images.enc"),
+            "EDGELOADER_STATE_DIR": str(state / "loader"),
         }
         publish_settings = Settings.from_env(env)
         await publish_file(publish_settings, DEMO_EMAIL, DEMO_PASSWORD, sample, FOLDER, SAMPLE)
@@ -140,23 +142,26 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def _print_usage(url: str, sample: Path, with_engine: bool) -> None:
-    creds = f'{{"email": "{DEMO_EMAIL}", "password": "{DEMO_PASSWORD}"}}'
-    json = "-H 'Content-Type: application/json'"
+    creds = json.dumps({"email": DEMO_EMAIL, "password": DEMO_PASSWORD})
+    folder = json.dumps({"folder": FOLDER})
+    ctype = "-H 'Content-Type: application/json'"
+    bearer = '-H "Authorization: Bearer $TOKEN"'
+    read_token = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"accessToken\"])'"  # noqa: S105 - a shell snippet
     lines = [
         "",
         f"edgeloader is up at {url}  (Ctrl-C stops everything)",
         "",
-        "  # log the device in",
-        f"  curl -s -X POST {url}/login {json} -d '{creds}'",
+        "  # log the device in upstream; the answer carries an access token for agents",
+        f"  TOKEN=$(curl -s -X POST {url}/login {ctype} -d '{creds}' | {read_token})",
         "  # load the sample model and compare it with the original",
-        f'  curl -s -X POST {url}/load/{SAMPLE} {json} -d \'{{"folder": "{FOLDER}"}}\' '
+        f"  curl -s -X POST {url}/load/{SAMPLE} {bearer} {ctype} -d '{folder}' "
         f"-o /tmp/{SAMPLE} && cmp /tmp/{SAMPLE} {sample} && echo identical",
     ]
     if with_engine:
         lines += [
             "  # unlock the service images into the engine, then watch it",
-            f"  curl -s -X POST {url}/unlock {json} -d '{creds}'",
-            f"  curl -s {url}/unlock/status",
+            f"  curl -s -X POST {url}/unlock {bearer} {ctype} -d '{creds}'",
+            f"  curl -s {bearer} {url}/unlock/status",
         ]
     print("\n".join(lines) + "\n", flush=True)
 

@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeloaderError as exc:
         print(f"edgeloader: {exc.detail}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a port in use, a state folder we may not write...
+        print(f"edgeloader: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

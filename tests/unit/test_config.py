@@ -90,3 +90,15 @@ def test_help_lists_every_command() -> None:
     publish = run_cli("publish", "--help")
     assert "resource" in publish.stdout
     assert "archive" in publish.stdout
+
+
+def test_unusable_state_folder_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {"RESOURCE_API_URL": "http://127.0.0.1:9", "EDGELOADER_STATE_DIR": str(blocker / "x")}
+    result = run_cli("serve", "--port", "0", env=env)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgeloader: ")
+    assert "Not a directory" in last
+    assert "Traceback" not in result.stderr

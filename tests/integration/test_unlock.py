@@ -156,7 +156,10 @@ async def test_wrong_fragment_ends_in_error(
     await unlock(stack)
     status = await final_status(stack)
     assert status["state"] == "error"
-    assert status["error"] in ("decryption failed",) or "image load failed" in status["error"]
+    # A wrong key fails the final padding check, except about once in 256
+    # runs, when the garbage reaches the engine and is refused there.
+    error = status["error"]
+    assert error == "decryption failed" or error.startswith("image load failed"), error
 
 
 async def test_engine_down_ends_in_error_with_a_clear_message(

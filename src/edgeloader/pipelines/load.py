@@ -116,15 +116,22 @@ def _first_error(exc: BaseException) -> BaseException:
 
 
 async def _from_file(small: bytes, path: Path, chunk_size: int) -> PlaintextStream:
-    def read_tail() -> tuple[int, bytes]:
-        with path.open("rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - TAIL))
-            return size, f.read()
-
-    size, big_tail = await asyncio.to_thread(read_tail)
-    length = _length(small, size, big_tail)
     handle = await asyncio.to_thread(path.open, "rb")
+
+    def read_tail() -> tuple[int, bytes]:
+        """The size and last two blocks, leaving the handle at the start."""
+        size = handle.seek(0, 2)
+        handle.seek(max(0, size - TAIL))
+        tail = handle.read()
+        handle.seek(0)
+        return size, tail
+
+    try:
+        size, big_tail = await asyncio.to_thread(read_tail)
+        length = _length(small, size, big_tail)
+    except BaseException:
+        handle.close()
+        raise
 
     async def chunks() -> AsyncIterator[bytes]:
         while data := await asyncio.to_thread(handle.read, chunk_size):

@@ -156,7 +156,6 @@ async def upload_resource(request: web.Request) -> web.Response:
         raise ValidationFailed("upload must be multipart/form-data with a file field 'data'")
     folder = safe_folder(request.query.get("folder") or DEFAULT_FOLDER)
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
-    folder_given = "folder" in request.query
     staged: upload.StagedUpload | None = None
     reader = await request.multipart()
     try:
@@ -167,7 +166,7 @@ async def upload_resource(request: web.Request) -> web.Response:
                 value = safe_folder((await part.text()).strip())
                 if staged is not None and value != folder:
                     raise ValidationFailed("the 'folder' field must come before the file")
-                folder, folder_given = value, True
+                folder = value
                 request[AUDIT_RESOURCE] = f"{folder}/{name}"
             elif part.name == "data":
                 if staged is not None:
@@ -184,7 +183,6 @@ async def upload_resource(request: web.Request) -> web.Response:
         if staged is not None:
             await staged.discard()
         raise
-    log.info("upload of %s to folder %s (%s)", name, folder, "given" if folder_given else "default")
     return web.json_response(
         {
             "status": "ok",

@@ -47,6 +47,13 @@ class DecryptionError(EdgeloaderError):
         super().__init__(DECRYPTION_FAILED)
 
 
+class StreamFinalized(EdgeloaderError):
+    """Stream already finalized.
+
+    A programming error: a cipher stream was used after ``finalize``.
+    """
+
+
 class InvalidRequest(EdgeloaderError):
     """Invalid request."""
 

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from edgeloader.errors import ConfigError
+from edgeloader.storage.files import atomic_write
+from edgeloader.storage.state_dir import ensure_private_dir
 
 KEY_FILE = "signing_key.sealed"
 _FORMAT = 1
@@ -67,30 +69,10 @@ def _seal_key(fingerprint: str, salt: bytes) -> bytes:
     return hkdf.derive(fingerprint.encode())
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomic write with mode 0600: temp file, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def load_or_create(state_dir: Path, fingerprint: str) -> SigningKey:
     """Opens the sealed key in ``state_dir``, creating it on first start."""
     path = state_dir / KEY_FILE
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(state_dir)
     if not path.exists():
         private = Ed25519PrivateKey.generate()
         salt, nonce = os.urandom(16), os.urandom(12)
@@ -107,7 +89,7 @@ def load_or_create(state_dir: Path, fingerprint: str) -> SigningKey:
             "nonce": base64.b64encode(nonce).decode(),
             "sealed": base64.b64encode(sealed).decode(),
         }
-        _write_private(path, json.dumps(doc).encode())
+        atomic_write(path, json.dumps(doc).encode())
         return SigningKey(private, _kid(private))
     try:
         doc = json.loads(path.read_bytes())

@@ -13,18 +13,18 @@ The methods are blocking and thread-safe; async code calls them through
 from __future__ import annotations
 
 import enum
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeloader.storage.sqlite import Database
+
 DB_FILE = "auth.sqlite3"
 
-_SCHEMA = """
+# Each entry is one schema migration (storage/sqlite.py); append, never edit.
+_MIGRATIONS = (
+    """
 CREATE TABLE IF NOT EXISTS refresh_tokens (
     token_hash TEXT PRIMARY KEY,
     family TEXT NOT NULL,
@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
-"""
+""",
+)
 
 
 class Rotation(enum.Enum):
@@ -132,36 +133,16 @@ class AuditEntry:
 
 class AuthStore:
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = state_dir / DB_FILE
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self.path.chmod(0o600)
+        self._db = Database(self.path, _MIGRATIONS)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: committed whole or rolled back whole."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self._db.close()
 
     # Refresh tokens
 
     def add_refresh(self, record: RefreshRecord) -> None:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO refresh_tokens (token_hash, family, subject, role, expires_at)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -174,7 +155,7 @@ class AuthStore:
         A token that was already used or revoked means a copy is in other
         hands: the whole family is revoked and ``REUSED`` returned.
         """
-        with self._tx() as db:
+        with self._db.transaction() as db:
             row = db.execute(
                 "SELECT family, used, revoked FROM refresh_tokens WHERE token_hash = ?",
                 (old_hash,),
@@ -195,7 +176,7 @@ class AuthStore:
 
     def revoke_refresh(self, token_hash: str, subject: str) -> bool:
         """Revokes one refresh token's family if it belongs to ``subject``."""
-        with self._tx() as db:
+        with self._db.transaction() as db:
             row = db.execute(
                 "SELECT family FROM refresh_tokens WHERE token_hash = ? AND subject = ?",
                 (token_hash, subject),
@@ -208,21 +189,21 @@ class AuthStore:
     # Access tokens
 
     def revoke_access(self, jti: str, expires_at: float) -> None:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO revoked_access (jti, expires_at) VALUES (?, ?)",
                 (jti, expires_at),
             )
 
     def access_revoked(self, jti: str) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM revoked_access WHERE jti = ?", (jti,))
+        with self._db.reading() as db:
+            row = db.execute("SELECT 1 FROM revoked_access WHERE jti = ?", (jti,))
             return row.fetchone() is not None
 
     def prune(self, now: float | None = None) -> int:
         """Drops what has expired anyway: revoked access IDs, refresh records."""
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with self._db.transaction() as db:
             a = db.execute("DELETE FROM revoked_access WHERE expires_at < ?", (now,)).rowcount
             r = db.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,)).rowcount
             return int(a + r)
@@ -230,7 +211,7 @@ class AuthStore:
     # API keys
 
     def add_api_key(self, record: ApiKeyRecord) -> None:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO api_keys (id, name, role, secret_hash, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -245,8 +226,8 @@ class AuthStore:
             )
 
     def api_key(self, key_id: str) -> ApiKeyRecord | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._db.reading() as db:
+            row = db.execute(
                 "SELECT id, name, role, secret_hash, created_at, expires_at, revoked_at"
                 " FROM api_keys WHERE id = ?",
                 (key_id,),
@@ -254,15 +235,15 @@ class AuthStore:
         return ApiKeyRecord(*row) if row else None
 
     def api_keys(self) -> list[ApiKeyRecord]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._db.reading() as db:
+            rows = db.execute(
                 "SELECT id, name, role, secret_hash, created_at, expires_at, revoked_at"
                 " FROM api_keys ORDER BY created_at"
             ).fetchall()
         return [ApiKeyRecord(*row) for row in rows]
 
     def revoke_api_key(self, key_id: str, now: float) -> bool:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             cur = db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (now, key_id),
@@ -272,7 +253,7 @@ class AuthStore:
     # Audit
 
     def add_audit(self, entry: AuditEntry) -> None:
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO audit (at, subject, role, action, route, resource, outcome,"
                 " bytes, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -290,8 +271,8 @@ class AuthStore:
             )
 
     def audit(self, since: float = 0.0, limit: int = 100) -> list[AuditEntry]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._db.reading() as db:
+            rows = db.execute(
                 "SELECT at, subject, role, action, route, resource, outcome, bytes, detail"
                 " FROM audit WHERE at >= ? ORDER BY id LIMIT ?",
                 (since, limit),

@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
-import secrets
 from pathlib import Path
+
+from edgeloader.storage.files import AtomicFile
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +61,22 @@ class CacheWriter:
 
     def __init__(self, final: Path) -> None:
         self.final = final
-        self.temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.partial")
-        self._file: int | None = None
-
-    def _open(self) -> None:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self._file = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file: AtomicFile | None = None
 
     def _write(self, data: bytes) -> None:
         if self._file is None:
-            self._open()
-        assert self._file is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._file, view) :]
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._file = AtomicFile(self.final)
+        self._file.write(data)
 
     async def write(self, data: bytes) -> None:
         await asyncio.to_thread(self._write, data)
 
     def _commit(self) -> None:
         if self._file is None:
-            self._open()
+            self._write(b"")
         assert self._file is not None
-        os.fsync(self._file)
-        os.close(self._file)
-        self._file = None
-        os.replace(self.temp, self.final)
+        self._file.commit()
         for other in self.final.parent.glob(f"*{_SUFFIX}"):
             if other != self.final:
                 ModelCache.discard(other)
@@ -97,7 +87,4 @@ class CacheWriter:
     def abort(self) -> None:
         """Removes the temporary file; the previous entry, if any, stays."""
         if self._file is not None:
-            os.close(self._file)
-            self._file = None
-        with contextlib.suppress(FileNotFoundError):
-            self.temp.unlink()
+            self._file.abort()

@@ -1,0 +1,1 @@
+"""What the service keeps on disk: durable files, SQLite databases, private folders."""

@@ -52,12 +52,12 @@ from edgeloader.devtools.podman import (
     remove_image,
     save_images,
 )
-from edgeloader.files import read_file_chunks
-from edgeloader.pipelines.session import DeviceSession
-from edgeloader.pipelines.upload import upload_resource
 from edgeloader.resource_api.publish import encrypt_archive
 from edgeloader.resource_api.server import KEY_FRAGMENT_FILE, USERS_FILE
 from edgeloader.resource_api.users import UserStore
+from edgeloader.services.session import DeviceSession
+from edgeloader.services.upload import upload_resource
+from edgeloader.storage.files import read_file_chunks
 from edgeloader.upstream.resource_api import ResourceApiClient
 
 MiB = 1 << 20

@@ -82,6 +82,10 @@ class NotAuthenticated(EdgeloaderError):
     status = 401
 
 
+class DeviceNotLoggedIn(NotAuthenticated):
+    """The device is not logged in upstream."""
+
+
 class InvalidCredentials(NotAuthenticated):
     """Invalid credentials."""
 

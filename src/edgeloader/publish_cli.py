@@ -16,10 +16,10 @@ import aiohttp
 from edgeloader import hardware
 from edgeloader.config import Settings
 from edgeloader.errors import InvalidRequest
-from edgeloader.files import read_file_chunks
 from edgeloader.names import safe_folder, safe_name
-from edgeloader.pipelines.session import DeviceSession
-from edgeloader.pipelines.upload import upload_resource
+from edgeloader.services.session import DeviceSession
+from edgeloader.services.upload import upload_resource
+from edgeloader.storage.files import read_file_chunks
 from edgeloader.upstream.resource_api import ResourceApiClient
 
 ENV_EMAIL = "EDGELOADER_PUBLISH_EMAIL"

@@ -116,7 +116,7 @@ async def test_concurrent_unlocks_start_one_run(
 ) -> None:
     archive = encrypted_archive(stack, plain_archive)
     await start_unlocker(stack, clean_engine, archive)
-    with caplog.at_level(logging.INFO, logger="edgeloader.pipelines.unlock"):
+    with caplog.at_level(logging.INFO, logger="edgeloader.services.unlock"):
         answers = await asyncio.gather(*(unlock(stack) for _ in range(5)))
         assert all(a["state"] != "error" for a in answers)
         assert (await final_status(stack))["state"] == "ready"

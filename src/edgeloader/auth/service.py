@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from edgeloader.auth import signing_key
 from edgeloader.auth.audit import Auditor
 from edgeloader.auth.store import ApiKeyRecord, AuditEntry, AuthStore, RefreshRecord, Rotation
 from edgeloader.auth.throttle import Throttle
 from edgeloader.auth.tokens import Claims, TokenPair, Tokens, token_hash
+from edgeloader.config import Settings
 from edgeloader.errors import (
     Forbidden,
     InvalidCredentials,
@@ -21,10 +25,11 @@ from edgeloader.errors import (
     NotFound,
     ValidationFailed,
 )
+from edgeloader.roles import Role
 from edgeloader.upstream.resource_api import Identity
 
-#: Roles that exist upstream (DESIGN §3); API keys get one of these.
-ROLES = ("Operator", "Validator", "CompanionPC", "Admin", "ResourceUploader", "ApiAdmin")
+log = logging.getLogger(__name__)
+
 VALIDITIES = {"1h": 3600, "1d": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400, "never": None}
 API_KEY_PREFIX = "elk"
 USER_PREFIX = "user:"
@@ -174,8 +179,8 @@ class AuthService:
     ) -> NewApiKey:
         if not name or len(name) > 100:
             raise ValidationFailed("name must be 1-100 characters")
-        if role not in ROLES:
-            raise ValidationFailed(f"role must be one of: {', '.join(ROLES)}")
+        if role not in Role.names():
+            raise ValidationFailed(f"role must be one of: {', '.join(Role.names())}")
         if validity not in VALIDITIES:
             raise ValidationFailed(f"validity must be one of: {', '.join(VALIDITIES)}")
         now = time.time()
@@ -222,3 +227,34 @@ def _split_key(api_key: str) -> tuple[str, str]:
     if prefix != API_KEY_PREFIX or not key_id or not secret:
         return "", ""
     return key_id, secret
+
+
+@contextlib.asynccontextmanager
+async def open_auth(settings: Settings, fingerprint: str) -> AsyncIterator[AuthService]:
+    """The auth service for the app's lifetime: the sealed signing key, the
+    store, and an hourly task that prunes expired records."""
+    key = await asyncio.to_thread(signing_key.load_or_create, settings.state_dir, fingerprint)
+    store = await asyncio.to_thread(AuthStore, settings.state_dir)
+    tokens = Tokens(
+        key,
+        issuer=settings.token_issuer,
+        access_ttl=settings.access_token_ttl,
+        refresh_ttl=settings.refresh_token_ttl,
+    )
+    pruner = asyncio.create_task(_prune_forever(store), name="auth-store-prune")
+    try:
+        yield AuthService(store, tokens, Throttle(), Auditor(store))
+    finally:
+        pruner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruner
+        store.close()
+
+
+async def _prune_forever(store: AuthStore, every: float = 3600.0) -> None:
+    """Drops expired revocations and refresh records once an hour."""
+    while True:
+        removed = await asyncio.to_thread(store.prune)
+        if removed:
+            log.info("auth store: pruned %d expired records", removed)
+        await asyncio.sleep(every)

@@ -15,8 +15,8 @@ import aiohttp
 import jwt
 
 from edgeloader.errors import (
+    DeviceNotLoggedIn,
     InvalidCredentials,
-    NotAuthenticated,
     NotFound,
     ResourceApiError,
 )
@@ -162,7 +162,7 @@ class ResourceApiClient:
         multipart form can be sent only once.
         """
         if self._credentials is None or self._token is None:
-            raise NotAuthenticated("not logged in: POST /login first")
+            raise DeviceNotLoggedIn()
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {self._token}"}
             try:

@@ -1,4 +1,4 @@
-"""The HTTP face of the loader: routes that call pipelines, and nothing more."""
+"""The HTTP face of the loader: routes that call services, and nothing more."""
 
 from edgeloader.web.app import create_app
 

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
 from edgeloader import hardware
-from edgeloader.auth import signing_key
-from edgeloader.auth.audit import Auditor
-from edgeloader.auth.service import AuthService
-from edgeloader.auth.store import AuthStore
-from edgeloader.auth.throttle import Throttle
-from edgeloader.auth.tokens import Tokens
+from edgeloader.auth.service import open_auth
 from edgeloader.config import Settings
-from edgeloader.pipelines.cache import ModelCache
-from edgeloader.pipelines.session import DeviceSession
-from edgeloader.pipelines.unlock import UnlockManager
+from edgeloader.services.cache import ModelCache
+from edgeloader.services.session import DeviceSession
+from edgeloader.services.unlock import UnlockManager
 from edgeloader.upstream.engine import Engine
 from edgeloader.upstream.resource_api import ResourceApiClient
 from edgeloader.web.auth_routes import auth_routes
@@ -46,48 +42,34 @@ def create_app(settings: Settings, *, fingerprint: str | None = None) -> web.App
     app.add_routes(routes)
     app.add_routes(auth_routes)
 
-    async def services(app: web.Application) -> AsyncIterator[None]:
-        device = fingerprint if fingerprint else await asyncio.to_thread(hardware.fingerprint)
-        key = await asyncio.to_thread(signing_key.load_or_create, settings.state_dir, device)
-        store = await asyncio.to_thread(AuthStore, settings.state_dir)
-        tokens = Tokens(
-            key,
-            issuer=settings.token_issuer,
-            access_ttl=settings.access_token_ttl,
-            refresh_ttl=settings.refresh_token_ttl,
-        )
-        auth = AuthService(store, tokens, Throttle(), Auditor(store))
-        pruner = asyncio.create_task(_prune_forever(store), name="auth-store-prune")
-        http = aiohttp.ClientSession(raise_for_status=False)
-        api = ResourceApiClient(
-            settings.resource_api_url,
-            http,
-            timeout=settings.api_timeout,
-            jwt_key=settings.upstream_jwt_key,
-        )
-        session = DeviceSession(settings, api, device)
-        engine = Engine(settings.docker_host)
-        unlock = UnlockManager(session, engine)
-        cache = ModelCache(settings.cache_dir) if settings.cache_dir else None
-        app[SERVICES] = Services(settings, session, cache, engine, unlock, auth)
-        try:
-            yield
-        finally:
-            pruner.cancel()
-            await unlock.close()
-            await session.close()
-            await engine.close()
-            await http.close()
-            store.close()
-
-    app.cleanup_ctx.append(services)
+    app.cleanup_ctx.append(_services(settings, fingerprint))
     return app
 
 
-async def _prune_forever(store: AuthStore, every: float = 3600.0) -> None:
-    """Drops expired revocations and refresh records once an hour."""
-    while True:
-        removed = await asyncio.to_thread(store.prune)
-        if removed:
-            log.info("auth store: pruned %d expired records", removed)
-        await asyncio.sleep(every)
+def _services(
+    settings: Settings, fingerprint: str | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        # Each resource is closed by the stack, in reverse order of opening,
+        # also when a later one fails to open.
+        async with contextlib.AsyncExitStack() as stack:
+            device = fingerprint if fingerprint else await asyncio.to_thread(hardware.fingerprint)
+            auth = await stack.enter_async_context(open_auth(settings, device))
+            http = await stack.enter_async_context(aiohttp.ClientSession(raise_for_status=False))
+            api = ResourceApiClient(
+                settings.resource_api_url,
+                http,
+                timeout=settings.api_timeout,
+                jwt_key=settings.upstream_jwt_key,
+            )
+            session = DeviceSession(settings, api, device)
+            stack.push_async_callback(session.close)
+            engine = Engine(settings.docker_host)
+            stack.push_async_callback(engine.close)
+            unlock = UnlockManager(session, engine)
+            stack.push_async_callback(unlock.close)
+            cache = ModelCache(settings.cache_dir) if settings.cache_dir else None
+            app[SERVICES] = Services(settings, session, cache, engine, unlock, auth)
+            yield
+
+    return services

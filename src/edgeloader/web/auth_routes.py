@@ -5,12 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from edgeloader.errors import ValidationFailed
+from edgeloader.roles import ADMINS
 from edgeloader.web.guards import client_address, require_principal, roles
 from edgeloader.web.routes import json_body
 from edgeloader.web.state import services
 
 auth_routes = web.RouteTableDef()
-ADMINS = ("Admin", "ApiAdmin")
 MAX_AUDIT_LIMIT = 1000
 
 

@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from edgeloader.errors import EdgeloaderError, TooManyAttempts
+from edgeloader.errors import DeviceNotLoggedIn, EdgeloaderError, TooManyAttempts
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +21,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except EdgeloaderError as exc:
+        detail = exc.detail
+        if isinstance(exc, DeviceNotLoggedIn):
+            detail = "not logged in: POST /login first"
         level = logging.WARNING if exc.status >= 500 else logging.INFO
-        log.log(level, "%s %s -> %d %s", request.method, request.path, exc.status, exc.detail)
+        log.log(level, "%s %s -> %d %s", request.method, request.path, exc.status, detail)
         headers = (
             {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyAttempts) else None
         )
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
-        return error_body(exc.status, exc.detail, headers)
+        return error_body(exc.status, detail, headers)
     except web.HTTPException as exc:
         if exc.empty_body or exc.status < 400:
             raise

@@ -1,7 +1,7 @@
 """Route handlers, drop-in compatible with Azaion.Loader.
 
 Handlers parse and validate the request, call a pipeline and shape the
-answer; the work itself lives in ``edgeloader.pipelines``.
+answer; the work itself lives in ``edgeloader.services``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from edgeloader.errors import (
     ValidationFailed,
 )
 from edgeloader.names import safe_folder, safe_name
-from edgeloader.pipelines import load, upload
+from edgeloader.roles import ADMINS, UPLOADERS, Role
+from edgeloader.services import load, upload
 from edgeloader.web.guards import (
     AUDIT_BYTES,
     AUDIT_OUTCOME,
@@ -79,16 +80,13 @@ async def login(request: web.Request) -> web.Response:
     body = await json_body(request, "email", "password")
     email, password = body["email"], body["password"]
     svc = services(request)
-    previous = svc.session.api.credentials
     pair = await svc.auth.login(
         email,
         client_address(request),
         "POST /login",
-        lambda: svc.session.api.login(email, password),
+        lambda: svc.session.login(email, password),
         issue=svc.settings.auth_mode == "required",
     )
-    if previous is not None and previous.email != email:
-        await svc.session.reset()
     return web.json_response({"status": "ok", **(pair.as_json() if pair else {})})
 
 
@@ -147,7 +145,7 @@ async def _part_chunks(part: BodyPartReader, chunk_size: int, limit: int) -> Asy
 
 @routes.post("/upload/{filename}")
 @azaion
-@roles("ResourceUploader", "Admin", "ApiAdmin")
+@roles(*UPLOADERS)
 @audited("upload")
 async def upload_resource(request: web.Request) -> web.Response:
     name = safe_name(request.match_info["filename"], "filename")
@@ -156,46 +154,44 @@ async def upload_resource(request: web.Request) -> web.Response:
         raise ValidationFailed("upload must be multipart/form-data with a file field 'data'")
     folder = safe_folder(request.query.get("folder") or DEFAULT_FOLDER)
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
-    staged: upload.StagedUpload | None = None
     reader = await request.multipart()
-    try:
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise ValidationFailed("nested multipart bodies are not supported")
+        if part.name == "folder":
+            folder = safe_folder((await part.text()).strip())
+            request[AUDIT_RESOURCE] = f"{folder}/{name}"
+        elif part.name == "data":
+            break
+        else:
+            await part.release()
+    else:
+        raise ValidationFailed("multipart field 'data' (the file) is required")
+
+    async def rest_of_form() -> None:
+        """Fields after the file may not contradict what was used."""
+        while (late := await reader.next()) is not None:
+            if not isinstance(late, BodyPartReader):
                 raise ValidationFailed("nested multipart bodies are not supported")
-            if part.name == "folder":
-                value = safe_folder((await part.text()).strip())
-                if staged is not None and value != folder:
-                    raise ValidationFailed("the 'folder' field must come before the file")
-                folder = value
-                request[AUDIT_RESOURCE] = f"{folder}/{name}"
-            elif part.name == "data":
-                if staged is not None:
-                    raise ValidationFailed("only one file field 'data' is allowed")
-                chunks = _part_chunks(part, svc.settings.chunk_size, svc.settings.max_upload_bytes)
-                staged = await upload.stage_upload(svc.session, folder, name, chunks)
-            else:
-                await part.release()
-        if staged is None:
-            raise ValidationFailed("multipart field 'data' (the file) is required")
-        await staged.publish()
-        request[AUDIT_BYTES] = staged.plaintext_bytes
-    except BaseException:
-        if staged is not None:
-            await staged.discard()
-        raise
+            if late.name == "data":
+                raise ValidationFailed("only one file field 'data' is allowed")
+            if late.name == "folder" and safe_folder((await late.text()).strip()) != folder:
+                raise ValidationFailed("the 'folder' field must come before the file")
+            await late.release()
+
+    chunks = _part_chunks(part, svc.settings.chunk_size, svc.settings.max_upload_bytes)
+    done = await upload.upload_resource(
+        svc.session, folder, name, chunks, before_publish=rest_of_form
+    )
+    request[AUDIT_BYTES] = done.plaintext_bytes
     return web.json_response(
-        {
-            "status": "ok",
-            "filename": name,
-            "folder": folder,
-            "size": staged.plaintext_bytes,
-        }
+        {"status": "ok", "filename": name, "folder": folder, "size": done.plaintext_bytes}
     )
 
 
 @routes.post("/unlock")
 @azaion
-@roles("Admin", "ApiAdmin", "CompanionPC")
+@roles(*ADMINS, Role.COMPANION_PC)
 @audited("unlock")
 async def unlock(request: web.Request) -> web.Response:
     body = await json_body(request, "email", "password")

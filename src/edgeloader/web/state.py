@@ -8,9 +8,9 @@ from aiohttp import web
 
 from edgeloader.auth.service import AuthService
 from edgeloader.config import Settings
-from edgeloader.pipelines.cache import ModelCache
-from edgeloader.pipelines.session import DeviceSession
-from edgeloader.pipelines.unlock import UnlockManager
+from edgeloader.services.cache import ModelCache
+from edgeloader.services.session import DeviceSession
+from edgeloader.services.unlock import UnlockManager
 from edgeloader.upstream.engine import Engine
 
 

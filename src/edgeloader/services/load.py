@@ -16,13 +16,13 @@ from pathlib import Path
 
 from edgeloader import crypto
 from edgeloader.errors import CdnError, DecryptionError, EdgeloaderError
-from edgeloader.pipelines.cache import CacheWriter, ModelCache
-from edgeloader.pipelines.session import DeviceSession
+from edgeloader.services.cache import CacheWriter, ModelCache
+from edgeloader.services.session import DeviceSession
 from edgeloader.upstream.cdn import CdnObject
 
 log = logging.getLogger(__name__)
 
-TAIL = 2 * crypto.BLOCK_SIZE
+TAIL = crypto.V1_TAIL
 
 
 @dataclass
@@ -35,21 +35,13 @@ class PlaintextStream:
     source: str  # "cdn" or "cache", for logs and audit
 
 
-def small_name(name: str) -> str:
-    return f"{name}.small"
-
-
-def big_name(name: str) -> str:
-    return f"{name}.big"
-
-
 async def open_resource(
     session: DeviceSession, cache: ModelCache | None, folder: str, name: str
 ) -> PlaintextStream:
     chunk_size = session.settings.chunk_size
     cached = cache.lookup(folder, name) if cache else None
     if cached is not None:
-        small = await session.fetch_small(folder, small_name(name))
+        small = await session.fetch_small(folder, crypto.small_name(name))
         if ModelCache.matches(cached, small):
             try:
                 return await _from_file(small, cached, chunk_size)
@@ -69,7 +61,7 @@ async def _from_cdn(
 ) -> PlaintextStream:
     """Fetches the small part, the big part's tail and the big part's body
     concurrently, then decrypts as the body arrives."""
-    key = big_name(name)
+    key = crypto.big_name(name)
 
     async def open_body() -> CdnObject:
         return await (await session.cdn()).get(folder, key)
@@ -83,7 +75,7 @@ async def _from_cdn(
             body_task = group.create_task(open_body())
             tail_task = group.create_task(tail())
             small_task = (
-                group.create_task(session.fetch_small(folder, small_name(name)))
+                group.create_task(session.fetch_small(folder, crypto.small_name(name)))
                 if small is None
                 else None
             )
@@ -97,7 +89,7 @@ async def _from_cdn(
     assert small is not None
     try:
         size, big_tail = tail_task.result()
-        length = _length(small, size, big_tail)
+        length = crypto.split_plaintext_length(small, size, big_tail)
     except BaseException:
         body.close()
         raise
@@ -128,7 +120,7 @@ async def _from_file(small: bytes, path: Path, chunk_size: int) -> PlaintextStre
 
     try:
         size, big_tail = await asyncio.to_thread(read_tail)
-        length = _length(small, size, big_tail)
+        length = crypto.split_plaintext_length(small, size, big_tail)
     except BaseException:
         handle.close()
         raise
@@ -138,11 +130,6 @@ async def _from_file(small: bytes, path: Path, chunk_size: int) -> PlaintextStre
             yield data
 
     return PlaintextStream(length, _decrypt(small, chunks(), length, handle.close, None), "cache")
-
-
-def _length(small: bytes, big_size: int, big_tail: bytes) -> int:
-    last = (small + big_tail)[-TAIL:] if len(big_tail) < TAIL else big_tail[-TAIL:]
-    return crypto.plaintext_length(crypto.resource_key(), len(small) + big_size, last)
 
 
 async def _decrypt(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from edgeloader import crypto
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound
-from edgeloader.files import read_file_chunks
-from edgeloader.pipelines.session import DeviceSession
+from edgeloader.services.session import DeviceSession
+from edgeloader.storage.files import read_file_chunks
 from edgeloader.upstream.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class UnlockManager:
         settings = self.session.settings
         before: set[str] | None = None
         try:
-            await self.session.api.login(email, password)
+            await self.session.login(email, password)
             self._set(UnlockState.DOWNLOADING_KEY)
             key = crypto.archive_key(await self.session.api.key_fragment())
             before = await self.engine.image_ids()

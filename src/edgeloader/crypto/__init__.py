@@ -23,6 +23,14 @@ from edgeloader._core import (
     key_from_str,
     resource_key,
 )
+from edgeloader.crypto.parts import (
+    FULL_SMALL_PART_FROM,
+    MAX_SMALL_PART,
+    big_name,
+    small_name,
+    small_part_length,
+    split_ciphertext,
+)
 from edgeloader.errors import DecryptionError
 
 __all__ = [
@@ -30,15 +38,18 @@ __all__ = [
     "FULL_SMALL_PART_FROM",
     "IV_SIZE",
     "MAX_SMALL_PART",
+    "V1_TAIL",
     "DecryptionError",
     "Decryptor",
     "Encryptor",
     "Sha256",
     "api_key",
     "archive_key",
+    "big_name",
     "decrypt_range",
     "decrypt_stream",
     "decrypt_v1",
+    "encrypt_chunks",
     "encrypt_stream",
     "encrypt_v1",
     "hash_b64",
@@ -47,19 +58,13 @@ __all__ = [
     "padded_length",
     "plaintext_length",
     "resource_key",
+    "small_name",
     "small_part_length",
+    "split_ciphertext",
+    "split_plaintext_length",
 ]
 
 IV_SIZE = BLOCK_SIZE
-#: Largest small part (DESIGN §4).
-MAX_SMALL_PART = 3072
-#: From this ciphertext length on, the small part is always MAX_SMALL_PART.
-FULL_SMALL_PART_FROM = MAX_SMALL_PART * 10 // 3
-
-
-def small_part_length(ciphertext_length: int) -> int:
-    """``min(3072, floor(0.3 x len(ct)))``, in integers to avoid float rounding."""
-    return min(MAX_SMALL_PART, ciphertext_length * 3 // 10)
 
 
 def plaintext_length(key: bytes, ciphertext_length: int, last_two_blocks: bytes) -> int:
@@ -78,6 +83,18 @@ def plaintext_length(key: bytes, ciphertext_length: int, last_two_blocks: bytes)
     return ciphertext_length - 2 * BLOCK_SIZE + len(dec.finalize())
 
 
+#: How much of a v1 ciphertext's end ``plaintext_length`` needs.
+V1_TAIL = 2 * BLOCK_SIZE
+
+
+def split_plaintext_length(small: bytes, big_size: int, big_tail: bytes) -> int:
+    """Plaintext length of a v1 resource under the resource key, from its
+    small part, the big part's size and the big part's last ``V1_TAIL`` bytes
+    (fewer when the big part is shorter: then the small part supplies the rest)."""
+    last = (small + big_tail)[-V1_TAIL:]
+    return plaintext_length(resource_key(), len(small) + big_size, last)
+
+
 def padded_length(plaintext_length: int) -> int:
     """Length of ``PKCS7(plaintext)``: PKCS7 always adds 1 to 16 bytes."""
     return (plaintext_length // BLOCK_SIZE + 1) * BLOCK_SIZE
@@ -88,8 +105,18 @@ def encrypt_stream(key: bytes, chunks: Iterable[bytes], iv: bytes | None = None)
     enc = Encryptor(key, iv)
     yield enc.iv
     for chunk in chunks:
-        out = enc.update(chunk)
-        if out:
+        yield enc.update(chunk)
+    yield enc.finalize()
+
+
+async def encrypt_chunks(key: bytes, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The one streaming encryption of the project (upload, publishing, the
+    reference API): format v1 under ``key``, the IV first, then ciphertext
+    as the plaintext arrives. Empty pieces are not yielded."""
+    enc = Encryptor(key)
+    yield enc.iv
+    async for chunk in chunks:
+        if out := enc.update(chunk):
             yield out
     yield enc.finalize()
 

@@ -8,9 +8,9 @@ import logging
 
 from edgeloader import crypto
 from edgeloader.config import Settings
-from edgeloader.errors import NotAuthenticated
+from edgeloader.errors import DeviceNotLoggedIn
 from edgeloader.upstream.cdn import Cdn, CdnConfig
-from edgeloader.upstream.resource_api import ResourceApiClient
+from edgeloader.upstream.resource_api import Identity, ResourceApiClient
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,17 @@ class DeviceSession:
     def api_key(self) -> bytes:
         creds = self.api.credentials
         if creds is None:
-            raise NotAuthenticated("not logged in: POST /login first")
+            raise DeviceNotLoggedIn()
         return crypto.api_key(creds.email, creds.password, self.hardware)
+
+    async def login(self, email: str, password: str) -> Identity:
+        """Logs the device in upstream as ``email``. A different user may
+        have different CDN settings, so the CDN clients are dropped then."""
+        previous = self.api.credentials
+        identity = await self.api.login(email, password)
+        if previous is not None and previous.email != email:
+            await self.reset()
+        return identity
 
     async def fetch_small(self, folder: str, file_name: str) -> bytes:
         """A part served by the API, with the per-device encryption removed."""
@@ -53,7 +62,7 @@ class DeviceSession:
             return self._cdn
 
     async def reset(self) -> None:
-        """Drops the CDN clients, e.g. after a login as someone else."""
+        """Drops the CDN clients; they are opened again on next use."""
         async with self._cdn_lock:
             if self._cdn is not None:
                 await self._cdn.__aexit__(None, None, None)

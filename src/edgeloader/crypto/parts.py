@@ -1,0 +1,62 @@
+"""How a resource is stored: its ciphertext split into two named parts.
+
+The small part (``NAME.small``) is served by the Resource API, the big part
+(``NAME.big``) by the CDN (docs/protocol.md). The split rule depends on the
+ciphertext's total length only while it is under ``FULL_SMALL_PART_FROM``
+(10 KiB); from there on the small part is always ``MAX_SMALL_PART`` bytes,
+so a writer holds back at most 10 KiB before the big part can stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+__all__ = [
+    "FULL_SMALL_PART_FROM",
+    "MAX_SMALL_PART",
+    "big_name",
+    "small_name",
+    "small_part_length",
+    "split_ciphertext",
+]
+
+#: Largest small part.
+MAX_SMALL_PART = 3072
+#: From this ciphertext length on, the small part is always MAX_SMALL_PART.
+FULL_SMALL_PART_FROM = MAX_SMALL_PART * 10 // 3
+
+
+def small_part_length(ciphertext_length: int) -> int:
+    """``min(3072, floor(0.3 x len(ct)))``, in integers to avoid float rounding."""
+    return min(MAX_SMALL_PART, ciphertext_length * 3 // 10)
+
+
+def small_name(name: str) -> str:
+    """The Resource API's file name of a resource's small part."""
+    return f"{name}.small"
+
+
+def big_name(name: str) -> str:
+    """The CDN's object key of a resource's big part."""
+    return f"{name}.big"
+
+
+async def split_ciphertext(ciphertext: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[bytes]]:
+    """The small part, and the rest of the stream as the big part."""
+    head = bytearray()
+    async for chunk in ciphertext:
+        head += chunk
+        if len(head) >= FULL_SMALL_PART_FROM:
+            break
+    # Either the stream ended (head is all of it) or the split is fixed.
+    small_len = small_part_length(len(head))
+    small, rest = bytes(head[:small_len]), bytes(head[small_len:])
+    del head
+
+    async def big() -> AsyncIterator[bytes]:
+        if rest:
+            yield rest
+        async for chunk in ciphertext:
+            yield chunk
+
+    return small, big()

@@ -1,1 +1,0 @@
-"""The streaming flows: load, upload and unlock. They know nothing of HTTP."""

@@ -37,7 +37,7 @@ engine:  ## Install podman, runc and busybox-static for the engine tests (root)
 
 run: dev  ## Start the full local stack and the loader in the foreground
 	@bash scripts/install-engine.sh || echo "make run: continuing without the engine (unlock disabled)"
-	$(BIN)/python -m edgeloader.devtools.stack
+	$(BIN)/python -m tests.support.devstack
 
 lint: dev  ## ruff, mypy, stubtest, cargo fmt and clippy
 	$(BIN)/ruff check src tests bench

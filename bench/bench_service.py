@@ -41,10 +41,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiobotocore.session import get_session
 from botocore.config import Config
-
-from edgeloader import hardware
-from edgeloader.config import Settings
-from edgeloader.devtools.podman import (
+from tests.support.podman import (
     BUSYBOX,
     PodmanService,
     available,
@@ -52,6 +49,9 @@ from edgeloader.devtools.podman import (
     remove_image,
     save_images,
 )
+
+from edgeloader import hardware
+from edgeloader.config import Settings
 from edgeloader.resource_api.publish import encrypt_archive
 from edgeloader.resource_api.server import KEY_FRAGMENT_FILE, USERS_FILE
 from edgeloader.resource_api.users import UserStore

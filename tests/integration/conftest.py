@@ -19,11 +19,11 @@ from aiohttp import web
 from moto.server import ThreadedMotoServer
 
 from edgeloader.config import Settings
-from edgeloader.devtools.podman import PodmanService
 from edgeloader.resource_api.server import ResourceApiConfig, create_resource_api_app
 from edgeloader.resource_api.users import UserStore
 from edgeloader.web import create_app
 from tests.support import reference
+from tests.support.podman import PodmanService
 
 ADMIN = ("admin@example.org", "admin-password-1")
 OPERATOR = ("operator@example.org", "operator-password-1")

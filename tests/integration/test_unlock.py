@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from edgeloader.devtools.podman import (
+from edgeloader.resource_api.publish import encrypt_archive
+from tests.integration.conftest import ADMIN, Stack
+from tests.support.podman import (
     PodmanService,
     image_exists,
     import_busybox_image,
     remove_image,
     save_images,
 )
-from edgeloader.resource_api.publish import encrypt_archive
-from tests.integration.conftest import ADMIN, Stack
 
 SERVICES = ("localhost/edgeloader-svc-a", "localhost/edgeloader-svc-b")
 IMAGES = tuple(f"{repo}:latest" for repo in SERVICES)

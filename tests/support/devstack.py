@@ -28,7 +28,6 @@ from moto.server import ThreadedMotoServer
 
 from edgeloader import logs
 from edgeloader.config import Settings
-from edgeloader.devtools import podman
 from edgeloader.errors import EdgeloaderError
 from edgeloader.publish_cli import publish_file
 from edgeloader.resource_api.publish import encrypt_archive
@@ -40,11 +39,12 @@ from edgeloader.resource_api.server import (
 )
 from edgeloader.resource_api.users import UserStore
 from edgeloader.web import create_app
+from tests.support import podman
 
 log = logging.getLogger("edgeloader.devstack")
 
 DEMO_EMAIL = "demo@edgeloader.local"
-DEMO_PASSWORD = "demo-password"  # noqa: S105 - a local demo account, printed on start
+DEMO_PASSWORD = "demo-password"
 FOLDER = "models"
 SAMPLE = "sample-model.bin"
 DEMO_SERVICE = "localhost/edgeloader-demo"
@@ -146,7 +146,7 @@ def _print_usage(url: str, sample: Path, with_engine: bool) -> None:
     folder = json.dumps({"folder": FOLDER})
     ctype = "-H 'Content-Type: application/json'"
     bearer = '-H "Authorization: Bearer $TOKEN"'
-    read_token = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"accessToken\"])'"  # noqa: S105 - a shell snippet
+    read_token = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"accessToken\"])'"
     lines = [
         "",
         f"edgeloader is up at {url}  (Ctrl-C stops everything)",

@@ -1,2 +1,0 @@
-"""Development tooling: the local stack behind ``make run`` and the private
-podman engine that it and the tests use. Not needed on a device."""

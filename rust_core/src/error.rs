@@ -19,6 +19,8 @@ pub enum CoreError {
     OutputTooSmall { needed: usize, got: usize },
     /// A stream that was already finalized.
     Finalized,
+    /// A length whose result does not fit in 64 bits.
+    LengthOverflow,
     /// The operating system's random generator failed.
     Random,
     /// Any decryption failure; see the type-level comment.
@@ -43,6 +45,7 @@ impl fmt::Display for CoreError {
                 write!(f, "output buffer too small: need {needed} bytes, got {got}")
             }
             Self::Finalized => f.write_str("stream already finalized"),
+            Self::LengthOverflow => f.write_str("length out of range"),
             Self::Random => f.write_str("the OS random generator failed"),
             Self::Decryption => f.write_str(DECRYPTION_FAILED),
         }

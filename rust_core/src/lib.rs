@@ -1,11 +1,17 @@
 //! edgeloader's crypto core.
 //!
-//! The pure modules (`cipher`, `kdf`, `hash`, `error`) have no Python in
-//! them and are tested by `cargo test`; `python` holds the thin PyO3
-//! bindings and is built only with the `python` feature (by maturin).
+//! The pure modules have no Python in them and are tested by `cargo test`:
+//! - `cbc`: the streaming AES-256-CBC state machine under format v1;
+//! - `format`: the container formats (headers, lengths, split rule), one
+//!   home per format;
+//! - `kdf`, `hash`, `error`.
+//!
+//! `python` holds the thin PyO3 bindings and is built only with the
+//! `python` feature (by maturin).
 
-pub mod cipher;
+pub mod cbc;
 pub mod error;
+pub mod format;
 pub mod hash;
 pub mod kdf;
 

@@ -7,9 +7,12 @@ from typing_extensions import Buffer
 __all__ = [
     "BLOCK_SIZE",
     "DECRYPTION_FAILED",
+    "FULL_SMALL_PART_FROM",
+    "MAX_SMALL_PART",
     "Decryptor",
     "Encryptor",
     "Sha256",
+    "__version__",
     "api_key",
     "archive_key",
     "decrypt_range",
@@ -19,10 +22,16 @@ __all__ = [
     "hw_hash",
     "key_from_str",
     "resource_key",
+    "small_part_length",
+    "v1_padded_length",
+    "v1_plaintext_length",
 ]
 
+__version__: Final[str]
 BLOCK_SIZE: Final[int]
 DECRYPTION_FAILED: Final[str]
+MAX_SMALL_PART: Final[int]
+FULL_SMALL_PART_FROM: Final[int]
 
 @final
 class Decryptor:
@@ -51,6 +60,9 @@ class Sha256:
 
 def encrypt_v1(key: bytes, plaintext: Buffer, iv: bytes | None = None) -> bytes: ...
 def decrypt_v1(key: bytes, data: Buffer) -> bytes: ...
+def v1_padded_length(plaintext_length: int) -> int: ...
+def v1_plaintext_length(key: bytes, ciphertext_length: int, last_two_blocks: bytes) -> int: ...
+def small_part_length(ciphertext_length: int) -> int: ...
 def decrypt_range(key: bytes, prev_block: bytes, ciphertext_slice: Buffer) -> bytes: ...
 def hash_b64(s: str) -> str: ...
 def hw_hash(hardware: str) -> str: ...

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeloader import crypto
-from edgeloader.errors import DECRYPTION_FAILED, DecryptionError
+from edgeloader import _core, crypto
+from edgeloader.errors import DECRYPTION_FAILED, DecryptionError, StreamFinalized
 
 # NIST SP 800-38A, F.2.5 and F.2.6 (CBC-AES256).
 NIST_KEY = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
@@ -181,10 +181,18 @@ def test_streaming_failures_surface_at_finalize_with_the_same_message(case: str)
 def test_finalize_twice_and_update_after_finalize_are_refused() -> None:
     enc = crypto.Encryptor(KEY)
     enc.finalize()
-    with pytest.raises(ValueError, match="finalized"):
+    with pytest.raises(StreamFinalized, match="finalized"):
         enc.finalize()
-    with pytest.raises(ValueError, match="finalized"):
+    with pytest.raises(StreamFinalized, match="finalized"):
         enc.update(b"more")
+    with pytest.raises(StreamFinalized):
+        enc.update_into(b"more", bytearray(32))
+    ct = crypto.encrypt_v1(KEY, b"x")
+    dec = crypto.Decryptor(KEY, ct[:16])
+    dec.update(ct[16:])
+    dec.finalize()
+    with pytest.raises(StreamFinalized):
+        dec.finalize()
 
 
 def test_bad_key_and_iv_lengths_are_value_errors() -> None:
@@ -215,3 +223,80 @@ def test_non_contiguous_input_is_refused() -> None:
 def test_encryptor_iv_is_random_when_not_given() -> None:
     assert crypto.Encryptor(KEY).iv != crypto.Encryptor(KEY).iv
     assert len(crypto.Encryptor(KEY).iv) == 16
+
+
+# The v1 lengths and the split rule in the core, against `cryptography`.
+
+
+@pytest.mark.parametrize("length", [*range(50), 1000, 4095, 4096, 4097, 100_000])
+def test_v1_lengths_match_the_oracle(length: int) -> None:
+    plaintext = os.urandom(length)
+    ct = oracle_encrypt_v1(KEY, plaintext, os.urandom(16))
+    assert _core.v1_padded_length(length) == len(ct) - 16
+    assert _core.v1_plaintext_length(KEY, len(ct), ct[-32:]) == length
+
+
+@settings(max_examples=200, deadline=None)
+@given(length=st.integers(min_value=0, max_value=5000), iv=st.binary(min_size=16, max_size=16))
+def test_v1_plaintext_length_from_the_tail_alone(length: int, iv: bytes) -> None:
+    ct = oracle_encrypt_v1(KEY, bytes(length), iv)
+    assert _core.v1_plaintext_length(KEY, len(ct), ct[-32:]) == length
+
+
+V1_LENGTH_FAILURES = {
+    "negative length": (-32, GOOD[-32:]),
+    "shorter than two blocks": (16, GOOD[-32:]),
+    "zero length": (0, GOOD[-32:]),
+    "unaligned length": (len(GOOD) - 1, GOOD[-32:]),
+    "tail too short": (len(GOOD), GOOD[-31:]),
+    "tail too long": (len(GOOD), GOOD[-33:]),
+    "padding corrupted": (len(GOOD), _flip(GOOD, len(GOOD) - 17)[-32:]),
+}
+
+
+@pytest.mark.parametrize("case", V1_LENGTH_FAILURES, ids=list(V1_LENGTH_FAILURES))
+def test_v1_plaintext_length_failures_are_decryption_errors(case: str) -> None:
+    length, tail = V1_LENGTH_FAILURES[case]
+    with pytest.raises(DecryptionError, match=f"^{DECRYPTION_FAILED}$"):
+        _core.v1_plaintext_length(KEY, length, tail)
+
+
+def test_v1_plaintext_length_wrong_key() -> None:
+    with pytest.raises(DecryptionError):
+        # A wrong key leaves bad padding in all but ~1/256 of cases; this
+        # ciphertext is fixed, and its last block does not unpad under zeros.
+        _core.v1_plaintext_length(bytes(32), len(GOOD), GOOD[-32:])
+    with pytest.raises(ValueError, match="32 bytes"):
+        _core.v1_plaintext_length(b"short", len(GOOD), GOOD[-32:])
+
+
+def test_v1_padded_length_edges() -> None:
+    assert [_core.v1_padded_length(n) for n in (0, 1, 15, 16, 17, 31, 32)] == [
+        16,
+        16,
+        16,
+        32,
+        32,
+        32,
+        48,
+    ]
+    with pytest.raises(OverflowError):
+        _core.v1_padded_length(2**64 - 1)
+
+
+@pytest.mark.parametrize("n", [*range(60), 10_239, 10_240, 10_241, 2**40 + 7, 2**64 - 1])
+def test_small_part_length_is_the_integer_formula(n: int) -> None:
+    assert _core.small_part_length(n) == min(3072, n * 3 // 10)
+
+
+def test_split_constants() -> None:
+    assert _core.MAX_SMALL_PART == 3072
+    assert _core.FULL_SMALL_PART_FROM == 10_240
+    assert _core.small_part_length(_core.FULL_SMALL_PART_FROM) == 3072
+    assert _core.small_part_length(_core.FULL_SMALL_PART_FROM - 1) < 3072
+
+
+def test_random_ivs_never_read_as_format_v2() -> None:
+    for _ in range(2000):
+        assert not crypto.Encryptor(KEY).iv.startswith(b"ELD2")
+        assert not crypto.encrypt_v1(KEY, b"").startswith(b"ELD2")

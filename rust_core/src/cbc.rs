@@ -1,4 +1,6 @@
-//! Streaming AES-256-CBC with PKCS7, and the v1 container `IV ‖ ciphertext`.
+//! Streaming AES-256-CBC with PKCS7: the cipher under format v1.
+//!
+//! The container itself (`IV ‖ ciphertext`, lengths) is in `format::v1`.
 //!
 //! Decryption is where the speed matters: CBC decryption of block *i* needs
 //! only ciphertext blocks *i* and *i-1*, so whole runs of blocks go through
@@ -25,21 +27,14 @@ pub const KEY_LEN: usize = 32;
 /// with VAES, well inside L1.
 const GROUPS_PER_STEP: usize = 2;
 
-type Block = [u8; BLOCK];
+pub type Block = [u8; BLOCK];
 
-fn new_cipher(key: &[u8]) -> Result<Aes256, CoreError> {
+pub(crate) fn new_cipher(key: &[u8]) -> Result<Aes256, CoreError> {
     Aes256::new_from_slice(key).map_err(|_| CoreError::KeyLength(key.len()))
 }
 
-fn to_block(iv: &[u8]) -> Result<Block, CoreError> {
+pub(crate) fn to_block(iv: &[u8]) -> Result<Block, CoreError> {
     iv.try_into().map_err(|_| CoreError::IvLength(iv.len()))
-}
-
-/// A fresh IV from the OS random generator.
-pub fn random_iv() -> Result<Block, CoreError> {
-    let mut iv = [0u8; BLOCK];
-    getrandom::fill(&mut iv).map_err(|_| CoreError::Random)?;
-    Ok(iv)
 }
 
 fn xor_in_place(dst: &mut [u8], src: &[u8]) {
@@ -105,7 +100,7 @@ pub fn decrypt_range(key: &[u8], prev: &[u8], input: &[u8]) -> Result<Vec<u8>, C
 
 /// Checks and strips PKCS7 padding from the final block, in constant time
 /// with respect to the padding bytes.
-fn unpad(block: &Block) -> Result<usize, CoreError> {
+pub(crate) fn unpad(block: &Block) -> Result<usize, CoreError> {
     let pad = block[BLOCK - 1];
     // bad != 0 iff pad is outside 1..=16 or any of the last `pad` bytes differs.
     let mut bad = u8::from(pad == 0) | u8::from(pad as usize > BLOCK);
@@ -296,36 +291,6 @@ impl CbcStream<Encrypt> {
     }
 }
 
-/// Format v1: `IV ‖ AES-256-CBC(key, PKCS7(plaintext))`.
-pub fn encrypt_v1(key: &[u8], plaintext: &[u8], iv: Option<&[u8]>) -> Result<Vec<u8>, CoreError> {
-    let iv = match iv {
-        Some(iv) => to_block(iv)?,
-        None => random_iv()?,
-    };
-    let mut enc = CbcEncryptor::new(key, &iv)?;
-    let body = enc.output_len(plaintext.len());
-    let mut out = vec![0u8; BLOCK + body];
-    out[..BLOCK].copy_from_slice(&iv);
-    enc.update_into(plaintext, &mut out[BLOCK..])?;
-    out.extend_from_slice(&enc.finalize()?);
-    Ok(out)
-}
-
-/// Inverse of [`encrypt_v1`]. Every failure is `Decryption`.
-pub fn decrypt_v1(key: &[u8], data: &[u8]) -> Result<Vec<u8>, CoreError> {
-    if key.len() != KEY_LEN {
-        return Err(CoreError::KeyLength(key.len()));
-    }
-    if data.len() < 2 * BLOCK {
-        return Err(CoreError::Decryption);
-    }
-    let (iv, body) = data.split_at(BLOCK);
-    let mut dec = CbcDecryptor::new(key, iv)?;
-    let mut out = dec.update(body)?;
-    out.extend_from_slice(&dec.finalize()?);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,22 +337,15 @@ mod tests {
     }
 
     #[test]
-    fn v1_round_trip_every_small_length() {
-        let key = [7u8; 32];
-        for len in 0..=100 {
-            let pt = pattern(len);
-            let ct = encrypt_v1(&key, &pt, None).unwrap();
-            assert_eq!(ct.len(), BLOCK + (len / BLOCK + 1) * BLOCK);
-            assert_eq!(decrypt_v1(&key, &ct).unwrap(), pt, "length {len}");
-        }
-    }
-
-    #[test]
     fn streaming_matches_one_shot_for_odd_chunkings() {
         let key = [3u8; 32];
         let iv = [9u8; 16];
         let pt = pattern(3 * 4096 + 77);
-        let ct = encrypt_v1(&key, &pt, Some(&iv)).unwrap();
+        let mut one_shot = CbcEncryptor::new(&key, &iv).unwrap();
+        let mut ct = iv.to_vec();
+        ct.extend(one_shot.update(&pt).unwrap());
+        ct.extend(one_shot.finalize().unwrap());
+        assert_eq!(ct.len(), BLOCK + (pt.len() / BLOCK + 1) * BLOCK);
         for step in [1, 5, 15, 16, 17, 100, 511, 4095, 4112] {
             let mut enc = CbcEncryptor::new(&key, &iv).unwrap();
             let mut got_ct = iv.to_vec();
@@ -404,28 +362,6 @@ mod tests {
             }
             got.extend(dec.finalize().unwrap());
             assert_eq!(got, pt, "decrypt step {step}");
-        }
-    }
-
-    #[test]
-    fn every_failure_is_the_same_error() {
-        let key = [1u8; 32];
-        let ct = encrypt_v1(&key, b"attack at dawn!!", None).unwrap();
-        let mut wrong_key = key;
-        wrong_key[0] ^= 1;
-        let mut flipped = ct.clone();
-        let last = flipped.len() - 1;
-        flipped[last - 16] ^= 0x01; // changes the final padding byte
-        let cases: Vec<(&str, Vec<u8>, [u8; 32])> = vec![
-            ("empty", vec![], key),
-            ("iv only", ct[..16].to_vec(), key),
-            ("unaligned", ct[..ct.len() - 1].to_vec(), key),
-            ("dropped block", ct[..ct.len() - 16].to_vec(), key),
-            ("flipped", flipped, key),
-            ("wrong key", ct.clone(), wrong_key),
-        ];
-        for (name, data, k) in cases {
-            assert_eq!(decrypt_v1(&k, &data), Err(CoreError::Decryption), "{name}");
         }
     }
 

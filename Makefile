@@ -10,6 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEPS_STAMP := $(VENV)/.deps-installed
 EXT_STAMP := $(VENV)/.ext-built
+PY_SOURCES := src publisher/src tests bench
 RUST_SOURCES := $(wildcard rust_core/src/*.rs) rust_core/Cargo.toml Cargo.toml Cargo.lock
 
 .PHONY: run test lint check-rust test-rust test-python bench bench-crypto bench-service \
@@ -18,12 +19,14 @@ RUST_SOURCES := $(wildcard rust_core/src/*.rs) rust_core/Cargo.toml Cargo.toml C
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t18
 
-$(DEPS_STAMP): requirements/dev.lock
+$(DEPS_STAMP): requirements/dev.lock publisher/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is required" >&2; exit 1; }
 	@command -v cargo >/dev/null || { echo "cargo is required (rustup)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements/dev.lock
+	# The publisher distribution (publisher/): tests and `make run` need it.
+	$(BIN)/python -m pip install --quiet --no-deps -e ./publisher
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) $(RUST_SOURCES) pyproject.toml
@@ -40,9 +43,9 @@ run: dev  ## Start the full local stack and the loader in the foreground
 	$(BIN)/python -m tests.support.devstack
 
 lint: dev  ## ruff, mypy, stubtest, cargo fmt and clippy
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy src tests bench
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/mypy $(PY_SOURCES)
 	$(BIN)/python -m mypy.stubtest edgeloader._core
 	cargo fmt --all --check
 	cargo clippy --locked --all-targets --features python -- -D warnings

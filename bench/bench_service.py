@@ -50,15 +50,17 @@ from tests.support.podman import (
     save_images,
 )
 
-from edgeloader import hardware
-from edgeloader.config import Settings
-from edgeloader.resource_api.publish import encrypt_archive
-from edgeloader.resource_api.server import KEY_FRAGMENT_FILE, USERS_FILE
-from edgeloader.resource_api.users import UserStore
-from edgeloader.services.session import DeviceSession
+from edgeloader import crypto
+from edgeloader.config import CdnOverrides
+from edgeloader.services.session import fetch_cdn_config
 from edgeloader.services.upload import upload_resource
 from edgeloader.storage.files import read_file_chunks
+from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
+from edgeloader_publisher.archive import encrypt_archive
+from edgeloader_publisher.resource import PUBLISHER_HARDWARE
+from edgeloader_publisher.resource_api.server import KEY_FRAGMENT_FILE, USERS_FILE
+from edgeloader_publisher.resource_api.users import UserStore
 
 MiB = 1 << 20
 CHUNK = MiB
@@ -417,16 +419,13 @@ async def publish(upstream: Upstream, name: str, size: int) -> None:
         for offset in range(0, size, CHUNK):
             yield block[: min(CHUNK, size - offset)]
 
-    settings = Settings.from_env({"RESOURCE_API_URL": upstream.api_url})
-    settings = settings.with_overrides(upload_part_size=64 * MiB)
     async with aiohttp.ClientSession() as http:
         api = ResourceApiClient(upstream.api_url, http, timeout=120)
         await api.login(EMAIL, PASSWORD)
-        session = DeviceSession(settings, api, hardware.fingerprint())
-        try:
-            staged = await upload_resource(session, FOLDER, name, plaintext())
-        finally:
-            await session.close()
+        key = crypto.api_key(EMAIL, PASSWORD, PUBLISHER_HARDWARE)
+        config = await fetch_cdn_config(api, key, PUBLISHER_HARDWARE, CdnOverrides())
+        async with Cdn(config) as cdn:
+            staged = await upload_resource(cdn, api, FOLDER, name, plaintext(), part_size=64 * MiB)
     if staged.plaintext_bytes != size:
         raise BenchError(f"published {staged.plaintext_bytes} bytes of {name}, not {size}")
 
@@ -631,7 +630,7 @@ async def build_archives(
     log("P3: saving the image as a docker-archive")
     await asyncio.to_thread(save_images, service, [IMAGE_REF], plain)
     log("P3: encrypting the archive")
-    await asyncio.to_thread(encrypt_archive, plain, encrypted, fragment)
+    await encrypt_archive(plain, encrypted, fragment)
     return plain, encrypted
 
 

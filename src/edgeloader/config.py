@@ -30,6 +30,23 @@ class CdnOverrides:
     uploader_access_secret: str | None = None
     region: str = "us-east-1"
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CdnOverrides:
+        def get(name: str) -> str | None:
+            return env.get(name, "").strip() or None
+
+        overrides = cls(
+            host=get("EDGELOADER_CDN_HOST"),
+            downloader_access_key=get("EDGELOADER_CDN_DOWNLOADER_ACCESS_KEY"),
+            downloader_access_secret=get("EDGELOADER_CDN_DOWNLOADER_ACCESS_SECRET"),
+            uploader_access_key=get("EDGELOADER_CDN_UPLOADER_ACCESS_KEY"),
+            uploader_access_secret=get("EDGELOADER_CDN_UPLOADER_ACCESS_SECRET"),
+            region=get("EDGELOADER_CDN_REGION") or "us-east-1",
+        )
+        if overrides.host:
+            _check_url("EDGELOADER_CDN_HOST", overrides.host)
+        return overrides
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -68,16 +85,7 @@ class Settings:
         if url is None:
             raise ConfigError("RESOURCE_API_URL is required (the Resource API base URL)")
         _check_url("RESOURCE_API_URL", url)
-        cdn = CdnOverrides(
-            host=get("EDGELOADER_CDN_HOST"),
-            downloader_access_key=get("EDGELOADER_CDN_DOWNLOADER_ACCESS_KEY"),
-            downloader_access_secret=get("EDGELOADER_CDN_DOWNLOADER_ACCESS_SECRET"),
-            uploader_access_key=get("EDGELOADER_CDN_UPLOADER_ACCESS_KEY"),
-            uploader_access_secret=get("EDGELOADER_CDN_UPLOADER_ACCESS_SECRET"),
-            region=get("EDGELOADER_CDN_REGION") or "us-east-1",
-        )
-        if cdn.host:
-            _check_url("EDGELOADER_CDN_HOST", cdn.host)
+        cdn = CdnOverrides.from_env(env)
         services = tuple(s.strip() for s in (get("EDGELOADER_API_SERVICES") or "").split(","))
         cache = get("EDGELOADER_CACHE_DIR")
         auth_mode = (get("EDGELOADER_AUTH") or "required").lower()

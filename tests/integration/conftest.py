@@ -19,9 +19,9 @@ from aiohttp import web
 from moto.server import ThreadedMotoServer
 
 from edgeloader.config import Settings
-from edgeloader.resource_api.server import ResourceApiConfig, create_resource_api_app
-from edgeloader.resource_api.users import UserStore
 from edgeloader.web import create_app
+from edgeloader_publisher.resource_api.server import ResourceApiConfig, create_resource_api_app
+from edgeloader_publisher.resource_api.users import UserStore
 from tests.support import reference
 from tests.support.podman import PodmanService
 

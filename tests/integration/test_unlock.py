@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edgeloader.resource_api.publish import encrypt_archive
+from edgeloader_publisher.archive import encrypt_archive
 from tests.integration.conftest import ADMIN, Stack
 from tests.support.podman import (
     PodmanService,
@@ -44,10 +44,10 @@ def clean_engine(engine: PodmanService) -> Iterator[PodmanService]:
         remove_image(engine, ref)
 
 
-def encrypted_archive(stack: Stack, plain: Path) -> Path:
+async def encrypted_archive(stack: Stack, plain: Path) -> Path:
     fragment = (stack.api_dir / "key_fragment").read_bytes()
     out = stack.tmp / "images.enc"
-    encrypt_archive(plain, out, fragment)
+    await encrypt_archive(plain, out, fragment)
     return out
 
 
@@ -82,7 +82,7 @@ async def final_status(stack: Stack, within: float = 120) -> dict[str, Any]:
 async def test_unlock_loads_every_expected_image(
     stack: Stack, clean_engine: PodmanService, plain_archive: Path
 ) -> None:
-    archive = encrypted_archive(stack, plain_archive)
+    archive = await encrypted_archive(stack, plain_archive)
     await start_unlocker(stack, clean_engine, archive)
     first = await unlock(stack)
     assert first["state"] == "authenticating"
@@ -100,7 +100,7 @@ async def test_unlock_loads_every_expected_image(
 async def test_already_loaded_is_ready_at_once(
     stack: Stack, clean_engine: PodmanService, plain_archive: Path
 ) -> None:
-    archive = encrypted_archive(stack, plain_archive)
+    archive = await encrypted_archive(stack, plain_archive)
     await start_unlocker(stack, clean_engine, archive)
     await unlock(stack)
     assert (await final_status(stack))["state"] == "ready"
@@ -114,7 +114,7 @@ async def test_concurrent_unlocks_start_one_run(
     plain_archive: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    archive = encrypted_archive(stack, plain_archive)
+    archive = await encrypted_archive(stack, plain_archive)
     await start_unlocker(stack, clean_engine, archive)
     with caplog.at_level(logging.INFO, logger="edgeloader.services.unlock"):
         answers = await asyncio.gather(*(unlock(stack) for _ in range(5)))
@@ -134,7 +134,7 @@ async def test_missing_archive_is_404(stack: Stack, clean_engine: PodmanService)
 async def test_corrupted_archive_ends_in_error_and_loads_nothing(
     stack: Stack, clean_engine: PodmanService, plain_archive: Path
 ) -> None:
-    archive = encrypted_archive(stack, plain_archive)
+    archive = await encrypted_archive(stack, plain_archive)
     data = bytearray(archive.read_bytes())
     data[-1] ^= 0x42  # the final padding no longer checks out
     archive.write_bytes(bytes(data))
@@ -151,7 +151,7 @@ async def test_wrong_fragment_ends_in_error(
     stack: Stack, clean_engine: PodmanService, plain_archive: Path
 ) -> None:
     out = stack.tmp / "images.enc"
-    encrypt_archive(plain_archive, out, b"some other fragment")
+    await encrypt_archive(plain_archive, out, b"some other fragment")
     await start_unlocker(stack, clean_engine, out)
     await unlock(stack)
     status = await final_status(stack)
@@ -165,7 +165,7 @@ async def test_wrong_fragment_ends_in_error(
 async def test_engine_down_ends_in_error_with_a_clear_message(
     stack: Stack, plain_archive: Path
 ) -> None:
-    archive = encrypted_archive(stack, plain_archive)
+    archive = await encrypted_archive(stack, plain_archive)
     socket = stack.tmp / "no-engine.sock"
     await stack.start_loader(
         stack.settings(images_path=archive, api_services=SERVICES, docker_host=f"unix://{socket}")
@@ -179,7 +179,7 @@ async def test_engine_down_ends_in_error_with_a_clear_message(
 async def test_bad_credentials_end_in_error(
     stack: Stack, clean_engine: PodmanService, plain_archive: Path
 ) -> None:
-    archive = encrypted_archive(stack, plain_archive)
+    archive = await encrypted_archive(stack, plain_archive)
     await start_unlocker(stack, clean_engine, archive)
     async with stack.http.post(
         f"{stack.loader_url}/unlock", json={"email": ADMIN[0], "password": "nope"}
@@ -205,7 +205,7 @@ async def test_unlock_writes_no_file_under_tmpdir(
     watched.mkdir()
     monkeypatch.setenv("TMPDIR", str(watched))
     monkeypatch.setattr(tempfile, "tempdir", str(watched))
-    archive = encrypted_archive(stack, plain_archive)
+    archive = await encrypted_archive(stack, plain_archive)
     await start_unlocker(stack, clean_engine, archive)
     seen: set[str] = set()
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 import pytest
 
 from edgeloader.config import CdnOverrides
-from tests.integration.conftest import Stack, dead_url, pattern, s3_client
+from edgeloader.errors import ResourceApiError
+from edgeloader_publisher.resource import PublishTarget, publish_file
+from tests.integration.conftest import ADMIN, OPERATOR, Stack, dead_url, pattern, s3_client
 from tests.support import reference
 
 
@@ -113,3 +117,31 @@ async def test_unsafe_upload_name_is_400(stack: Stack) -> None:
 async def test_upload_before_login_is_401(stack: Stack) -> None:
     status, _ = await upload(stack, "x.bin", form(b"data", stack.bucket))
     assert status == 401
+
+
+async def test_small_part_refused_removes_the_big_part_on_the_route(stack: Stack) -> None:
+    # An Operator passes the loader's compat-mode route, but the Resource API
+    # refuses its small-part post: the staged big part must go again.
+    await stack.login(OPERATOR)
+    status, body = await upload(stack, "refused.bin", form(b"data" * 1000, stack.bucket))
+    assert status == 502
+    assert "upload" in str(body["detail"])
+    assert stored_small(stack, "refused.bin") is None
+    assert not big_exists(stack, "refused.bin")
+
+
+async def test_publisher_cli_path_cleans_up_too(stack: Stack, tmp_path: Path) -> None:
+    """The publishing tool goes through the same upload service, so the
+    same rule holds: nothing is left on the CDN when the small part fails."""
+    source = tmp_path / "model.bin"
+    source.write_bytes(pattern(100_000))
+    target = PublishTarget(stack.api_url, *OPERATOR)
+    with pytest.raises(ResourceApiError):
+        await publish_file(target, source, stack.bucket, "cli.bin")
+    assert stored_small(stack, "cli.bin") is None
+    assert not big_exists(stack, "cli.bin")
+
+    done = await publish_file(PublishTarget(stack.api_url, *ADMIN), source, stack.bucket, "ok.bin")
+    assert done.plaintext_bytes == 100_000
+    await stack.login()
+    assert await stack.load("ok.bin") == (200, source.read_bytes())

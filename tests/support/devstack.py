@@ -29,16 +29,16 @@ from moto.server import ThreadedMotoServer
 from edgeloader import logs
 from edgeloader.config import Settings
 from edgeloader.errors import EdgeloaderError
-from edgeloader.publish_cli import publish_file
-from edgeloader.resource_api.publish import encrypt_archive
-from edgeloader.resource_api.server import (
+from edgeloader.web import create_app
+from edgeloader_publisher.archive import encrypt_archive
+from edgeloader_publisher.resource import PublishTarget, publish_file
+from edgeloader_publisher.resource_api.server import (
     KEY_FRAGMENT_FILE,
     ResourceApiConfig,
     create_resource_api_app,
     read_or_create_secret,
 )
-from edgeloader.resource_api.users import UserStore
-from edgeloader.web import create_app
+from edgeloader_publisher.resource_api.users import UserStore
 from tests.support import podman
 
 log = logging.getLogger("edgeloader.devstack")
@@ -81,7 +81,7 @@ def _sample_archive(state: Path, fragment: bytes) -> podman.PodmanService | None
     ref = f"{DEMO_SERVICE}:latest"
     podman.import_busybox_image(service, ref)
     tar = podman.save_images(service, [ref], state / "images.tar")
-    encrypt_archive(tar, state / "images.enc", fragment)
+    asyncio.run(encrypt_archive(tar, state / "images.enc", fragment))
     tar.unlink()
     podman.remove_image(service, ref)  # so that /unlock has something to do
     return service
@@ -122,8 +122,8 @@ async def run(args: argparse.Namespace) -> None:
             "IMAGES_PATH": str(state / "images.enc"),
             "EDGELOADER_STATE_DIR": str(state / "loader"),
         }
-        publish_settings = Settings.from_env(env)
-        await publish_file(publish_settings, DEMO_EMAIL, DEMO_PASSWORD, sample, FOLDER, SAMPLE)
+        target = PublishTarget(api_url, DEMO_EMAIL, DEMO_PASSWORD)
+        await publish_file(target, sample, FOLDER, SAMPLE)
 
         engine = await asyncio.to_thread(_sample_archive, state, fragment)
         if engine is not None:

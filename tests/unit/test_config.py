@@ -82,22 +82,39 @@ def test_serve_without_configuration_prints_one_line_and_exits_2() -> None:
     ]
 
 
-def test_help_lists_every_command() -> None:
+def test_help_lists_the_device_commands_only() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("serve", "resource-api", "add-user", "publish"):
-        assert command in result.stdout
-    publish = run_cli("publish", "--help")
-    assert "resource" in publish.stdout
-    assert "archive" in publish.stdout
+    assert "serve" in result.stdout
+    for command in ("resource-api", "add-user", "publish"):
+        assert command not in result.stdout
 
 
-def test_unusable_state_folder_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+def test_publisher_help_lists_its_commands() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeloader_publisher", "publish", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "resource" in result.stdout
+    assert "archive" in result.stdout
+
+
+def test_bad_usage_exits_2_with_one_line() -> None:
+    result = run_cli("serve", "--port", "not-a-number")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_unusable_state_folder_is_a_run_time_failure_exit_1(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     env = {"RESOURCE_API_URL": "http://127.0.0.1:9", "EDGELOADER_STATE_DIR": str(blocker / "x")}
     result = run_cli("serve", "--port", "0", env=env)
-    assert result.returncode == 2
+    assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("edgeloader: ")
     assert "Not a directory" in last

@@ -1,4 +1,4 @@
-"""What every pipeline needs of the device's upstream session: the Resource
+"""What every service needs of the device's upstream session: the Resource
 API client, the device fingerprint, the per-device API key and the CDN."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from edgeloader import crypto
-from edgeloader.config import Settings
+from edgeloader.config import CdnOverrides, Settings
 from edgeloader.errors import DeviceNotLoggedIn
 from edgeloader.upstream.cdn import Cdn, CdnConfig
 from edgeloader.upstream.resource_api import Identity, ResourceApiClient
@@ -15,6 +15,19 @@ from edgeloader.upstream.resource_api import Identity, ResourceApiClient
 log = logging.getLogger(__name__)
 
 CDN_SETTINGS_FILE = "cdn.yaml"
+
+
+async def fetch_cdn_config(
+    api: ResourceApiClient, key: bytes, hardware: str, overrides: CdnOverrides
+) -> CdnConfig:
+    """The CDN settings: ``cdn.yaml`` from the API, decrypted with the
+    caller's API key ``key``, under the environment's overrides (the file is
+    not fetched when the environment configures the CDN completely)."""
+    text = None
+    if not CdnConfig.complete_without_yaml(overrides):
+        wire = await api.fetch_part("", CDN_SETTINGS_FILE, hardware)
+        text = crypto.decrypt_v1(key, wire).decode("utf-8", errors="replace")
+    return CdnConfig.resolve(text, overrides)
 
 
 class DeviceSession:
@@ -50,12 +63,12 @@ class DeviceSession:
         (unless the environment configures the CDN completely)."""
         async with self._cdn_lock:
             if self._cdn is None:
-                overrides = self.settings.cdn
-                text = None
-                if not CdnConfig.complete_without_yaml(overrides):
-                    raw = await self.fetch_small("", CDN_SETTINGS_FILE)
-                    text = raw.decode("utf-8", errors="replace")
-                config = CdnConfig.resolve(text, overrides)
+                config = await fetch_cdn_config(
+                    self.api,
+                    self.api_key(),
+                    self.hardware,
+                    self.settings.cdn,
+                )
                 cdn = Cdn(config, connect_timeout=self.settings.cdn_connect_timeout)
                 self._cdn = await cdn.__aenter__()
                 log.info("CDN at %s", config.host)

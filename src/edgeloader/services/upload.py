@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from edgeloader import crypto
 from edgeloader.errors import CdnError
-from edgeloader.services.session import DeviceSession
+from edgeloader.upstream.cdn import Cdn
+from edgeloader.upstream.resource_api import ResourceApiClient
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,18 @@ class Uploaded:
 
 
 async def upload_resource(
-    session: DeviceSession,
+    cdn: Cdn,
+    api: ResourceApiClient,
     folder: str,
     name: str,
     plaintext: AsyncIterable[bytes],
     *,
+    part_size: int,
     before_publish: Callable[[], Awaitable[None]] | None = None,
 ) -> Uploaded:
     """Stages, then publishes; on any failure after staging, discards.
+
+    ``api`` must be logged in as a user that may upload.
 
     ``before_publish`` runs between the two steps (the web layer reads the
     rest of its form there); if it raises, nothing is published.
@@ -52,17 +57,16 @@ async def upload_resource(
             counted += len(chunk)
             yield chunk
 
-    cdn = await session.cdn()
     ciphertext = crypto.encrypt_chunks(crypto.resource_key(), counting())
     small, big = await crypto.split_ciphertext(ciphertext)
     big_key = crypto.big_name(name)
-    big_bytes = await cdn.upload(folder, big_key, big, session.settings.upload_part_size)
+    big_bytes = await cdn.upload(folder, big_key, big, part_size)
     try:
         if before_publish is not None:
             await before_publish()
-        await session.api.upload_part(folder, crypto.small_name(name), small)
+        await api.upload_part(folder, crypto.small_name(name), small)
     except BaseException:
-        await _discard(session, folder, big_key)
+        await _discard(cdn, folder, big_key)
         raise
     result = Uploaded(folder, name, counted, len(small), big_bytes)
     log.info(
@@ -76,9 +80,9 @@ async def upload_resource(
     return result
 
 
-async def _discard(session: DeviceSession, folder: str, key: str) -> None:
+async def _discard(cdn: Cdn, folder: str, key: str) -> None:
     """Removes a staged big part again (best effort: the first error matters more)."""
     try:
-        await (await session.cdn()).delete(folder, key)
+        await cdn.delete(folder, key)
     except CdnError:
         log.warning("could not remove staged %s/%s", folder, key, exc_info=True)

@@ -181,7 +181,13 @@ async def upload_resource(request: web.Request) -> web.Response:
 
     chunks = _part_chunks(part, svc.settings.chunk_size, svc.settings.max_upload_bytes)
     done = await upload.upload_resource(
-        svc.session, folder, name, chunks, before_publish=rest_of_form
+        await svc.session.cdn(),
+        svc.session.api,
+        folder,
+        name,
+        chunks,
+        part_size=svc.settings.upload_part_size,
+        before_publish=rest_of_form,
     )
     request[AUDIT_BYTES] = done.plaintext_bytes
     return web.json_response(

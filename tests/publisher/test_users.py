@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 from pathlib import Path
 
 import pytest
 
-from edgeloader.resource_api import users
-from edgeloader.resource_api.cli import add_subcommands
-from edgeloader.resource_api.server import USERS_FILE
-from edgeloader.resource_api.users import User, UserStore, hash_password, verify_password
+from edgeloader_publisher.cli import build_parser, main
+from edgeloader_publisher.resource_api import users
+from edgeloader_publisher.resource_api.server import USERS_FILE
+from edgeloader_publisher.resource_api.users import User, UserStore, hash_password, verify_password
 
 
 @pytest.fixture
@@ -102,16 +101,13 @@ def test_unknown_user_costs_a_scrypt_too(store: UserStore, monkeypatch: pytest.M
 # -- add-user ---------------------------------------------------------------------------
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="edgeloader")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+def parse(*argv: str) -> list[str]:
+    build_parser().parse_args(argv)  # argparse errors raise SystemExit here
+    return list(argv)
 
 
-def run(args: argparse.Namespace) -> int:
-    code = args.func(args)
-    assert isinstance(code, int)
-    return code
+def run(argv: list[str]) -> int:
+    return main(argv)
 
 
 def test_add_user_command(

@@ -17,12 +17,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Self
 
-__all__ = ["ROLES", "UPLOAD_ROLES", "User", "UserStore", "hash_password", "verify_password"]
+from edgeloader.roles import Role
 
-ROLES: Final = ("Operator", "Validator", "CompanionPC", "Admin", "ResourceUploader", "ApiAdmin")
-UPLOAD_ROLES: Final = frozenset({"ResourceUploader", "Admin", "ApiAdmin"})
+__all__ = ["User", "UserStore", "hash_password", "verify_password"]
 
 _SCHEME = "scrypt"
 _N, _R, _P = 2**14, 8, 1
@@ -111,8 +110,8 @@ class UserStore:
             raise ValueError("email must be non-empty without surrounding spaces")
         if not password:
             raise ValueError("password must not be empty")
-        if role not in ROLES:
-            raise ValueError(f"unknown role {role!r} (valid: {', '.join(ROLES)})")
+        if role not in Role.names():
+            raise ValueError(f"unknown role {role!r} (valid: {', '.join(Role.names())})")
         encoded = hash_password(password)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import jwt
 from aiohttp import BodyPartReader, web
 from aiohttp.typedefs import Handler
 
-from edgeloader.crypto import IV_SIZE, Encryptor, api_key, padded_length
+from edgeloader import crypto
 from edgeloader.errors import (
     ConfigError,
     EdgeloaderError,
@@ -37,7 +36,9 @@ from edgeloader.errors import (
     PayloadTooLarge,
     UnsafeName,
 )
-from edgeloader.resource_api.users import UPLOAD_ROLES, UserStore
+from edgeloader.roles import UPLOADERS
+from edgeloader.storage.files import AtomicFile, atomic_write
+from edgeloader_publisher.resource_api.users import UserStore
 
 __all__ = [
     "CDN_FILE",
@@ -53,7 +54,7 @@ __all__ = [
     "read_or_create_secret",
 ]
 
-log = logging.getLogger("edgeloader.resource_api")
+log = logging.getLogger("edgeloader_publisher.resource_api")
 
 USERS_FILE: Final = "users.sqlite3"
 KEY_FRAGMENT_FILE: Final = "key_fragment"
@@ -119,19 +120,11 @@ def read_or_create_secret(path: Path, generate: Callable[[], bytes]) -> bytes:
     """Reads a secret file, creating it (mode 0600) with ``generate()`` if missing.
 
     The file appears complete or not at all, and a concurrent creator wins
-    cleanly: the content goes to a temp file that is hard-linked into place.
+    cleanly (an exclusive commit never replaces a file that appeared).
     """
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(generate())
-                f.flush()
-                os.fsync(f.fileno())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
+        with contextlib.suppress(FileExistsError):
+            atomic_write(path, generate(), exclusive=True)
     data = path.read_bytes()
     if not data:
         raise ConfigError(f"{path} is empty")
@@ -291,7 +284,7 @@ async def _get_resource(request: web.Request) -> web.StreamResponse:
     user = await asyncio.to_thread(request.app[USERS_KEY].verify, claims.email, password)
     if user is None or str(user.id) != claims.user_id:
         raise InvalidCredentials(_BAD_CREDENTIALS)
-    key = api_key(claims.email, password, hardware)
+    key = crypto.api_key(claims.email, password, hardware)
     try:
         source = await asyncio.to_thread(path.open, "rb")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -305,20 +298,22 @@ async def _send_encrypted(request: web.Request, source: BinaryIO, key: bytes) ->
     # file cannot change under us.
     size = os.fstat(source.fileno()).st_size
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    response.content_length = IV_SIZE + padded_length(size)
-    encryptor = Encryptor(key)
+    response.content_length = crypto.IV_SIZE + crypto.padded_length(size)
     await response.prepare(request)
-    await response.write(encryptor.iv)
-    while chunk := await asyncio.to_thread(source.read, _CHUNK):
-        await response.write(encryptor.update(chunk))
-    await response.write(encryptor.finalize())
+
+    async def plaintext() -> AsyncIterator[bytes]:
+        while chunk := await asyncio.to_thread(source.read, _CHUNK):
+            yield chunk
+
+    async for piece in crypto.encrypt_chunks(key, plaintext()):
+        await response.write(piece)
     await response.write_eof()
     return response
 
 
 async def _upload(request: web.Request) -> web.Response:
     claims = _authenticate(request)
-    if claims.role not in UPLOAD_ROLES:
+    if claims.role not in UPLOADERS:
         raise Forbidden(f"role {claims.role!r} may not upload resources")
     folder = check_name(request.match_info["folder"])
     cap = request.app[CONFIG_KEY].max_upload_bytes
@@ -347,38 +342,14 @@ async def _data_part(request: web.Request) -> BodyPartReader:
 
 
 async def _store_part(part: BodyPartReader, directory: Path, name: str, cap: int) -> None:
-    """Streams the part to a temp file in ``directory``, then renames it to ``name``."""
-    fd, tmp = await asyncio.to_thread(tempfile.mkstemp, prefix=".upload-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            size = 0
-            while chunk := await part.read_chunk(_CHUNK):
-                size += len(chunk)
-                if size > cap:
-                    raise PayloadTooLarge(f"the upload is larger than {cap} bytes")
-                await asyncio.to_thread(out.write, chunk)
-            await asyncio.to_thread(_flush_and_sync, out)
-        await asyncio.to_thread(_commit, tmp, directory / name)
-    except BaseException:
-        # Synchronous on purpose: it must also run when the request is cancelled.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _flush_and_sync(out: BinaryIO) -> None:
-    out.flush()
-    os.fsync(out.fileno())
-
-
-def _commit(tmp: str, target: Path) -> None:
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Streams the part into ``directory/name``, which appears only when complete."""
+    # Files are served to every user (re-encrypted), so readable like any upload.
+    with AtomicFile(directory / name, 0o644) as out:
+        while chunk := await part.read_chunk(_CHUNK):
+            if out.size + len(chunk) > cap:
+                raise PayloadTooLarge(f"the upload is larger than {cap} bytes")
+            await asyncio.to_thread(out.write, chunk)
+        await asyncio.to_thread(out.commit)
 
 
 async def _list(request: web.Request) -> web.Response:

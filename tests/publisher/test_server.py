@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from yarl import URL
 
 from edgeloader import crypto
-from edgeloader.resource_api import ResourceApiConfig, UserStore, create_resource_api_app
-from edgeloader.resource_api.server import KEY_FRAGMENT_FILE, RESOURCES_DIR, USERS_FILE
+from edgeloader_publisher.resource_api import ResourceApiConfig, UserStore, create_resource_api_app
+from edgeloader_publisher.resource_api.server import KEY_FRAGMENT_FILE, RESOURCES_DIR, USERS_FILE
 
 SECRET = "test-secret-" + "x" * 32
 OPERATOR = "operator@example.com"
@@ -553,12 +553,9 @@ def free_port() -> int:
 
 
 SERVE_SCRIPT = """
-import argparse, sys
-from edgeloader.resource_api.cli import add_subcommands
-parser = argparse.ArgumentParser(prog="edgeloader")
-add_subcommands(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
+import sys
+from edgeloader_publisher.cli import main
+sys.exit(main(sys.argv[1:]))
 """
 
 

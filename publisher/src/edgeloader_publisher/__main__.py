@@ -1,0 +1,3 @@
+from edgeloader_publisher.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""``edgeloader``: the command line of the device.
+
+Each subcommand lives in its own module and registers itself on the parser;
+:func:`edgeloader.cli.output.run_command` gives all of them one way to fail.
+The publishing tools are a separate program of the publisher distribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from edgeloader import __version__
+from edgeloader.cli.output import run_command
+from edgeloader.cli.serve import add_serve
+
+PROG = "edgeloader"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Gets encrypted models and container images onto this device, "
+            "and serves them to on-device agents over REST."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_serve(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, args.func, args)

@@ -1,4 +1,4 @@
-"""The device fingerprint (DESIGN §5).
+"""The device fingerprint (docs/fingerprint.md).
 
 ``CPU: {cpu}. GPU: {gpu}. Memory: {memory}. DriveSerial: {serial}``
 

@@ -42,7 +42,7 @@ async def test_login_then_load_is_byte_identical(stack: Stack, size: int) -> Non
 
 
 async def test_small_part_on_the_wire_is_encrypted_per_device(stack: Stack) -> None:
-    """The API's answer decrypts with the key DESIGN §4 derives, checked
+    """The API's answer decrypts with the key docs/protocol.md derives, checked
     with `cryptography`, and yields the stored resource-key ciphertext."""
     data = pattern(5000)
     stack.publish("wire.bin", data)

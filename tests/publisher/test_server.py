@@ -108,7 +108,7 @@ async def api(data_dir: Path) -> AsyncIterator[Api]:
         await runner.cleanup()
 
 
-# -- an independent implementation of DESIGN §4 as the oracle --------------------------
+# -- an independent implementation of docs/protocol.md as the oracle --------------------------
 
 
 def oracle_api_key(email: str, password: str, hardware: str) -> bytes:

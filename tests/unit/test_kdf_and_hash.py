@@ -1,4 +1,4 @@
-"""Key derivation known answers, computed here from DESIGN §4 with hashlib."""
+"""Key derivation known answers, computed here from docs/protocol.md with hashlib."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class CdnConfig:
 
     @classmethod
     def resolve(cls, yaml_text: str | None, overrides: CdnOverrides) -> CdnConfig:
-        """``cdn.yaml`` (DESIGN §3) with the environment's overrides on top."""
+        """``cdn.yaml`` (docs/protocol.md) with the environment's overrides on top."""
         doc: dict[str, Any] = {}
         if yaml_text:
             try:

@@ -1,4 +1,4 @@
-"""Client of the central Resource API (DESIGN §3).
+"""Client of the central Resource API (docs/protocol.md).
 
 It keeps the device's credentials and upstream token in memory, and on a
 401/403 from any authenticated call it logs in again once and retries once.
@@ -23,7 +23,7 @@ from edgeloader.errors import (
 
 log = logging.getLogger(__name__)
 
-# Claim names: DESIGN §3, with the long .NET forms some issuers use.
+# Claim names: docs/protocol.md, with the long .NET forms some issuers use.
 _ROLE_CLAIMS = ("role", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role")
 _EMAIL_CLAIMS = ("unique_name", "email")
 _ID_CLAIMS = ("nameid", "sub")

@@ -1,4 +1,4 @@
-"""The reference Resource API: DESIGN §3 served over aiohttp.
+"""The reference Resource API (docs/protocol.md) served over aiohttp.
 
 Layout under ``data_dir``::
 

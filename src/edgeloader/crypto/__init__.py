@@ -23,6 +23,8 @@ from edgeloader._core import (
     key_from_str,
     resource_key,
 )
+from edgeloader._core import v1_padded_length as padded_length
+from edgeloader._core import v1_plaintext_length as plaintext_length
 from edgeloader.crypto.parts import (
     FULL_SMALL_PART_FROM,
     MAX_SMALL_PART,
@@ -67,22 +69,6 @@ __all__ = [
 IV_SIZE = BLOCK_SIZE
 
 
-def plaintext_length(key: bytes, ciphertext_length: int, last_two_blocks: bytes) -> int:
-    """Length of the plaintext of a v1 ciphertext, from its last 32 bytes only.
-
-    CBC lets the final block be decrypted on its own (its IV is the block
-    before it), which reveals the padding and so the exact length before
-    the rest is read. Raises :class:`DecryptionError` like any bad input.
-    """
-    if ciphertext_length < 2 * BLOCK_SIZE or ciphertext_length % BLOCK_SIZE:
-        raise DecryptionError()
-    if len(last_two_blocks) != 2 * BLOCK_SIZE:
-        raise DecryptionError()
-    dec = Decryptor(key, last_two_blocks[:BLOCK_SIZE])
-    dec.update(last_two_blocks[BLOCK_SIZE:])
-    return ciphertext_length - 2 * BLOCK_SIZE + len(dec.finalize())
-
-
 #: How much of a v1 ciphertext's end ``plaintext_length`` needs.
 V1_TAIL = 2 * BLOCK_SIZE
 
@@ -93,11 +79,6 @@ def split_plaintext_length(small: bytes, big_size: int, big_tail: bytes) -> int:
     (fewer when the big part is shorter: then the small part supplies the rest)."""
     last = (small + big_tail)[-V1_TAIL:]
     return plaintext_length(resource_key(), len(small) + big_size, last)
-
-
-def padded_length(plaintext_length: int) -> int:
-    """Length of ``PKCS7(plaintext)``: PKCS7 always adds 1 to 16 bytes."""
-    return (plaintext_length // BLOCK_SIZE + 1) * BLOCK_SIZE
 
 
 def encrypt_stream(key: bytes, chunks: Iterable[bytes], iv: bytes | None = None) -> Iterator[bytes]:

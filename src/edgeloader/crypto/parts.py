@@ -1,5 +1,9 @@
 """How a resource is stored: its ciphertext split into two named parts.
 
+The split rule itself lives in the Rust core with the formats
+(``small_part_length``: ``min(3072, floor(0.3 x len(ct)))``); this module
+names the parts and applies the rule to a stream.
+
 The small part (``NAME.small``) is served by the Resource API, the big part
 (``NAME.big``) by the CDN (docs/protocol.md). The split rule depends on the
 ciphertext's total length only while it is under ``FULL_SMALL_PART_FROM``
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from edgeloader._core import FULL_SMALL_PART_FROM, MAX_SMALL_PART, small_part_length
+
 __all__ = [
     "FULL_SMALL_PART_FROM",
     "MAX_SMALL_PART",
@@ -19,16 +25,6 @@ __all__ = [
     "small_part_length",
     "split_ciphertext",
 ]
-
-#: Largest small part.
-MAX_SMALL_PART = 3072
-#: From this ciphertext length on, the small part is always MAX_SMALL_PART.
-FULL_SMALL_PART_FROM = MAX_SMALL_PART * 10 // 3
-
-
-def small_part_length(ciphertext_length: int) -> int:
-    """``min(3072, floor(0.3 x len(ct)))``, in integers to avoid float rounding."""
-    return min(MAX_SMALL_PART, ciphertext_length * 3 // 10)
 
 
 def small_name(name: str) -> str:

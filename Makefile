@@ -57,7 +57,17 @@ test-rust:  ## cargo test on the pure core, with the native and the portable AES
 test-python: dev engine  ## pytest: unit and integration tests (S3 via moto, engine via podman)
 	$(BIN)/pytest
 
-test: lint test-rust test-python  ## Everything CI runs
+# The stages of `make test`, in order; each one's time is printed.
+TEST_STAGES := dev engine lint test-rust test-python
+
+test:  ## Everything CI runs, printing each stage's time
+	@set -e; all=$$(date +%s); \
+	for stage in $(TEST_STAGES); do \
+	  start=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$stage; \
+	  echo "== make test: $$stage took $$(( $$(date +%s) - start )) s"; \
+	done; \
+	echo "== make test: all stages took $$(( $$(date +%s) - all )) s"
 
 bench-crypto: dev  ## Cipher throughput against openssl and cryptography
 	$(BIN)/python bench/bench_crypto.py

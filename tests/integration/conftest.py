@@ -1,29 +1,48 @@
 """A real stack per test: moto's S3 server, the reference Resource API and
-the loader, all over HTTP on loopback; podman for the engine tests."""
+the loader, all over HTTP on loopback; podman for the engine tests. The
+components come from the harness (tests/support/harness)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import boto3
 import pytest
 from aiohttp import web
-from moto.server import ThreadedMotoServer
 
 from edgeloader.config import Settings
-from edgeloader.web import create_app
-from edgeloader_publisher.resource_api.server import ResourceApiConfig, create_resource_api_app
-from edgeloader_publisher.resource_api.users import UserStore
+from edgeloader.roles import Role
+from edgeloader_publisher.resource_api.server import ResourceApiConfig
 from tests.support import reference
+from tests.support.harness.loader import serve_loader
+from tests.support.harness.net import dead_url, wait_for
+from tests.support.harness.net import serve as start
+from tests.support.harness.resource_api import User, serve_resource_api, write_api_data
+from tests.support.harness.s3 import S3Server, create_bucket, s3_client
 from tests.support.podman import PodmanService
+
+__all__ = [
+    "ADMIN",
+    "BUCKET",
+    "CDN_KEYS",
+    "FINGERPRINT",
+    "OPERATOR",
+    "Stack",
+    "dead_url",
+    "engine",
+    "make_stack",
+    "pattern",
+    "s3_client",
+    "s3_endpoint",
+    "stack",
+    "start",
+    "wait_for",
+]
 
 ADMIN = ("admin@example.org", "admin-password-1")
 OPERATOR = ("operator@example.org", "operator-password-1")
@@ -39,44 +58,14 @@ BUCKET = "models"
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with S3Server() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanService]:
     with PodmanService(tmp_path_factory.mktemp("podman")) as service:
         yield service
-
-
-def s3_client(endpoint: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-
-
-def dead_url() -> str:
-    """An http URL on loopback where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
-async def start(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
 
 
 @dataclass
@@ -114,7 +103,7 @@ class Stack:
         return Settings.from_env(env).with_overrides(**overrides)
 
     async def start_loader(self, settings: Settings | None = None) -> str:
-        runner, url = await start(create_app(settings or self.settings(), fingerprint=FINGERPRINT))
+        runner, url = await serve_loader(settings or self.settings(), fingerprint=FINGERPRINT)
         self.runners.append(runner)
         self.loader_url = url
         return url
@@ -139,21 +128,15 @@ async def make_stack(
 
     async def make(token_lifetime: float = 3600.0) -> Stack:
         api_dir = tmp_path / "api"
-        api_dir.mkdir(exist_ok=True)
-        users = UserStore(api_dir / "users.sqlite3")
-        users.add_user(*ADMIN, role="Admin")
-        users.add_user(*OPERATOR, role="Operator")
-        users.close()
-        (api_dir / "cdn.yaml").write_text(
-            f"host: {s3_endpoint}\n" + "".join(f"{k}: {v}\n" for k, v in CDN_KEYS.items())
-        )
+        users = [User(*ADMIN, Role.ADMIN), User(*OPERATOR, Role.OPERATOR)]
+        write_api_data(api_dir, s3_endpoint, users, CDN_KEYS)
         bucket = f"models-{secrets.token_hex(4)}"
-        s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+        create_bucket(s3_endpoint, bucket)
         jwt_secret = secrets.token_hex(32)
         config = ResourceApiConfig(
             data_dir=api_dir, jwt_secret=jwt_secret, token_lifetime=token_lifetime
         )
-        runner, url = await start(create_resource_api_app(config))
+        runner, url = await serve_resource_api(config)
         stack = Stack(
             s3_endpoint, api_dir, url, runner, aiohttp.ClientSession(), tmp_path, bucket, jwt_secret
         )
@@ -180,12 +163,3 @@ def pattern(size: int) -> bytes:
     block = os.urandom(min(size, 1 << 20))
     reps, rest = divmod(size, len(block)) if block else (0, 0)
     return block * reps + block[:rest]
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import hashlib
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -25,8 +24,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from yarl import URL
 
 from edgeloader import crypto
-from edgeloader_publisher.resource_api import ResourceApiConfig, UserStore, create_resource_api_app
+from edgeloader.roles import Role
+from edgeloader_publisher.resource_api import ResourceApiConfig, create_resource_api_app
 from edgeloader_publisher.resource_api.server import KEY_FRAGMENT_FILE, RESOURCES_DIR, USERS_FILE
+from tests.support.harness.net import free_port
+from tests.support.harness.resource_api import User, serve_resource_api, write_users
 
 SECRET = "test-secret-" + "x" * 32
 OPERATOR = "operator@example.com"
@@ -78,11 +80,11 @@ def make_token(role: str, *, secret: str = SECRET, exp_delta: int = 3600) -> str
 @pytest.fixture(scope="module")
 def users_db(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A populated user database, made once: scrypt is slow on purpose."""
-    path = tmp_path_factory.mktemp("users") / USERS_FILE
-    with UserStore(path) as store:
-        store.add_user(OPERATOR, PASSWORD, "Operator")
-        store.add_user(UPLOADER, UPLOADER_PASSWORD, "ResourceUploader")
-    return path.read_bytes()
+    directory = tmp_path_factory.mktemp("users")
+    users = [User(OPERATOR, PASSWORD, Role.OPERATOR)]
+    users += [User(UPLOADER, UPLOADER_PASSWORD, Role.RESOURCE_UPLOADER)]
+    write_users(directory, users)
+    return (directory / USERS_FILE).read_bytes()
 
 
 @pytest.fixture
@@ -96,13 +98,9 @@ def data_dir(tmp_path: Path, users_db: bytes) -> Path:
 @pytest.fixture
 async def api(data_dir: Path) -> AsyncIterator[Api]:
     config = ResourceApiConfig(data_dir=data_dir, jwt_secret=SECRET, max_upload_bytes=MAX_UPLOAD)
-    runner = web.AppRunner(create_resource_api_app(config))
-    await runner.setup()
+    runner, url = await serve_resource_api(config)
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+        async with aiohttp.ClientSession(url) as session:
             yield Api(session=session, data_dir=data_dir)
     finally:
         await runner.cleanup()
@@ -220,14 +218,11 @@ def test_every_route_but_login_is_covered() -> None:
 
 async def test_token_lifetime_is_configurable(data_dir: Path) -> None:
     config = ResourceApiConfig(data_dir=data_dir, jwt_secret=SECRET, token_lifetime=90)
-    runner = web.AppRunner(create_resource_api_app(config))
-    await runner.setup()
+    runner, url = await serve_resource_api(config)
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/login"
         async with (
             aiohttp.ClientSession() as session,
-            session.post(url, json={"email": OPERATOR, "password": PASSWORD}) as r,
+            session.post(f"{url}/login", json={"email": OPERATOR, "password": PASSWORD}) as r,
         ):
             token = (await r.json())["token"]
     finally:
@@ -543,13 +538,6 @@ def test_short_jwt_secret_is_refused(tmp_path: Path) -> None:
 
 
 # -- the resource-api command -----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 SERVE_SCRIPT = """

@@ -19,27 +19,24 @@ import os
 import secrets
 import signal
 import sys
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from pathlib import Path
-
-from aiobotocore.session import get_session
-from aiohttp import web
-from moto.server import ThreadedMotoServer
 
 from edgeloader import logs
 from edgeloader.config import Settings
 from edgeloader.errors import EdgeloaderError
-from edgeloader.web import create_app
+from edgeloader.roles import Role
 from edgeloader_publisher.archive import encrypt_archive
 from edgeloader_publisher.resource import PublishTarget, publish_file
 from edgeloader_publisher.resource_api.server import (
     KEY_FRAGMENT_FILE,
     ResourceApiConfig,
-    create_resource_api_app,
     read_or_create_secret,
 )
-from edgeloader_publisher.resource_api.users import UserStore
 from tests.support import podman
+from tests.support.harness.loader import serve_loader
+from tests.support.harness.resource_api import User, serve_resource_api, write_api_data
+from tests.support.harness.s3 import S3Server, create_bucket
 
 log = logging.getLogger("edgeloader.devstack")
 
@@ -48,27 +45,6 @@ DEMO_PASSWORD = "demo-password"
 FOLDER = "models"
 SAMPLE = "sample-model.bin"
 DEMO_SERVICE = "localhost/edgeloader-demo"
-S3_KEY, S3_SECRET = "devstack", "devstack-secret"
-
-
-async def _serve(app: web.Application, host: str, port: int, stack: AsyncExitStack) -> str:
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
-    await web.TCPSite(runner, host, port).start()
-    return f"http://{host}:{port}"
-
-
-async def _create_bucket(endpoint: str, bucket: str) -> None:
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_SECRET,
-    ) as s3:
-        with suppress(s3.exceptions.BucketAlreadyOwnedByYou):
-            await s3.create_bucket(Bucket=bucket)
 
 
 def _sample_archive(state: Path, fragment: bytes) -> podman.PodmanService | None:
@@ -91,26 +67,17 @@ async def run(args: argparse.Namespace) -> None:
     state: Path = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=args.s3_port, verbose=False)
-        moto.start()
-        stack.callback(moto.stop)
-        s3 = f"http://127.0.0.1:{args.s3_port}"
-        await _create_bucket(s3, FOLDER)
+        s3 = stack.enter_context(S3Server(args.s3_port)).url
+        create_bucket(s3, FOLDER)
 
         api_dir = state / "api"
-        api_dir.mkdir(exist_ok=True)
-        users = UserStore(api_dir / "users.sqlite3")
-        users.add_user(DEMO_EMAIL, DEMO_PASSWORD, role="Admin")
-        users.close()
-        (api_dir / "cdn.yaml").write_text(
-            f"host: {s3}\ndownloader_access_key: {S3_KEY}\ndownloader_access_secret: {S3_SECRET}\n"
-            f"uploader_access_key: {S3_KEY}\nuploader_access_secret: {S3_SECRET}\n"
-        )
+        write_api_data(api_dir, s3, [User(DEMO_EMAIL, DEMO_PASSWORD, Role.ADMIN)])
         secret = read_or_create_secret(
             api_dir / "jwt_secret", lambda: secrets.token_hex(32).encode()
         )
         config = ResourceApiConfig(data_dir=api_dir, jwt_secret=secret.decode())
-        api_url = await _serve(create_resource_api_app(config), "127.0.0.1", args.api_port, stack)
+        api_runner, api_url = await serve_resource_api(config, port=args.api_port)
+        stack.push_async_callback(api_runner.cleanup)
         fragment = (api_dir / KEY_FRAGMENT_FILE).read_bytes()
 
         sample = state / SAMPLE
@@ -130,7 +97,8 @@ async def run(args: argparse.Namespace) -> None:
             stack.callback(engine.stop)
             env |= {"DOCKER_HOST": engine.docker_host, "EDGELOADER_API_SERVICES": DEMO_SERVICE}
         settings = Settings.from_env(env).with_overrides(host=args.host, port=args.port)
-        loader = await _serve(create_app(settings), settings.host, settings.port, stack)
+        loader_runner, loader = await serve_loader(settings, host=settings.host, port=settings.port)
+        stack.push_async_callback(loader_runner.cleanup)
         _print_usage(loader, sample, engine is not None)
 
         stop = asyncio.Event()

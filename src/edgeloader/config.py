@@ -49,6 +49,36 @@ class CdnOverrides:
 
 
 @dataclass(frozen=True)
+class FunctionSettings:
+    """``EDGELOADER_MAX_RUNS`` and the other knobs of function runs (docs/functions.md)."""
+
+    max_runs: int = 2  # runs at once, all functions together (a 2-core box)
+    dir: Path | None = None  # default: STATE_DIR/functions
+    run_retention: float = 7 * 86_400  # run folders older than this are deleted
+    output_max: int = 1 * MiB  # per captured stream, result.json and logs.json
+    request_max: int = 1 * MiB  # an invoke body, which becomes request.json
+    build_context_max: int = 256 * MiB  # an uploaded build context
+    build_timeout: float = 30 * 60
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FunctionSettings:
+        folder = env.get("EDGELOADER_FUNCTIONS_DIR", "").strip()
+        return cls(
+            max_runs=_integer(env, "EDGELOADER_MAX_RUNS", cls.max_runs, 1, 64),
+            dir=Path(folder) if folder else None,
+            run_retention=_seconds(env, "EDGELOADER_RUN_RETENTION", cls.run_retention),
+            output_max=_integer(env, "EDGELOADER_RUN_OUTPUT_MAX", cls.output_max, 1024, 64 * MiB),
+            request_max=_integer(
+                env, "EDGELOADER_INVOKE_BODY_MAX", cls.request_max, 1024, 64 * MiB
+            ),
+            build_context_max=_integer(
+                env, "EDGELOADER_BUILD_CONTEXT_MAX", cls.build_context_max, 1024, 64 * 1024 * MiB
+            ),
+            build_timeout=_seconds(env, "EDGELOADER_BUILD_TIMEOUT", cls.build_timeout),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     resource_api_url: str
     images_path: Path = Path("/opt/edgeloader/images.enc")
@@ -66,12 +96,15 @@ class Settings:
     access_token_ttl: float = 15 * 60
     refresh_token_ttl: float = 30 * 86_400
     token_issuer: str = "edgeloader"  # noqa: S105 - the `iss` claim, not a secret
+    # Integrity (docs/security.md): the publisher's Ed25519 public key (PEM).
+    publisher_key: Path | None = None
     # Tuning; the defaults suit small devices.
     chunk_size: int = 1 * MiB
     upload_part_size: int = 8 * MiB
     max_upload_bytes: int = 64 * 1024 * MiB
     api_timeout: float = 30.0
     cdn_connect_timeout: float = 10.0
+    functions: FunctionSettings = field(default_factory=FunctionSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -104,8 +137,10 @@ class Settings:
             upstream_jwt_key=get("EDGELOADER_UPSTREAM_JWT_KEY"),
             auth_mode=auth_mode,
             state_dir=Path(get("EDGELOADER_STATE_DIR") or cls.state_dir),
+            publisher_key=Path(key) if (key := get("EDGELOADER_PUBLISHER_KEY")) else None,
             access_token_ttl=_seconds(env, "EDGELOADER_ACCESS_TOKEN_TTL", cls.access_token_ttl),
             refresh_token_ttl=_seconds(env, "EDGELOADER_REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
+            functions=FunctionSettings.from_env(env),
         )
         return settings
 
@@ -116,6 +151,11 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def functions_dir(self) -> Path:
+        """Where function runs and their records live."""
+        return self.functions.dir or self.state_dir / "functions"
 
     @property
     def expected_images(self) -> tuple[str, ...]:
@@ -139,6 +179,19 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be {low}-{high}, got {value}")
     return value
 
 

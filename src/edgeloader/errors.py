@@ -138,3 +138,43 @@ class EngineError(UpstreamError):
 
 class HardwareError(EdgeloaderError):
     """Device fingerprint could not be collected."""
+
+
+class QueueFull(TooManyAttempts):
+    """The function's queue is full; try again later.
+
+    A ``TooManyAttempts`` so that the answer carries ``Retry-After``.
+    """
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(detail or self.default_detail(), retry_after=retry_after)
+
+
+class BuildFailed(ValidationFailed):
+    """The image build failed."""
+
+
+class IntegrityError(UpstreamError):
+    """Integrity check failed.
+
+    A refusal under the signed release manifest (docs/security.md). Its
+    ``reason`` is one of a fixed set, used in the detail, the audit and
+    logs; naming it leaks nothing, unlike a decryption failure's cause.
+    """
+
+    REASONS = (
+        "bad-signature",
+        "expired",
+        "rollback",
+        "not-listed",
+        "format",
+        "size",
+        "hash",
+        "unavailable",
+    )
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown integrity reason {reason!r}")
+        self.reason = reason
+        super().__init__(f"integrity: {reason}" + (f": {detail}" if detail else ""))

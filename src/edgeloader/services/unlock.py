@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from edgeloader import crypto
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound
+from edgeloader.services.manifest import ARCHIVE_KEY, Artifact, CiphertextHash, ReleaseGate
 from edgeloader.services.session import DeviceSession
-from edgeloader.storage.files import read_file_chunks
 from edgeloader.upstream.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -44,23 +46,52 @@ class UnlockStatus:
 
 
 async def decrypted_archive(
-    key: bytes, path: Path, chunk_size: int, progress: Callable[[int], None]
+    key: bytes,
+    path: Path,
+    chunk_size: int,
+    progress: Callable[[int], None],
+    artifact: Artifact | None = None,
 ) -> AsyncIterator[bytes]:
-    """Plaintext of the v1 archive; ``progress`` gets ciphertext bytes read."""
+    """Plaintext of the archive (v1 or v2); ``progress`` gets ciphertext bytes read.
 
-    async def counted() -> AsyncIterator[bytes]:
-        async for chunk in read_file_chunks(path, chunk_size):
-            progress(len(chunk))
-            yield chunk
+    With a manifest entry the whole file is hashed and checked first, through
+    the same open handle that then streams it, so what is checked is what
+    is sent: a swap of the file in between cannot slip through.
+    """
+    handle = await asyncio.to_thread(path.open, "rb")
+    try:
+        if artifact is not None:
+            await asyncio.to_thread(_check_archive, handle, artifact, chunk_size)
 
-    async for plain in crypto.decrypt_stream(key, counted()):
-        yield plain
+        async def counted() -> AsyncIterator[bytes]:
+            while chunk := await asyncio.to_thread(handle.read, chunk_size):
+                progress(len(chunk))
+                yield chunk
+
+        async for plain in crypto.decrypt_stream(key, counted()):
+            yield plain
+    finally:
+        handle.close()
+
+
+def _check_archive(handle: BinaryIO, artifact: Artifact, chunk_size: int) -> None:
+    """Format, size and SHA-256 of the open archive, leaving it at the start."""
+    size = os.fstat(handle.fileno()).st_size
+    fmt = crypto.detect_format(handle.read(crypto.FORMAT_PREFIX))
+    artifact.check(fmt=fmt, size=size)
+    handle.seek(0)
+    digest = CiphertextHash(artifact)
+    while chunk := handle.read(chunk_size):
+        digest.update(chunk)
+    digest.verify()
+    handle.seek(0)
 
 
 class UnlockManager:
-    def __init__(self, session: DeviceSession, engine: Engine) -> None:
+    def __init__(self, session: DeviceSession, engine: Engine, gate: ReleaseGate) -> None:
         self.session = session
         self.engine = engine
+        self.gate = gate
         self.status = UnlockStatus()
         self._task: asyncio.Task[None] | None = None
         # start() awaits the engine before creating the task; without the
@@ -110,10 +141,13 @@ class UnlockManager:
             await self.session.login(email, password)
             self._set(UnlockState.DOWNLOADING_KEY)
             key = crypto.archive_key(await self.session.api.key_fragment())
+            artifact = await self.gate.artifact(
+                lambda file_name: self.session.fetch_small("", file_name), ARCHIVE_KEY
+            )
             before = await self.engine.image_ids()
             self._set(UnlockState.DECRYPTING)
             archive = decrypted_archive(
-                key, settings.images_path, settings.chunk_size, self._progress
+                key, settings.images_path, settings.chunk_size, self._progress, artifact
             )
             messages = await self.engine.load(self._mark_sent(archive))
             for line in messages:

@@ -14,6 +14,7 @@ from edgeloader import hardware
 from edgeloader.auth.service import open_auth
 from edgeloader.config import Settings
 from edgeloader.services.cache import ModelCache
+from edgeloader.services.manifest import ReleaseGate
 from edgeloader.services.session import DeviceSession
 from edgeloader.services.unlock import UnlockManager
 from edgeloader.upstream.engine import Engine
@@ -53,6 +54,7 @@ def _services(
         # Each resource is closed by the stack, in reverse order of opening,
         # also when a later one fails to open.
         async with contextlib.AsyncExitStack() as stack:
+            gate = ReleaseGate.from_settings(settings.publisher_key, settings.state_dir)
             device = fingerprint if fingerprint else await asyncio.to_thread(hardware.fingerprint)
             auth = await stack.enter_async_context(open_auth(settings, device))
             http = await stack.enter_async_context(aiohttp.ClientSession(raise_for_status=False))
@@ -66,10 +68,10 @@ def _services(
             stack.push_async_callback(session.close)
             engine = Engine(settings.docker_host)
             stack.push_async_callback(engine.close)
-            unlock = UnlockManager(session, engine)
+            unlock = UnlockManager(session, engine, gate)
             stack.push_async_callback(unlock.close)
             cache = ModelCache(settings.cache_dir) if settings.cache_dir else None
-            app[SERVICES] = Services(settings, session, cache, engine, unlock, auth)
+            app[SERVICES] = Services(settings, session, cache, engine, unlock, auth, gate)
             yield
 
     return services

@@ -15,6 +15,7 @@ from aiohttp import BodyPartReader, web
 
 from edgeloader.errors import (
     EdgeloaderError,
+    IntegrityError,
     InvalidRequest,
     PayloadTooLarge,
     ValidationFailed,
@@ -101,7 +102,11 @@ async def load_resource(request: web.Request) -> web.StreamResponse:
     folder = safe_folder(body.get("folder") or DEFAULT_FOLDER)
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
     svc = services(request)
-    stream = await load.open_resource(svc.session, svc.cache, folder, name)
+    try:
+        stream = await load.open_resource(svc.session, svc.cache, svc.gate, folder, name)
+    except IntegrityError as exc:
+        request[AUDIT_OUTCOME] = exc.detail
+        raise
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/octet-stream",

@@ -9,6 +9,7 @@ from aiohttp import web
 from edgeloader.auth.service import AuthService
 from edgeloader.config import Settings
 from edgeloader.services.cache import ModelCache
+from edgeloader.services.manifest import ReleaseGate
 from edgeloader.services.session import DeviceSession
 from edgeloader.services.unlock import UnlockManager
 from edgeloader.upstream.engine import Engine
@@ -24,6 +25,7 @@ class Services:
     engine: Engine
     unlock: UnlockManager
     auth: AuthService
+    gate: ReleaseGate
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -19,8 +19,19 @@ pub enum CoreError {
     OutputTooSmall { needed: usize, got: usize },
     /// A stream that was already finalized.
     Finalized,
-    /// A length whose result does not fit in 64 bits.
+    /// A length whose result does not fit in 64 bits, or a v2 stream longer
+    /// than 2^32 chunks.
     LengthOverflow,
+    /// A v2 chunk size exponent outside 16..=24.
+    ChunkLog2(u32),
+    /// A fixed-length parameter (salt, nonce prefix) of the wrong length.
+    ParamLength {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    /// A v2 chunk index at or past the chunk count of the file.
+    ChunkIndex { index: u64, chunks: u64 },
     /// The operating system's random generator failed.
     Random,
     /// Any decryption failure; see the type-level comment.
@@ -46,6 +57,15 @@ impl fmt::Display for CoreError {
             }
             Self::Finalized => f.write_str("stream already finalized"),
             Self::LengthOverflow => f.write_str("length out of range"),
+            Self::ChunkLog2(s) => write!(f, "chunk_log2 must be 16 to 24, got {s}"),
+            Self::ParamLength {
+                what,
+                expected,
+                got,
+            } => write!(f, "{what} must be {expected} bytes, got {got}"),
+            Self::ChunkIndex { index, chunks } => {
+                write!(f, "chunk index {index} out of range for {chunks} chunks")
+            }
             Self::Random => f.write_str("the OS random generator failed"),
             Self::Decryption => f.write_str(DECRYPTION_FAILED),
         }

@@ -9,15 +9,26 @@ __all__ = [
     "DECRYPTION_FAILED",
     "FULL_SMALL_PART_FROM",
     "MAX_SMALL_PART",
+    "V2_DEFAULT_CHUNK_LOG2",
+    "V2_HEADER_SIZE",
+    "V2_MAGIC",
+    "V2_MAX_CHUNK_LOG2",
+    "V2_MIN_CHUNK_LOG2",
+    "V2_TAG_SIZE",
     "Decryptor",
+    "DecryptorV2",
     "Encryptor",
+    "EncryptorV2",
     "Sha256",
     "__version__",
     "api_key",
     "archive_key",
     "decrypt_range",
     "decrypt_v1",
+    "decrypt_v2",
+    "detect_format",
     "encrypt_v1",
+    "encrypt_v2",
     "hash_b64",
     "hw_hash",
     "key_from_str",
@@ -25,6 +36,10 @@ __all__ = [
     "small_part_length",
     "v1_padded_length",
     "v1_plaintext_length",
+    "v2_chunk_count",
+    "v2_chunk_range",
+    "v2_open_chunk",
+    "v2_plaintext_length",
 ]
 
 __version__: Final[str]
@@ -32,6 +47,12 @@ BLOCK_SIZE: Final[int]
 DECRYPTION_FAILED: Final[str]
 MAX_SMALL_PART: Final[int]
 FULL_SMALL_PART_FROM: Final[int]
+V2_MAGIC: Final[bytes]
+V2_HEADER_SIZE: Final[int]
+V2_TAG_SIZE: Final[int]
+V2_DEFAULT_CHUNK_LOG2: Final[int]
+V2_MIN_CHUNK_LOG2: Final[int]
+V2_MAX_CHUNK_LOG2: Final[int]
 
 @final
 class Decryptor:
@@ -46,6 +67,40 @@ class Encryptor:
     def __new__(cls, key: bytes, iv: bytes | None = None) -> Encryptor: ...
     @property
     def iv(self) -> bytes: ...
+    def update(self, data: Buffer) -> bytes: ...
+    def update_into(self, data: Buffer, out: Buffer) -> int: ...
+    def output_length(self, input_length: int) -> int: ...
+    def finalize(self) -> bytes: ...
+
+@final
+class DecryptorV2:
+    """Streaming format v2 decryption; releases a chunk only once verified.
+
+    ``output_length`` is exact once the 32 header bytes have been read and an
+    upper bound before that.
+    """
+
+    def __new__(cls, key: bytes) -> DecryptorV2: ...
+    def update(self, data: Buffer) -> bytes: ...
+    def update_into(self, data: Buffer, out: Buffer) -> int: ...
+    def output_length(self, input_length: int) -> int: ...
+    def finalize(self) -> bytes: ...
+
+@final
+class EncryptorV2:
+    """Streaming format v2 encryption; the output starts with the header."""
+
+    def __new__(
+        cls,
+        key: bytes,
+        chunk_log2: int = 16,
+        salt: bytes | None = None,
+        nonce_prefix: bytes | None = None,
+    ) -> EncryptorV2: ...
+    @property
+    def header(self) -> bytes: ...
+    @property
+    def chunk_size(self) -> int: ...
     def update(self, data: Buffer) -> bytes: ...
     def update_into(self, data: Buffer, out: Buffer) -> int: ...
     def output_length(self, input_length: int) -> int: ...
@@ -70,3 +125,16 @@ def api_key(email: str, password: str, hardware: str) -> bytes: ...
 def resource_key() -> bytes: ...
 def archive_key(fragment: bytes) -> bytes: ...
 def key_from_str(key_str: str) -> bytes: ...
+def encrypt_v2(
+    key: bytes,
+    plaintext: Buffer,
+    chunk_log2: int = 16,
+    salt: bytes | None = None,
+    nonce_prefix: bytes | None = None,
+) -> bytes: ...
+def decrypt_v2(key: bytes, data: Buffer) -> bytes: ...
+def v2_plaintext_length(header: bytes, file_length: int) -> int: ...
+def v2_chunk_count(header: bytes, file_length: int) -> int: ...
+def v2_chunk_range(header: bytes, file_length: int, index: int) -> tuple[int, int, bool]: ...
+def v2_open_chunk(key: bytes, header: bytes, index: int, is_final: bool, data: Buffer) -> bytes: ...
+def detect_format(prefix: bytes) -> int: ...

@@ -1,10 +1,37 @@
 //! The container formats, each in one place, and the rules they share.
 //!
-//! - [`v1`]: `IV ‖ AES-256-CBC(key, PKCS7(plaintext))` (DESIGN §4.1).
+//! - [`v1`]: `IV ‖ AES-256-CBC(key, PKCS7(plaintext))` (DESIGN §4.1);
+//! - [`v2`]: chunked AES-256-GCM with a 32-byte header (DESIGN §4.2).
 //!
-//! The resource split rule below applies to the ciphertext of any format.
+//! Detection and the resource split rule below apply to both.
+
+use crate::error::CoreError;
 
 pub mod v1;
+pub mod v2;
+
+/// A container format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    V1 = 1,
+    V2 = 2,
+}
+
+/// The format of a file from its first bytes: `ELD2` is v2 (an unknown
+/// version byte after it is refused), anything else is v1.
+///
+/// Pass at least 5 bytes (or the whole file if shorter): with only the 4
+/// magic bytes the version is checked later, by the header parser.
+pub fn detect(prefix: &[u8]) -> Result<Format, CoreError> {
+    if !prefix.starts_with(&v2::MAGIC) {
+        return Ok(Format::V1);
+    }
+    match prefix.get(4) {
+        None => Ok(Format::V2),
+        Some(&v2::VERSION) => Ok(Format::V2),
+        Some(_) => Err(CoreError::Decryption),
+    }
+}
 
 /// Largest small part of a resource (DESIGN §4.1).
 pub const MAX_SMALL_PART: u64 = 3072;
@@ -32,6 +59,17 @@ mod tests {
             let expected = (u128::from(n) * 3 / 10).min(3072) as u64;
             assert_eq!(small_part_length(n), expected, "n = {n}");
         }
+    }
+
+    #[test]
+    fn detection() {
+        assert_eq!(detect(b""), Ok(Format::V1));
+        assert_eq!(detect(b"ELD"), Ok(Format::V1));
+        assert_eq!(detect(b"ELD3\x02"), Ok(Format::V1));
+        assert_eq!(detect(b"ELD2"), Ok(Format::V2));
+        assert_eq!(detect(b"ELD2\x02\x01"), Ok(Format::V2));
+        assert_eq!(detect(b"ELD2\x01"), Err(CoreError::Decryption));
+        assert_eq!(detect(b"ELD2\x03"), Err(CoreError::Decryption));
     }
 
     #[test]

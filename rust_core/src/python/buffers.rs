@@ -63,11 +63,11 @@ pub(super) fn stream_update<'py, S: Send>(
     py: Python<'py>,
     state: &mut S,
     data: &PyBuffer<u8>,
-    out_len: impl FnOnce(&S, usize) -> usize,
+    out_len: impl FnOnce(&S, &[u8]) -> usize,
     step: Step<S>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let input = read_view(data)?;
-    let out_len = out_len(state, input.len());
+    let out_len = out_len(state, input);
     PyBytes::new_with(py, out_len, |out| {
         maybe_detach(py, input.len(), || step(state, input, out))?;
         Ok(())

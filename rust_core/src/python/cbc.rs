@@ -29,7 +29,7 @@ impl Decryptor {
             py,
             &mut self.0,
             &data,
-            CbcDecryptor::output_len,
+            |s, input| s.output_len(input.len()),
             CbcDecryptor::update_into,
         )
     }
@@ -89,7 +89,7 @@ impl Encryptor {
             py,
             &mut self.inner,
             &data,
-            CbcEncryptor::output_len,
+            |s, input| s.output_len(input.len()),
             CbcEncryptor::update_into,
         )
     }

@@ -6,7 +6,7 @@
 //! imported on first use so that importing the core imports nothing);
 //! other misuse becomes ValueError.
 
-use pyo3::exceptions::{PyOSError, PyOverflowError, PyValueError};
+use pyo3::exceptions::{PyIndexError, PyOSError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
@@ -34,10 +34,13 @@ impl From<CoreError> for PyErr {
             }
             CoreError::Random => PyOSError::new_err(err.to_string()),
             CoreError::LengthOverflow => PyOverflowError::new_err(err.to_string()),
+            CoreError::ChunkIndex { .. } => PyIndexError::new_err(err.to_string()),
             CoreError::KeyLength(_)
             | CoreError::IvLength(_)
             | CoreError::Unaligned(_)
-            | CoreError::OutputTooSmall { .. } => PyValueError::new_err(err.to_string()),
+            | CoreError::OutputTooSmall { .. }
+            | CoreError::ChunkLog2(_)
+            | CoreError::ParamLength { .. } => PyValueError::new_err(err.to_string()),
         }
     }
 }

@@ -3,13 +3,14 @@
 //!
 //! - `error`: the one `From<CoreError> for PyErr`;
 //! - `buffers`: borrowed buffers, GIL release, the streaming call shapes;
-//! - one file per area: `cbc`, `v1`, `kdf`.
+//! - one file per area: `cbc`, `v1`, `v2`, `kdf`.
 
 mod buffers;
 mod cbc;
 mod error;
 mod kdf;
 mod v1;
+mod v2;
 
 use pyo3::prelude::*;
 
@@ -22,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DECRYPTION_FAILED", DECRYPTION_FAILED)?;
     cbc::register(m)?;
     v1::register(m)?;
+    v2::register(m)?;
     kdf::register(m)?;
     Ok(())
 }

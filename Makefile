@@ -72,8 +72,8 @@ test:  ## Everything CI runs, printing each stage's time
 bench-crypto: dev  ## Cipher throughput against openssl and cryptography
 	$(BIN)/python bench/bench_crypto.py
 
-bench-service: dev engine  ## P2 (load vs raw S3 GET) and P3 (unlock vs podman load)
-	$(BIN)/python bench/bench_service.py
+bench-service: dev engine  ## P2 (load vs raw S3 GET) and P3 (unlock vs podman load); ARGS=--quick
+	$(BIN)/python -m bench.service $(ARGS)
 
 bench: bench-crypto bench-service  ## All benchmarks
 

@@ -1,0 +1,131 @@
+"""The tables: each figure, its ratio to the baseline and the verdict
+against its target."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from typing import TypeVar
+
+from bench.service import MiB
+from bench.service.load import P2Result
+from bench.service.measure import Transfer
+from bench.service.unlock import API, CLI, UNLOCK, P3Result
+
+P2_TARGET_RATIO, P3_TARGET_RATIO, RSS_TARGET_MB = 0.80, 1.15, 150
+
+T = TypeVar("T")
+
+
+def print_header() -> None:
+    print(f"edgeloader service benchmarks; {os.cpu_count()} cores; moto {version('moto')}")
+    print("loader: `python -m edgeloader serve`, default auth (bearer token), no model cache")
+
+
+def print_p2(results: list[P2Result], runs: int) -> None:
+    print()
+    print("P2  POST /load through the loader vs a raw S3 GET of the same big part")
+    print(f"    same moto server; median of {runs} runs after 1 warm-up; raw and loader alternate")
+    print(
+        f"{'size':>9} {'loader MB/s':>12} {'raw MB/s':>9} {'ratio':>6}  {'(>=0.80)':<8}"
+        f" {'loader peak RSS':>15}  {'(<=150 MB)':<10} {'idle RSS':>9}"
+    )
+    for r in results:
+        loader, raw = _median_run(r.loader), _median_run(r.raw)
+        ratio = loader.mbps / raw.mbps
+        peak_mb = r.peak_rss / 1e6
+        print(
+            f"{_mib(r.size):>9} {loader.mbps:>12.0f} {raw.mbps:>9.0f} {ratio:>6.2f}  "
+            f"{_verdict(ratio >= P2_TARGET_RATIO):<8} {peak_mb:>12.0f} MB  "
+            f"{_verdict(peak_mb <= RSS_TARGET_MB):<10} {r.idle_rss / 1e6:>6.0f} MB"
+        )
+    print()
+    print("    all runs, MB/s (loader | raw):")
+    for r in results:
+        loader_all = " ".join(f"{t.mbps:.0f}" for t in r.loader)
+        raw_all = " ".join(f"{t.mbps:.0f}" for t in r.raw)
+        print(f"{_mib(r.size):>9}  {loader_all} | {raw_all}")
+    print()
+    print("    where the time goes (median runs): before the first byte, then the body;")
+    print("    CPU in % of one core over each phase (2 cores = 200%)")
+    print(
+        f"{'size':>9} {'path':<7} {'1st byte s':>10} {'moto':>5} {'loader':>7}"
+        f" {'body s':>7} {'body MB/s':>9} {'moto':>5} {'loader':>7} {'client':>7}"
+    )
+    for r in results:
+        for path, t in (("raw", _median_run(r.raw)), ("loader", _median_run(r.loader))):
+            body_s = t.seconds - t.first_byte
+            print(
+                f"{_mib(r.size):>9} {path:<7} {t.first_byte:>10.2f}"
+                f" {_cpu(t.cpu_head, 'moto', t.first_byte):>5}"
+                f" {_cpu(t.cpu_head, 'loader', t.first_byte):>7} {body_s:>7.2f}"
+                f" {t.body_mbps:>9.0f} {_cpu(t.cpu_body, 'moto', body_s):>5}"
+                f" {_cpu(t.cpu_body, 'loader', body_s):>7}"
+                f" {_cpu(t.cpu_body, 'client', body_s):>7}"
+            )
+    for r in results:
+        print(
+            f"    {_mib(r.size)}: the 32-byte ranged GET the loader adds (plaintext length) "
+            f"takes {median(r.tail, float):.2f} s alone on this moto"
+        )
+
+
+def print_p3(result: P3Result, runs: int) -> None:
+    medians = {method: median(items, lambda r: r.seconds) for method, items in result.runs.items()}
+    cli, api, ours = medians[CLI], medians[API], medians[UNLOCK]
+    names = list(ours.temp_bytes)
+    print()
+    print("P3  POST /unlock (decrypt + stream into the engine) vs `podman load -i` (plain)")
+    print(f"    one {result.plain_bytes / 1e9:.2f} GB docker-archive; {result.podman_version}, vfs")
+    print(f"    median of {runs} runs after 1 warm-up; the three methods alternate")
+    print("    temp = most bytes seen at once (sampled every 20 ms) in each folder")
+    header = "".join(f" {n:>16}" for n in names)
+    print(f"{'method':<21} {'wall s':>6} {'vs CLI':>6}  {'(<=1.15)':<8}{header}")
+    for method, run in medians.items():
+        ratio = run.seconds / cli.seconds
+        verdict = _verdict(ratio <= P3_TARGET_RATIO) if method == UNLOCK else ""
+        temps = "".join(f" {_bytes(run.temp_bytes[n]):>16}" for n in names)
+        print(f"{method:<21} {run.seconds:>6.2f} {ratio:>5.2f}x  {verdict:<8}{temps}")
+    print()
+    for method, items in result.runs.items():
+        print(f"    all runs, s, {method}: " + " ".join(f"{r.seconds:.2f}" for r in items))
+    print(f"    loader /unlock vs the plain API load: {ours.seconds / api.seconds:.2f}x")
+    for method, run in ((API, api), (UNLOCK, ours)):
+        sent = run.phases.get("loading_images")
+        started = run.phases.get("decrypting", 0.0)
+        if sent is not None:
+            print(
+                f"    {method}, median run: body sent {sent - started:.2f} s after "
+                f"{started:.2f} s of set-up, then the engine {run.seconds - sent:.2f} s"
+            )
+    sampled = max(r.rss for r in result.runs[UNLOCK])
+    print(
+        f"    loader peak RSS: {result.peak_rss / 1e6:.0f} MB (VmHWM over the process's life); "
+        f"most sampled during an unlock: {sampled / 1e6:.0f} MB"
+    )
+
+
+def median(items: Sequence[T], key: Callable[[T], float]) -> T:
+    """The middle item by ``key`` (the upper one of an even count)."""
+    return sorted(items, key=key)[len(items) // 2]
+
+
+def _median_run(runs: list[Transfer]) -> Transfer:
+    return median(runs, lambda t: t.mbps)
+
+
+def _cpu(cpu: dict[str, float], name: str, seconds: float) -> str:
+    return f"{100 * cpu[name] / seconds:.0f}%" if name in cpu else "-"
+
+
+def _mib(size: int) -> str:
+    return f"{size / MiB:g} MiB"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1_000_000 else f"{n} B"
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"

@@ -1,11 +1,15 @@
-"""Single-core AES-256-CBC throughput: the core through the Python API,
+"""Single-core cipher throughput: the core through the Python API,
 `cryptography`, and `openssl speed`, measured in the same run.
+
+- format v1 (AES-256-CBC) against `openssl speed -evp aes-256-cbc`;
+- format v2 (chunked AES-256-GCM, every chunk verified before release)
+  against `openssl speed -evp aes-256-gcm`.
 
     make bench-crypto        (or: python bench/bench_crypto.py --seconds 2)
 
 Prints MB/s (10^6 bytes per second) and each figure's ratio to openssl's
-figure for the same direction. Timings vary between machines and runs; the
-ratios are what to compare.
+figure for the same cipher and direction. Timings vary between machines and
+runs; the ratios are what to compare.
 """
 
 from __future__ import annotations
@@ -99,38 +103,113 @@ def cryptography_cases(
     }
 
 
-def openssl_speed(decrypt: bool, seconds: float) -> float | None:
+class _Stream(Protocol):
+    def update(self, data: memoryview, /) -> bytes: ...
+    def update_into(self, data: memoryview, out: bytearray, /) -> int: ...
+    def finalize(self) -> bytes: ...
+
+
+def whole_streams(
+    new: Callable[[], _Stream], data: bytes, chunk: int, counted: int, out: bytearray | None
+) -> Callable[[], int]:
+    """One complete v2 stream per step (new stream, `data` in `chunk` pieces,
+    finalize), counting `counted` plaintext bytes; `update_into` into `out`
+    when given."""
+    view = memoryview(data)
+
+    def step() -> int:
+        stream = new()
+        for i in range(0, len(view), chunk):
+            if out is None:
+                stream.update(view[i : i + chunk])
+            else:
+                stream.update_into(view[i : i + chunk], out)
+        stream.finalize()
+        return counted
+
+    return step
+
+
+def v2_cases(data: bytes, key: bytes) -> dict[str, tuple[str, Callable[[], int]]]:
+    """Format v2 streams of a 1 MiB plaintext (16 chunks of 64 KiB): decryption
+    verifies every chunk before releasing it; encryption draws a fresh salt
+    and nonce prefix per stream, as a real writer does."""
+    ciphertext = crypto.encrypt_v2(key, data)
+    cases: dict[str, tuple[str, Callable[[], int]]] = {}
+    for chunk in (64 << 10, 1 << 20):
+        label = f"{chunk >> 10} KiB"
+        out = bytearray(2 * chunk + (1 << 17))
+        new_dec = lambda: crypto.DecryptorV2(key)  # noqa: E731
+        new_enc = lambda: crypto.EncryptorV2(key)  # noqa: E731
+        cases[f"core DecryptorV2.update, {label}"] = (
+            "gcm decrypt",
+            whole_streams(new_dec, ciphertext, chunk, len(data), None),
+        )
+        cases[f"core DecryptorV2.update_into, {label}"] = (
+            "gcm decrypt",
+            whole_streams(new_dec, ciphertext, chunk, len(data), out),
+        )
+        cases[f"core EncryptorV2.update, {label}"] = (
+            "gcm encrypt",
+            whole_streams(new_enc, data, chunk, len(data), None),
+        )
+        cases[f"core EncryptorV2.update_into, {label}"] = (
+            "gcm encrypt",
+            whole_streams(new_enc, data, chunk, len(data), out),
+        )
+    return cases
+
+
+def openssl_speed(cipher: str, decrypt: bool, seconds: float) -> float | None:
     """openssl's single-core figure at 1 MiB blocks, in MB/s; None without openssl."""
     exe = shutil.which("openssl")
     if exe is None:
         return None
     args = [exe, "speed", "-elapsed", "-seconds", str(max(1, round(seconds))), "-bytes", "1048576"]
     args += ["-decrypt"] if decrypt else []
-    args += ["-evp", "aes-256-cbc"]
+    args += ["-evp", cipher]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"^aes-256-cbc\s+([\d.]+)k", out, re.MULTILINE | re.IGNORECASE)
+    match = re.search(rf"^{re.escape(cipher)}\s+([\d.]+)k", out, re.MULTILINE | re.IGNORECASE)
     return float(match.group(1)) * 1000 / 1e6 if match else None
+
+
+BASELINES = {
+    "decrypt": ("aes-256-cbc", True),
+    "encrypt": ("aes-256-cbc", False),
+    "gcm decrypt": ("aes-256-gcm", True),
+    "gcm encrypt": ("aes-256-gcm", False),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="time per case (default 2)")
+    parser.add_argument(
+        "--only", choices=["v1", "v2"], default=None, help="run one format's cases only"
+    )
     args = parser.parse_args()
 
     data, key, iv = os.urandom(DATA_SIZE), os.urandom(32), os.urandom(16)
+    cases: dict[str, tuple[str, Callable[[], int]]] = {}
+    if args.only in (None, "v1"):
+        cases |= core_cases(data, key, iv) | cryptography_cases(data, key, iv)
+    if args.only in (None, "v2"):
+        cases |= v2_cases(data, key)
+    wanted = {direction for direction, _ in cases.values()}
     baseline = {
-        "decrypt": openssl_speed(decrypt=True, seconds=args.seconds),
-        "encrypt": openssl_speed(decrypt=False, seconds=args.seconds),
+        name: openssl_speed(cipher, decrypt, args.seconds)
+        for name, (cipher, decrypt) in BASELINES.items()
+        if name in wanted
     }
     rows: list[tuple[str, str, float]] = []
     for name, value in baseline.items():
         if value is not None:
-            rows.append((f"openssl speed -evp aes-256-cbc ({name})", name, value))
-    cases = core_cases(data, key, iv) | cryptography_cases(data, key, iv)
+            cipher, _ = BASELINES[name]
+            rows.append((f"openssl speed -evp {cipher} ({name.split()[-1]})", name, value))
     for name, (direction, step) in cases.items():
         rows.append((name, direction, throughput(step, args.seconds)))
 
-    print(f"AES-256-CBC, one core, a {DATA_SIZE >> 20} MiB buffer per pass")
+    print(f"One core, a {DATA_SIZE >> 20} MiB buffer per pass (v2: one whole stream per pass)")
     print(f"{'case':<46} {'MB/s':>8}  {'vs openssl':>10}")
     for name, direction, mbps in rows:
         base = baseline[direction]

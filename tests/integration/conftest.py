@@ -23,7 +23,7 @@ from tests.support.harness.loader import serve_loader
 from tests.support.harness.net import dead_url, wait_for
 from tests.support.harness.net import serve as start
 from tests.support.harness.resource_api import User, serve_resource_api, write_api_data
-from tests.support.harness.s3 import S3Server, create_bucket, s3_client
+from tests.support.harness.s3 import create_bucket, s3_client, s3_server
 from tests.support.podman import PodmanService
 
 __all__ = [
@@ -58,8 +58,8 @@ BUCKET = "models"
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    with S3Server() as server:
-        yield server.url
+    with s3_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

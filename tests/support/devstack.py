@@ -36,7 +36,7 @@ from edgeloader_publisher.resource_api.server import (
 from tests.support import podman
 from tests.support.harness.loader import serve_loader
 from tests.support.harness.resource_api import User, serve_resource_api, write_api_data
-from tests.support.harness.s3 import S3Server, create_bucket
+from tests.support.harness.s3 import create_bucket, s3_server
 
 log = logging.getLogger("edgeloader.devstack")
 
@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace) -> None:
     state: Path = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
-        s3 = stack.enter_context(S3Server(args.s3_port)).url
+        s3 = stack.enter_context(s3_server(args.s3_port))
         create_bucket(s3, FOLDER)
 
         api_dir = state / "api"

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import boto3
 from aiobotocore.session import get_session
@@ -27,33 +26,16 @@ REGION = "us-east-1"
 ACCESS_KEY, SECRET_KEY = "edgeloader", "edgeloader-secret"
 
 
-class S3Server:
-    """``ThreadedMotoServer`` on loopback (port 0: any free one)."""
-
-    def __init__(self, port: int = 0) -> None:
-        self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
-        self.url = ""
-
-    def start(self) -> str:
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.url = f"http://{host}:{port}"
-        return self.url
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+@contextlib.contextmanager
+def s3_server(port: int = 0) -> Iterator[str]:
+    """``ThreadedMotoServer`` on loopback (port 0: any free one); yields its URL."""
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=port, verbose=False)
+    server.start()
+    try:
+        host, bound_port = server.get_host_and_port()
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.stop()
 
 
 async def start_s3_process(
@@ -103,8 +85,8 @@ def create_bucket(endpoint: str, bucket: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="moto's S3 server on loopback")
     parser.add_argument("--port", type=int, required=True)
-    S3Server(parser.parse_args().port).start()
-    threading.Event().wait()
+    with s3_server(parser.parse_args().port):
+        threading.Event().wait()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""One run: its folder, its container, and how it ended.
+
+The container is created with the isolation of :class:`ContainerSpec`
+(nothing in a function's spec can weaken it), started, and waited on until
+``timeoutS``; past it, it is killed and the run is ``timeout``. Then its
+exit, its output (capped) and ``result.json`` are read, and the container
+is removed whatever happened, also when the run is cancelled.
+
+OOM: the engine's ``OOMKilled`` decides where it is reported. Podman 4
+never reports it (its monitor leaves the OOM note where podman does not
+look), so a run whose main process was killed by SIGKILL (exit code 137)
+that the loader did not send is also ``oom``: a process inside the
+container cannot SIGKILL the container's PID 1, so the kernel's OOM killer
+is what remains, short of an operator killing the container by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from edgeloader.errors import EdgeloaderError
+from edgeloader.functions.folders import CONTAINER_DIR, BadOutput, RunFolders
+from edgeloader.functions.records import FunctionRecord, Outcome, RunStatus
+from edgeloader.upstream.engine import CapturedOutput, ContainerExit, ContainerSpec, Engine
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+LABEL_RUN = "edgeloader.run"
+LABEL_FUNCTION = "edgeloader.function"
+SIGKILLED = 128 + 9
+# After a kill, how long the engine may take to report the stop.
+_KILL_GRACE = 30.0
+_ERROR_LINE = 200  # characters of stderr's last line quoted in an error
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What the engine says about a finished container."""
+
+    exit: ContainerExit
+    output: CapturedOutput
+    timed_out: bool
+
+
+class Runner:
+    def __init__(self, engine: Engine, folders: RunFolders, output_max: int) -> None:
+        self.engine = engine
+        self.folders = folders
+        self.output_max = output_max
+
+    async def run(self, run_id: str, function: FunctionRecord, request: bytes) -> Outcome:
+        spec = function.spec
+        env = {**spec.env, "EDGELOADER_RUN_ID": run_id, "EDGELOADER_FUNCTION": function.name}
+        work = await asyncio.to_thread(self.folders.prepare, run_id, request, env, spec.user)
+        container = ContainerSpec(
+            name=f"edgeloader-run-{run_id}",
+            # The image deployed, by ID: a tag moved since cannot change the code.
+            image=function.image_id or spec.image,
+            command=spec.command,
+            env=env,
+            uid=spec.user,
+            folder=work,
+            workdir=CONTAINER_DIR,
+            memory_bytes=spec.limits.memory_mb * MiB,
+            cpus=spec.limits.cpus,
+            pids=spec.limits.pids,
+            tmpfs_bytes=spec.limits.tmpfs_mb * MiB,
+            labels={LABEL_RUN: run_id, LABEL_FUNCTION: function.name},
+        )
+        container_id = await self.engine.create_container(container)
+        try:
+            ending = await self._run_container(container_id, spec.limits.timeout_s)
+        finally:
+            await self._remove(container_id)
+        output = ending.output
+        await asyncio.to_thread(self.folders.save_output, run_id, output.stdout, output.stderr)
+        return await asyncio.to_thread(self._outcome, run_id, function, ending)
+
+    async def _run_container(self, container_id: str, timeout_s: int) -> Ending:
+        await self.engine.start_container(container_id)
+        timed_out = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.engine.wait_container(container_id)
+        except TimeoutError:
+            timed_out = True
+            await self.engine.kill_container(container_id)
+            try:
+                async with asyncio.timeout(_KILL_GRACE):
+                    await self.engine.wait_container(container_id)
+            except TimeoutError:
+                log.warning("container %s did not stop after SIGKILL", container_id)
+        exit_ = await self.engine.container_exit(container_id)
+        output = await self.engine.container_output(container_id, self.output_max)
+        return Ending(exit_, output, timed_out)
+
+    async def _remove(self, container_id: str) -> None:
+        """Removes the container even when the run is being cancelled."""
+        removal = asyncio.ensure_future(self.engine.remove_container(container_id))
+        try:
+            await asyncio.shield(removal)
+        except asyncio.CancelledError:
+            await asyncio.wait([removal])  # finish removing, then pass the cancellation on
+            _log_failure(removal, container_id)
+            raise
+        except EdgeloaderError as exc:
+            # The housekeeping removes it later: it knows the run's label.
+            log.warning("could not remove container %s: %s", container_id, exc.detail)
+
+    def _outcome(self, run_id: str, function: FunctionRecord, ending: Ending) -> Outcome:
+        code = ending.exit.code
+        limits = function.spec.limits
+        truncated = ending.output.truncated
+        if ending.timed_out:
+            return Outcome(
+                RunStatus.TIMEOUT,
+                code,
+                f"killed after the time limit of {limits.timeout_s} s",
+                truncated=truncated,
+            )
+        if ending.exit.oom_killed or code == SIGKILLED:
+            return Outcome(
+                RunStatus.OOM,
+                code,
+                f"killed: out of memory (limit {limits.memory_mb} MiB)",
+                truncated=truncated,
+            )
+        if code != 0:
+            error = f"exited with code {code}"
+            last = _last_line(ending.output.stderr)
+            return Outcome(
+                RunStatus.FAILED,
+                code,
+                f"{error}: {last}" if last else error,
+                truncated=truncated,
+            )
+        try:
+            result = self.folders.read_result(run_id, self.output_max)
+        except BadOutput as exc:
+            return Outcome(RunStatus.FAILED, code, str(exc), truncated=truncated)
+        return Outcome(RunStatus.SUCCEEDED, code, None, result, truncated)
+
+
+def _last_line(stderr: bytes) -> str:
+    for line in reversed(stderr.decode("utf-8", errors="replace").splitlines()):
+        if line.strip():
+            return line.strip()[:_ERROR_LINE]
+    return ""
+
+
+def _log_failure(removal: asyncio.Future[None], container_id: str) -> None:
+    if not removal.cancelled() and removal.exception() is not None:
+        log.warning("could not remove container %s: %s", container_id, removal.exception())

@@ -1,0 +1,400 @@
+"""The functions database: the registry of functions with their versions,
+and the history of runs. One SQLite file under the functions folder,
+opened with the one helper (``storage/sqlite.py``).
+
+The methods are blocking and thread-safe; async code calls them through
+``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeloader.errors import Conflict, NotFound
+from edgeloader.functions.records import (
+    INTERRUPTED,
+    FunctionRecord,
+    Outcome,
+    RunRecord,
+    RunStatus,
+    Stats,
+)
+from edgeloader.functions.spec import FunctionSpec, Limits
+from edgeloader.storage.sqlite import Database
+
+DB_FILE = "functions.sqlite3"
+
+# Each entry is one schema migration (storage/sqlite.py); append, never edit.
+_MIGRATIONS = (
+    """
+CREATE TABLE functions (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE function_versions (
+    name TEXT NOT NULL REFERENCES functions (name) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    image TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    error TEXT,
+    queued_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    duration_ms INTEGER,
+    result TEXT,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    folder_removed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX runs_by_time ON runs (queued_at);
+CREATE INDEX runs_by_function ON runs (function, queued_at);
+CREATE INDEX runs_by_duration ON runs (function, duration_ms);
+CREATE INDEX runs_by_status ON runs (status);
+""",
+)
+
+_RUN_COLUMNS = (
+    "id, function, version, image, status, exit_code, error, queued_at, "
+    "started_at, finished_at, duration_ms, result, truncated"
+)
+_FUNCTION_SELECT = (
+    "SELECT f.name, f.version, v.spec, v.image_id, f.created_at, f.updated_at"
+    " FROM functions f JOIN function_versions v ON v.name = f.name AND v.version = f.version "
+)
+_UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
+
+def open_database(folder: Path) -> Database:
+    return Database(folder / DB_FILE, _MIGRATIONS)
+
+
+class Registry:
+    """Functions and their versions; a version, once written, never changes."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create(self, name: str, spec: FunctionSpec, image_id: str, now: float) -> FunctionRecord:
+        with self._db.transaction() as db:
+            if db.execute("SELECT 1 FROM functions WHERE name = ?", (name,)).fetchone():
+                raise Conflict(f"function {name} already exists")
+            db.execute("INSERT INTO functions VALUES (?, 1, ?, ?)", (name, now, now))
+            self._add_version(db, name, 1, spec, image_id, now)
+        return FunctionRecord(name, 1, spec, image_id, now, now)
+
+    def add_version(
+        self, name: str, spec: FunctionSpec, image_id: str, now: float
+    ) -> FunctionRecord:
+        with self._db.transaction() as db:
+            row = db.execute(
+                "SELECT version, created_at FROM functions WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no function {name}")
+            version = int(row[0]) + 1
+            db.execute(
+                "UPDATE functions SET version = ?, updated_at = ? WHERE name = ?",
+                (version, now, name),
+            )
+            self._add_version(db, name, version, spec, image_id, now)
+        return FunctionRecord(name, version, spec, image_id, float(row[1]), now)
+
+    @staticmethod
+    def _add_version(
+        db: Any, name: str, version: int, spec: FunctionSpec, image_id: str, now: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO function_versions VALUES (?, ?, ?, ?, ?)",
+            (name, version, json.dumps(_spec_json(spec)), image_id, now),
+        )
+
+    def get(self, name: str) -> FunctionRecord | None:
+        records = self._select("WHERE f.name = ?", (name,))
+        return records[0] if records else None
+
+    def all(self) -> list[FunctionRecord]:
+        return self._select("ORDER BY f.name", ())
+
+    def next_version(self, name: str) -> int:
+        with self._db.reading() as db:
+            row = db.execute("SELECT version FROM functions WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) + 1 if row else 1
+
+    def delete(self, name: str) -> bool:
+        with self._db.transaction() as db:
+            return db.execute("DELETE FROM functions WHERE name = ?", (name,)).rowcount > 0
+
+    def _select(self, where: str, args: Sequence[Any]) -> list[FunctionRecord]:
+        with self._db.reading() as db:
+            sql = _FUNCTION_SELECT + where  # fixed text, bound values
+            rows = db.execute(sql, args).fetchall()
+        return [
+            FunctionRecord(name, version, _spec_from(json.loads(spec)), image_id, created, updated)
+            for name, version, spec, image_id, created, updated in rows
+        ]
+
+
+class RunHistory:
+    """Every run's record, kept after its function and its folder are gone."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add(self, run: RunRecord) -> None:
+        with self._db.transaction() as db:
+            db.execute(
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 13)})",  # noqa: S608
+                _run_row(run),
+            )
+
+    def started(self, run_id: str, at: float) -> None:
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, started_at = ? WHERE id = ?",
+                (RunStatus.RUNNING.value, at, run_id),
+            )
+
+    def finish(self, run_id: str, outcome: Outcome, at: float) -> RunRecord:
+        result = None if outcome.result is None else json.dumps(outcome.result)
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, error = ?, result = ?, truncated = ?,"
+                " finished_at = ?,"
+                " duration_ms = CASE WHEN started_at IS NULL THEN NULL"
+                " ELSE CAST(ROUND((? - started_at) * 1000) AS INTEGER) END"
+                " WHERE id = ?",
+                (
+                    outcome.status.value,
+                    outcome.exit_code,
+                    outcome.error,
+                    result,
+                    int(outcome.truncated),
+                    at,
+                    at,
+                    run_id,
+                ),
+            )
+        run = self.get(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id}")
+        return run
+
+    def interrupt_unfinished(self, at: float) -> list[str]:
+        """Runs a dead process left queued or running become failed (interrupted)."""
+        with self._db.transaction() as db:
+            ids = [
+                str(row[0])
+                for row in db.execute(
+                    "SELECT id FROM runs WHERE status IN (?, ?)", _UNFINISHED
+                ).fetchall()
+            ]
+            db.execute(
+                "UPDATE runs SET status = ?, error = ?, finished_at = ?,"
+                " duration_ms = CASE WHEN started_at IS NULL THEN NULL"
+                " ELSE CAST(ROUND((? - started_at) * 1000) AS INTEGER) END"
+                " WHERE status IN (?, ?)",
+                (RunStatus.FAILED.value, INTERRUPTED, at, at, *_UNFINISHED),
+            )
+        return ids
+
+    def get(self, run_id: str) -> RunRecord | None:
+        runs = self._select("WHERE id = ?", (run_id,))
+        return runs[0] if runs else None
+
+    def find(
+        self,
+        *,
+        function: str | None = None,
+        status: RunStatus | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Newest first."""
+        where, args = _filters(function, status, since)
+        return self._select(
+            f"{where} ORDER BY queued_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+
+    def count(self, *, function: str | None = None) -> int:
+        where, args = _filters(function, None, None)
+        with self._db.reading() as db:
+            sql = f"SELECT COUNT(*) FROM runs {where}"  # noqa: S608 - fixed text, bound values
+            return int(db.execute(sql, args).fetchone()[0])
+
+    def known(self, run_ids: Iterable[str]) -> set[str]:
+        """Those of ``run_ids`` that are runs of this database."""
+        with self._db.reading() as db:
+            return {
+                run_id
+                for run_id in run_ids
+                if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
+            }
+
+    def stats(self, function: str) -> Stats:
+        with self._db.reading() as db:
+            counts = dict(
+                db.execute(
+                    "SELECT status, COUNT(*) FROM runs WHERE function = ? GROUP BY status",
+                    (function,),
+                ).fetchall()
+            )
+            last = db.execute(
+                "SELECT MAX(queued_at) FROM runs WHERE function = ?", (function,)
+            ).fetchone()[0]
+            timed = int(
+                db.execute(
+                    "SELECT COUNT(*) FROM runs WHERE function = ? AND duration_ms IS NOT NULL",
+                    (function,),
+                ).fetchone()[0]
+            )
+            p50 = p95 = None
+            if timed:
+                # Nearest rank, read straight from the index: no history in memory.
+                p50, p95 = (
+                    int(
+                        db.execute(
+                            "SELECT duration_ms FROM runs"
+                            " WHERE function = ? AND duration_ms IS NOT NULL"
+                            " ORDER BY duration_ms LIMIT 1 OFFSET ?",
+                            (function, percentile_offset(timed, percent)),
+                        ).fetchone()[0]
+                    )
+                    for percent in (50, 95)
+                )
+        return Stats(
+            runs=sum(counts.values()),
+            succeeded=counts.get(RunStatus.SUCCEEDED.value, 0),
+            failed=counts.get(RunStatus.FAILED.value, 0),
+            timeouts=counts.get(RunStatus.TIMEOUT.value, 0),
+            oom=counts.get(RunStatus.OOM.value, 0),
+            p50_ms=p50,
+            p95_ms=p95,
+            last_run_at=last,
+        )
+
+    def folders_finished_before(self, before: float) -> list[str]:
+        """Runs whose folder is still there and that finished before ``before``."""
+        with self._db.reading() as db:
+            rows = db.execute(
+                "SELECT id FROM runs WHERE folder_removed = 0 AND finished_at < ?", (before,)
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def folder_removed(self, run_id: str) -> None:
+        with self._db.transaction() as db:
+            db.execute("UPDATE runs SET folder_removed = 1 WHERE id = ?", (run_id,))
+
+    def _select(self, where: str, args: Sequence[Any]) -> list[RunRecord]:
+        with self._db.reading() as db:
+            sql = f"SELECT {_RUN_COLUMNS} FROM runs {where}"  # noqa: S608 - fixed text, bound values
+            rows = db.execute(sql, args).fetchall()
+        return [_run_from(row) for row in rows]
+
+
+def percentile_offset(count: int, percent: int) -> int:
+    """0-based position of the nearest-rank ``percent`` percentile among
+    ``count`` sorted values."""
+    if count < 1 or not 0 < percent <= 100:
+        raise ValueError("a percentile needs values and a percent in (0, 100]")
+    rank = -(-percent * count // 100)  # ceil(percent / 100 * count), exactly
+    return rank - 1
+
+
+def _filters(
+    function: str | None, status: RunStatus | None, since: float | None
+) -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+    if function is not None:
+        clauses.append("function = ?")
+        args.append(function)
+    if status is not None:
+        clauses.append("status = ?")
+        args.append(status.value)
+    if since is not None:
+        clauses.append("queued_at >= ?")
+        args.append(since)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+
+
+def _spec_json(spec: FunctionSpec) -> dict[str, Any]:
+    return {
+        "image": spec.image,
+        "command": list(spec.command) if spec.command else None,
+        "env": dict(spec.env),
+        "limits": spec.limits.as_json(),
+        "concurrency": spec.concurrency,
+        "queue": spec.queue,
+        "user": spec.user,
+    }
+
+
+def _spec_from(data: dict[str, Any]) -> FunctionSpec:
+    limits = data["limits"]
+    return FunctionSpec(
+        image=data["image"],
+        command=tuple(data["command"]) if data["command"] else None,
+        env=data["env"],
+        limits=Limits(
+            memory_mb=limits["memoryMb"],
+            cpus=limits["cpus"],
+            pids=limits["pids"],
+            timeout_s=limits["timeoutS"],
+            tmpfs_mb=limits["tmpfsMb"],
+        ),
+        concurrency=data["concurrency"],
+        queue=data["queue"],
+        user=data["user"],
+    )
+
+
+def _run_row(run: RunRecord) -> tuple[Any, ...]:
+    return (
+        run.run_id,
+        run.function,
+        run.version,
+        run.image,
+        run.status.value,
+        run.exit_code,
+        run.error,
+        run.queued_at,
+        run.started_at,
+        run.finished_at,
+        run.duration_ms,
+        None if run.result is None else json.dumps(run.result),
+        int(run.truncated),
+    )
+
+
+def _run_from(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        function=row[1],
+        version=row[2],
+        image=row[3],
+        status=RunStatus(row[4]),
+        exit_code=row[5],
+        error=row[6],
+        queued_at=row[7],
+        started_at=row[8],
+        finished_at=row[9],
+        duration_ms=row[10],
+        result=None if row[11] is None else json.loads(row[11]),
+        truncated=bool(row[12]),
+    )

@@ -13,6 +13,7 @@ from aiohttp import web
 from edgeloader import hardware
 from edgeloader.auth.service import open_auth
 from edgeloader.config import Settings
+from edgeloader.functions.service import open_functions
 from edgeloader.services.cache import ModelCache
 from edgeloader.services.manifest import ReleaseGate
 from edgeloader.services.session import DeviceSession
@@ -20,6 +21,7 @@ from edgeloader.services.unlock import UnlockManager
 from edgeloader.upstream.engine import Engine
 from edgeloader.upstream.resource_api import ResourceApiClient
 from edgeloader.web.auth_routes import auth_routes
+from edgeloader.web.function_routes import function_routes
 from edgeloader.web.guards import audit_middleware, auth_middleware
 from edgeloader.web.middlewares import error_middleware
 from edgeloader.web.routes import routes
@@ -42,6 +44,7 @@ def create_app(settings: Settings, *, fingerprint: str | None = None) -> web.App
     app[SETTINGS] = settings
     app.add_routes(routes)
     app.add_routes(auth_routes)
+    app.add_routes(function_routes)
 
     app.cleanup_ctx.append(_services(settings, fingerprint))
     return app
@@ -70,8 +73,13 @@ def _services(
             stack.push_async_callback(engine.close)
             unlock = UnlockManager(session, engine, gate)
             stack.push_async_callback(unlock.close)
+            functions = await stack.enter_async_context(
+                open_functions(settings, engine, auth.auditor)
+            )
             cache = ModelCache(settings.cache_dir) if settings.cache_dir else None
-            app[SERVICES] = Services(settings, session, cache, engine, unlock, auth, gate)
+            app[SERVICES] = Services(
+                settings, session, cache, engine, unlock, auth, gate, functions
+            )
             yield
 
     return services

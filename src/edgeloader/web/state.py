@@ -8,6 +8,7 @@ from aiohttp import web
 
 from edgeloader.auth.service import AuthService
 from edgeloader.config import Settings
+from edgeloader.functions.service import FunctionService
 from edgeloader.services.cache import ModelCache
 from edgeloader.services.manifest import ReleaseGate
 from edgeloader.services.session import DeviceSession
@@ -26,6 +27,7 @@ class Services:
     unlock: UnlockManager
     auth: AuthService
     gate: ReleaseGate
+    functions: FunctionService
 
 
 SETTINGS = web.AppKey("settings", Settings)

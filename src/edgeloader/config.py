@@ -98,6 +98,8 @@ class Settings:
     token_issuer: str = "edgeloader"  # noqa: S105 - the `iss` claim, not a secret
     # Integrity (docs/security.md): the publisher's Ed25519 public key (PEM).
     publisher_key: Path | None = None
+    # Container format of what /upload writes: 1 keeps mixed Azaion fleets working.
+    upload_format: int = 1
     # Tuning; the defaults suit small devices.
     chunk_size: int = 1 * MiB
     upload_part_size: int = 8 * MiB
@@ -138,6 +140,7 @@ class Settings:
             auth_mode=auth_mode,
             state_dir=Path(get("EDGELOADER_STATE_DIR") or cls.state_dir),
             publisher_key=Path(key) if (key := get("EDGELOADER_PUBLISHER_KEY")) else None,
+            upload_format=_format(get("EDGELOADER_UPLOAD_FORMAT") or "v1"),
             access_token_ttl=_seconds(env, "EDGELOADER_ACCESS_TOKEN_TTL", cls.access_token_ttl),
             refresh_token_ttl=_seconds(env, "EDGELOADER_REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
             functions=FunctionSettings.from_env(env),
@@ -193,6 +196,13 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise ConfigError(f"{name} must be {low}-{high}, got {value}")
     return value
+
+
+def _format(value: str) -> int:
+    formats = {"v1": 1, "v2": 2}
+    if value.lower() not in formats:
+        raise ConfigError(f"EDGELOADER_UPLOAD_FORMAT must be v1 or v2, got {value!r}")
+    return formats[value.lower()]
 
 
 def _port(value: str) -> int:

@@ -1,4 +1,5 @@
-"""Publishing service images: ``images.enc = v1(archive_key, docker_save_tar)``."""
+"""Publishing service images: ``images.enc = v2(archive_key, docker_save_tar)``
+(or v1 for Azaion-compatible fleets)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ async def encrypt_archive(
     dst: Path,
     fragment: bytes,
     progress: Callable[[int], None] | None = None,
+    fmt: int = 2,
 ) -> int:
-    """Encrypts ``src`` into ``dst`` under ``archive_key(fragment)``.
+    """Encrypts ``src`` into ``dst`` under ``archive_key(fragment)`` in format ``fmt``.
 
     Streams in 1 MiB chunks through the project's one streaming encryption;
     ``progress(n)`` is called with each chunk's plaintext size. ``dst``
@@ -36,7 +38,7 @@ async def encrypt_archive(
 
     # Ciphertext meant to be shipped: readable like any other file.
     with AtomicFile(dst, 0o644) as out:
-        async for piece in crypto.encrypt_chunks(crypto.archive_key(fragment), plaintext()):
+        async for piece in crypto.encrypt_chunks(crypto.archive_key(fragment), plaintext(), fmt):
             await asyncio.to_thread(out.write, piece)
         await asyncio.to_thread(out.commit)
         return out.size

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -22,8 +23,18 @@ from edgeloader.cli.output import Progress, UsageError, read_password, run_comma
 from edgeloader.config import CdnOverrides
 from edgeloader.names import safe_folder, safe_name
 from edgeloader.roles import Role
+from edgeloader.services.manifest import ARCHIVE_KEY, Artifact
 from edgeloader_publisher import __version__
 from edgeloader_publisher.archive import encrypt_archive
+from edgeloader_publisher.release import (
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+    Release,
+    archive_artifact,
+    generate_keypair,
+    load_private_key,
+    resource_artifact,
+)
 from edgeloader_publisher.resource import PublishTarget, publish_file
 from edgeloader_publisher.resource_api.server import (
     KEY_FRAGMENT_FILE,
@@ -82,7 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = publish.add_subparsers(dest="publish_kind", metavar="KIND", required=True)
     _add_publish_archive(kinds)
     _add_publish_resource(kinds)
+    _add_keygen(kinds)
+    _add_manifest(kinds)
     return parser
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=("v1", "v2"),
+        default="v2",
+        help="container format: v2 is authenticated (default); v1 for Azaion-compatible fleets",
+    )
+
+
+def _format(args: argparse.Namespace) -> int:
+    return 2 if args.format == "v2" else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,10 +229,11 @@ def _add_publish_archive(kinds: argparse._SubParsersAction[argparse.ArgumentPars
         "archive",
         help="encrypt a `docker save` archive into images.enc",
         description=(
-            "Encrypt a `docker save` archive into images.enc (format v1 under "
-            "SHA256(key fragment)). The output appears complete or not at all."
+            "Encrypt a `docker save` archive into images.enc under SHA256(key fragment), "
+            "in format v2 unless --format v1. The output appears complete or not at all."
         ),
     )
+    _add_format(archive)
     archive.add_argument("image", type=Path, metavar="IMAGE.tar", help="the archive to encrypt")
     archive.add_argument(
         "-o", "--output", type=Path, required=True, metavar="FILE", help="where to write"
@@ -235,7 +262,7 @@ def publish_archive(args: argparse.Namespace) -> int:
     fragment = _read_fragment(getattr(args, "fragment_file", None), _data_dir(args))
     progress = Progress("encrypted", src.stat().st_size)
     try:
-        size = asyncio.run(encrypt_archive(src, dst, fragment, progress.advance))
+        size = asyncio.run(encrypt_archive(src, dst, fragment, progress.advance, _format(args)))
     finally:
         progress.close()
     print(f"wrote {dst} ({size} bytes)")
@@ -271,14 +298,31 @@ def _add_publish_resource(kinds: argparse._SubParsersAction[argparse.ArgumentPar
         ),
     )
     parser.add_argument("file", type=Path, metavar="FILE", help="the resource to publish")
+    _add_format(parser)
     parser.add_argument("--folder", default="models", help="folder / bucket (default: models)")
     parser.add_argument("--name", help="resource name (default: the file's name)")
+    _add_account(parser)
+    parser.set_defaults(func=publish_resource)
+
+
+def _add_account(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-url", help="Resource API base URL (default: $RESOURCE_API_URL)")
     parser.add_argument("--email", help=f"uploader's email (default: ${ENV_EMAIL})")
     parser.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
-    parser.set_defaults(func=publish_resource)
+
+
+def _target(args: argparse.Namespace) -> PublishTarget:
+    """The Resource API account from the flags, the environment or a prompt."""
+    email = args.email or os.environ.get(ENV_EMAIL)
+    if not email:
+        raise UsageError(f"no uploader account: use --email or ${ENV_EMAIL}")
+    api_url = args.api_url or os.environ.get("RESOURCE_API_URL")
+    if not api_url:
+        raise UsageError("no Resource API: use --api-url or $RESOURCE_API_URL")
+    password = read_password(from_stdin=args.password_stdin, env_var=ENV_PASSWORD)
+    return PublishTarget(api_url, email, password, CdnOverrides.from_env(os.environ))
 
 
 def publish_resource(args: argparse.Namespace) -> int:
@@ -287,18 +331,108 @@ def publish_resource(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: no such file")
     name = safe_name(args.name or path.name)
     folder = safe_folder(args.folder)
-    email = args.email or os.environ.get(ENV_EMAIL)
-    if not email:
-        raise UsageError(f"no uploader account: use --email or ${ENV_EMAIL}")
-    api_url = args.api_url or os.environ.get("RESOURCE_API_URL")
-    if not api_url:
-        raise UsageError("no Resource API: use --api-url or $RESOURCE_API_URL")
-    password = read_password(from_stdin=args.password_stdin, env_var=ENV_PASSWORD)
-    target = PublishTarget(api_url, email, password, CdnOverrides.from_env(os.environ))
+    target = _target(args)
     progress = Progress("uploaded", path.stat().st_size)
     try:
-        done = asyncio.run(publish_file(target, path, folder, name, progress.advance))
+        done = asyncio.run(
+            publish_file(target, path, folder, name, progress.advance, _format(args))
+        )
     finally:
         progress.close()
     print(f"published {folder}/{name}: {done.plaintext_bytes} bytes")
+    return 0
+
+
+# -- publish keygen / manifest ----------------------------------------------------------
+
+
+def _add_keygen(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keygen = kinds.add_parser(
+        "keygen",
+        help="create the publisher's Ed25519 key pair",
+        description=(
+            f"Write a new Ed25519 key pair into DIR: {PRIVATE_KEY_FILE} (0600; keep it off "
+            f"the boxes) and {PUBLIC_KEY_FILE} (give it to the boxes as "
+            "EDGELOADER_PUBLISHER_KEY). An existing private key is never overwritten."
+        ),
+    )
+    keygen.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="folder")
+    keygen.set_defaults(func=keygen_command)
+
+
+def keygen_command(args: argparse.Namespace) -> int:
+    try:
+        private, public = generate_keypair(args.out)
+    except FileExistsError:
+        raise UsageError(f"{args.out / PRIVATE_KEY_FILE} exists; not overwriting it") from None
+    print(f"wrote {private} (private, 0600) and {public} (for EDGELOADER_PUBLISHER_KEY)")
+    return 0
+
+
+def _add_manifest(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    manifest = kinds.add_parser(
+        "manifest",
+        help="write and sign the release manifest",
+        description=(
+            "Compute the SHA-256, size and format of each artifact's ciphertext, write "
+            "manifest.json with VERSION and an expiry, sign it with KEY, and store both "
+            "files in the Resource API's data folder (--data-dir), where it serves them, or "
+            "in --out. Resources are read back from the Resource API and the CDN as a box "
+            "reads them (account options as for `publish resource`)."
+        ),
+    )
+    manifest.add_argument("--key", type=Path, required=True, help="the private key (PEM)")
+    manifest.add_argument(
+        "--version", type=int, required=True, help="release version, >= 1; boxes never go back"
+    )
+    manifest.add_argument(
+        "--valid-days", type=float, default=30.0, help="days until it expires (default: 30)"
+    )
+    manifest.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="FOLDER/NAME",
+        help="a published resource (repeatable)",
+    )
+    manifest.add_argument(
+        "--archive", type=Path, metavar="IMAGES.enc", help="the encrypted image archive"
+    )
+    place = manifest.add_mutually_exclusive_group(required=True)
+    place.add_argument("--data-dir", type=Path, help="the reference Resource API's data folder")
+    place.add_argument("--out", type=Path, metavar="DIR", help="write the two files here")
+    _add_account(manifest)
+    manifest.set_defaults(func=manifest_command)
+
+
+def manifest_command(args: argparse.Namespace) -> int:
+    if args.version < 1:
+        raise UsageError("--version must be 1 or more")
+    if args.valid_days <= 0:
+        raise UsageError("--valid-days must be positive")
+    if not args.resource and args.archive is None:
+        raise UsageError("nothing to list: give --resource FOLDER/NAME and/or --archive FILE")
+    if args.archive is not None and not args.archive.is_file():
+        raise UsageError(f"{args.archive}: no such file")
+    resources = []
+    for entry in args.resource:
+        folder, _, name = entry.partition("/")
+        resources.append((safe_folder(folder), safe_name(name)))
+    key = load_private_key(args.key)
+    target = _target(args) if resources else None
+
+    async def collect() -> dict[str, Artifact]:
+        found = {}
+        if args.archive is not None:
+            found[ARCHIVE_KEY] = await archive_artifact(args.archive)
+        for folder, name in resources:
+            assert target is not None
+            found[f"{folder}/{name}"] = await resource_artifact(target, folder, name)
+        return found
+
+    artifacts = asyncio.run(collect())
+    expires = datetime.now(UTC) + timedelta(days=args.valid_days)
+    release = Release(args.version, expires.replace(microsecond=0), artifacts)
+    manifest, signature = release.write(key, args.data_dir or args.out)
+    print(f"wrote {manifest} (version {args.version}, {len(artifacts)} artifacts) and {signature}")
     return 0

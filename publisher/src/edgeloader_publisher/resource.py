@@ -46,8 +46,10 @@ async def publish_file(
     folder: str,
     name: str,
     progress: Callable[[int], None] | None = None,
+    fmt: int = 2,
 ) -> Uploaded:
-    """Logs in and publishes one file; ``progress`` gets plaintext bytes read."""
+    """Logs in and publishes one file in format ``fmt`` (v2 unless a fleet
+    still runs Azaion-compatible loaders); ``progress`` gets plaintext bytes read."""
 
     async def chunks() -> AsyncIterator[bytes]:
         async for chunk in read_file_chunks(path, CHUNK_SIZE):
@@ -61,4 +63,6 @@ async def publish_file(
         key = crypto.api_key(target.email, target.password, PUBLISHER_HARDWARE)
         config = await fetch_cdn_config(api, key, PUBLISHER_HARDWARE, target.cdn)
         async with Cdn(config) as cdn:
-            return await upload_resource(cdn, api, folder, name, chunks(), part_size=PART_SIZE)
+            return await upload_resource(
+                cdn, api, folder, name, chunks(), part_size=PART_SIZE, fmt=fmt
+            )

@@ -40,11 +40,13 @@ async def upload_resource(
     plaintext: AsyncIterable[bytes],
     *,
     part_size: int,
+    fmt: int = 1,
     before_publish: Callable[[], Awaitable[None]] | None = None,
 ) -> Uploaded:
     """Stages, then publishes; on any failure after staging, discards.
 
-    ``api`` must be logged in as a user that may upload.
+    ``api`` must be logged in as a user that may upload. ``fmt`` is the
+    container format of the resource's ciphertext (1 or 2).
 
     ``before_publish`` runs between the two steps (the web layer reads the
     rest of its form there); if it raises, nothing is published.
@@ -57,7 +59,7 @@ async def upload_resource(
             counted += len(chunk)
             yield chunk
 
-    ciphertext = crypto.encrypt_chunks(crypto.resource_key(), counting())
+    ciphertext = crypto.encrypt_chunks(crypto.resource_key(), counting(), fmt)
     small, big = await crypto.split_ciphertext(ciphertext)
     big_key = crypto.big_name(name)
     big_bytes = await cdn.upload(folder, big_key, big, part_size)

@@ -192,6 +192,7 @@ async def upload_resource(request: web.Request) -> web.Response:
         name,
         chunks,
         part_size=svc.settings.upload_part_size,
+        fmt=svc.settings.upload_format,
         before_publish=rest_of_form,
     )
     request[AUDIT_BYTES] = done.plaintext_bytes

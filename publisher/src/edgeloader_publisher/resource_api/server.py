@@ -5,6 +5,7 @@ Layout under ``data_dir``::
     users.sqlite3            the user store
     key_fragment             64 random bytes, made on first start (0600)
     cdn.yaml                 optional; served from the empty folder
+    manifest.json(.sig)      optional signed release manifest; served from the empty folder
     resources/<folder>/<fileName>
 """
 
@@ -37,6 +38,7 @@ from edgeloader.errors import (
     UnsafeName,
 )
 from edgeloader.roles import UPLOADERS
+from edgeloader.services.manifest import MANIFEST_FILE, SIGNATURE_FILE
 from edgeloader.storage.files import AtomicFile, atomic_write
 from edgeloader_publisher.resource_api.users import UserStore
 
@@ -60,6 +62,8 @@ USERS_FILE: Final = "users.sqlite3"
 KEY_FRAGMENT_FILE: Final = "key_fragment"
 KEY_FRAGMENT_SIZE: Final = 64
 CDN_FILE: Final = "cdn.yaml"
+#: What the empty folder serves: the CDN settings and the signed release manifest.
+ROOT_FILES: Final = frozenset({CDN_FILE, MANIFEST_FILE, SIGNATURE_FILE})
 RESOURCES_DIR: Final = "resources"
 
 _JWT_ALGORITHM = "HS256"
@@ -245,9 +249,9 @@ async def _json_strings(request: web.Request, *names: str) -> list[str]:
 def _resource_path(data_dir: Path, folder: str, file_name: str) -> Path:
     check_name(file_name)
     if not folder:
-        if file_name != CDN_FILE:
+        if file_name not in ROOT_FILES:
             raise NotFound("resource not found")
-        return data_dir / CDN_FILE
+        return data_dir / file_name
     return data_dir / RESOURCES_DIR / check_name(folder) / file_name
 
 

@@ -1,0 +1,290 @@
+"""Format v2 and the signed release manifest on the real stack: moto, the
+reference Resource API, the loader and (for unlock) podman."""
+
+# The unlock tests' fixtures are imported by name and requested as parameters.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from edgeloader import crypto
+from edgeloader.services.manifest import ARCHIVE_KEY, Artifact
+from edgeloader_publisher.archive import encrypt_archive
+from edgeloader_publisher.release import Release, generate_keypair, load_private_key
+from tests.integration.conftest import Stack, pattern, s3_client
+from tests.integration.test_unlock import (  # noqa: F401 - fixtures used by name
+    IMAGES,
+    clean_engine,
+    final_status,
+    plain_archive,
+    start_unlocker,
+    unlock,
+)
+from tests.support.podman import PodmanService, image_exists
+from tests.unit.test_v2 import oracle_encrypt
+
+CHUNK = 1 << 16
+
+
+def publish_v2(stack: Stack, name: str, plaintext: bytes) -> bytes:
+    """Publishes ``plaintext`` as a v2 resource, written by the independent
+    oracle (not the core), split by the documented rule; returns the ct."""
+    ct = oracle_encrypt(crypto.resource_key(), plaintext, salt=pattern(16), prefix=pattern(7))
+    cut = min(3072, len(ct) * 3 // 10)
+    s3_client(stack.s3_endpoint).put_object(Bucket=stack.bucket, Key=f"{name}.big", Body=ct[cut:])
+    path = stack.api_dir / "resources" / stack.bucket / f"{name}.small"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(ct[:cut])
+    return ct
+
+
+async def read_all(stack: Stack, name: str) -> tuple[int, int | None, bytes, bool]:
+    """(status, Content-Length, the bytes received, whether the body was cut)."""
+    body = {"folder": stack.bucket}
+    received = bytearray()
+    async with stack.http.post(f"{stack.loader_url}/load/{name}", json=body) as resp:
+        try:
+            async for chunk in resp.content.iter_any():
+                received += chunk
+        except aiohttp.ClientPayloadError:
+            return resp.status, resp.content_length, bytes(received), True
+        return resp.status, resp.content_length, bytes(received), False
+
+
+def cached_entries(stack: Stack, name: str) -> list[Path]:
+    folder = stack.tmp / "cache" / stack.bucket / name
+    return list(folder.iterdir()) if folder.exists() else []
+
+
+# -- format v2 --------------------------------------------------------------------------
+
+V2_SIZES = [0, 1, 15, 16, 60, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * 1024 * 1024 + 5]
+
+
+@pytest.mark.parametrize("size", V2_SIZES, ids=[f"{s}B" for s in V2_SIZES])
+async def test_v2_load_is_byte_identical_beside_v1(stack: Stack, size: int) -> None:
+    data = pattern(size)
+    publish_v2(stack, "new.bin", data)
+    stack.publish("old.bin", data)
+    await stack.login()
+    assert await stack.load("new.bin") == (200, data)
+    assert await stack.load("old.bin") == (200, data)
+    # The second v2 load comes from the cache, verified chunk by chunk again.
+    assert cached_entries(stack, "new.bin")
+    assert await stack.load("new.bin") == (200, data)
+
+
+async def test_v2_tampered_chunk_cuts_the_body_before_that_chunk(stack: Stack) -> None:
+    data = pattern(16 * CHUNK)
+    ct = publish_v2(stack, "t.bin", data)
+    cut = min(3072, len(ct) * 3 // 10)
+    big = bytearray(ct[cut:])
+    tampered_chunk = 8
+    flip_at = 32 + tampered_chunk * (CHUNK + 16) + 100 - cut
+    big[flip_at] ^= 0x01
+    s3_client(stack.s3_endpoint).put_object(Bucket=stack.bucket, Key="t.bin.big", Body=bytes(big))
+    await stack.login()
+    status, length, received, was_cut = await read_all(stack, "t.bin")
+    assert status == 200
+    assert length == len(data)
+    assert was_cut
+    assert len(received) <= tampered_chunk * CHUNK
+    assert received == data[: len(received)]
+    assert cached_entries(stack, "t.bin") == []
+
+
+async def test_v2_archive_with_a_flipped_bit_loads_nothing(
+    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    fragment = (stack.api_dir / "key_fragment").read_bytes()
+    archive = stack.tmp / "images.enc"
+    await encrypt_archive(plain_archive, archive, fragment, fmt=2)
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    archive.write_bytes(bytes(data))
+    await start_unlocker(stack, clean_engine, archive)
+    await unlock(stack)
+    status = await final_status(stack)
+    assert status["state"] == "error"
+    assert status["error"] == "decryption failed"
+    for ref in IMAGES:
+        assert not image_exists(clean_engine, ref)
+
+
+async def test_v1_archive_still_unlocks(
+    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    fragment = (stack.api_dir / "key_fragment").read_bytes()
+    archive = stack.tmp / "images.enc"
+    await encrypt_archive(plain_archive, archive, fragment, fmt=1)
+    await start_unlocker(stack, clean_engine, archive)
+    await unlock(stack)
+    assert (await final_status(stack))["state"] == "ready"
+
+
+# -- the signed release manifest --------------------------------------------------------
+
+
+class Publisher:
+    """A publisher key pair and a way to release manifests into the API's folder."""
+
+    def __init__(self, stack: Stack, folder: Path) -> None:
+        self.stack = stack
+        _, self.public = generate_keypair(folder)
+        self.private = load_private_key(folder / "publisher_key.pem")
+
+    def release(
+        self,
+        version: int,
+        artifacts: dict[str, Artifact],
+        *,
+        expires_in: timedelta = timedelta(days=1),
+        sign_with: Path | None = None,
+    ) -> None:
+        key = load_private_key(sign_with) if sign_with else self.private
+        expires = (datetime.now(UTC) + expires_in).replace(microsecond=0)
+        Release(version, expires, artifacts).write(key, self.stack.api_dir)
+
+    async def start_loader(self, **extra: Any) -> None:
+        await self.stack.start_loader(self.stack.settings(publisher_key=self.public, **extra))
+        await self.stack.login()
+
+
+def artifact_of(ct: bytes, fmt: int = 2) -> Artifact:
+    digest = crypto.Sha256()
+    digest.update(ct)
+    return Artifact(digest.hexdigest(), len(ct), fmt)
+
+
+@pytest.fixture
+async def publisher(make_stack: Any, tmp_path: Path) -> Publisher:
+    stack = await make_stack()
+    return Publisher(stack, tmp_path / "publisher-keys")
+
+
+async def test_a_good_manifest_passes(publisher: Publisher) -> None:
+    stack = publisher.stack
+    data = pattern(200_000)
+    ct = publish_v2(stack, "m.bin", data)
+    publisher.release(3, {f"{stack.bucket}/m.bin": artifact_of(ct)})
+    await publisher.start_loader()
+    assert await stack.load("m.bin") == (200, data)
+    assert cached_entries(stack, "m.bin")
+    assert await stack.load("m.bin") == (200, data)  # from the cache, checked again
+    assert (stack.tmp / "state" / "release_floor").read_text().strip() == "3"
+
+
+async def expect_refusal(stack: Stack, name: str, reason: str) -> None:
+    """A 502 naming ``reason``, and the cache no different from before."""
+    before = cached_entries(stack, name)
+    async with stack.http.post(
+        f"{stack.loader_url}/load/{name}", json={"folder": stack.bucket}
+    ) as resp:
+        assert resp.status == 502
+        detail = (await resp.json())["detail"]
+    assert detail.startswith(f"integrity: {reason}"), detail
+    assert cached_entries(stack, name) == before
+
+
+async def test_each_manifest_failure_is_refused_with_its_reason(
+    publisher: Publisher, tmp_path: Path
+) -> None:
+    stack = publisher.stack
+    ct = publish_v2(stack, "m.bin", pattern(100_000))
+    good = artifact_of(ct)
+    listed = f"{stack.bucket}/m.bin"
+    await publisher.start_loader()
+
+    await expect_refusal(stack, "m.bin", "unavailable")  # no manifest published yet
+    assert cached_entries(stack, "m.bin") == []
+
+    other, _ = generate_keypair(tmp_path / "someone-else")
+    publisher.release(5, {listed: good}, sign_with=other)
+    await expect_refusal(stack, "m.bin", "bad-signature")
+
+    publisher.release(5, {listed: good}, expires_in=timedelta(seconds=-1))
+    await expect_refusal(stack, "m.bin", "expired")
+
+    publisher.release(5, {})
+    await expect_refusal(stack, "m.bin", "not-listed")
+
+    publisher.release(5, {listed: Artifact(good.sha256, good.size + 1, 2)})
+    await expect_refusal(stack, "m.bin", "size")
+
+    publisher.release(5, {listed: Artifact(good.sha256, good.size, 1)})
+    await expect_refusal(stack, "m.bin", "format")
+
+    publisher.release(4, {listed: good})
+    await expect_refusal(stack, "m.bin", "rollback")  # 5 was accepted above
+
+    publisher.release(5, {listed: good})
+    assert (await stack.load("m.bin"))[0] == 200
+
+
+async def test_the_version_floor_survives_a_restart(publisher: Publisher) -> None:
+    stack = publisher.stack
+    ct = publish_v2(stack, "m.bin", pattern(50_000))
+    listed = f"{stack.bucket}/m.bin"
+    publisher.release(9, {listed: artifact_of(ct)})
+    await publisher.start_loader()
+    assert (await stack.load("m.bin"))[0] == 200
+    for runner in stack.runners:
+        await runner.cleanup()
+    stack.runners.clear()
+
+    publisher.release(8, {listed: artifact_of(ct)})
+    await publisher.start_loader()
+    await expect_refusal(stack, "m.bin", "rollback")
+
+
+async def test_a_wrong_hash_cuts_the_body_and_caches_nothing(publisher: Publisher) -> None:
+    stack = publisher.stack
+    data = pattern(300_000)
+    ct = publish_v2(stack, "m.bin", data)
+    wrong = Artifact("0" * 64, len(ct), 2)
+    publisher.release(1, {f"{stack.bucket}/m.bin": wrong})
+    await publisher.start_loader()
+    status, length, received, was_cut = await read_all(stack, "m.bin")
+    assert (status, length) == (200, len(data))
+    assert was_cut
+    assert len(received) < len(data)
+    assert cached_entries(stack, "m.bin") == []
+
+
+async def test_a_v1_resource_is_held_to_its_manifest_too(publisher: Publisher) -> None:
+    stack = publisher.stack
+    data = pattern(40_000)
+    stack.publish("old.bin", data)
+    small = (stack.api_dir / "resources" / stack.bucket / "old.bin.small").read_bytes()
+    big = s3_client(stack.s3_endpoint).get_object(Bucket=stack.bucket, Key="old.bin.big")
+    ct = small + big["Body"].read()
+    publisher.release(1, {f"{stack.bucket}/old.bin": artifact_of(ct, fmt=1)})
+    await publisher.start_loader()
+    assert await stack.load("old.bin") == (200, data)
+
+
+async def test_unlock_checks_the_archive_against_the_manifest(
+    publisher: Publisher, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    stack = publisher.stack
+    fragment = (stack.api_dir / "key_fragment").read_bytes()
+    archive = stack.tmp / "images.enc"
+    await encrypt_archive(plain_archive, archive, fragment)
+    good = artifact_of(archive.read_bytes())
+    publisher.release(1, {ARCHIVE_KEY: Artifact("f" * 64, good.size, 2)})
+    await start_unlocker(stack, clean_engine, archive, publisher_key=publisher.public)
+    await unlock(stack)
+    status = await final_status(stack)
+    assert status == {**status, "state": "error", "error": "integrity: hash"}
+    for ref in IMAGES:
+        assert not image_exists(clean_engine, ref)
+
+    publisher.release(2, {ARCHIVE_KEY: good})
+    await unlock(stack)
+    assert (await final_status(stack))["state"] == "ready"

@@ -6,6 +6,8 @@ reference Resource API, the loader and (for unlock) podman."""
 
 from __future__ import annotations
 
+import asyncio
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,10 @@ import pytest
 
 from edgeloader import crypto
 from edgeloader.services.manifest import ARCHIVE_KEY, Artifact
+from edgeloader_publisher import cli as publisher_cli
 from edgeloader_publisher.archive import encrypt_archive
 from edgeloader_publisher.release import Release, generate_keypair, load_private_key
-from tests.integration.conftest import Stack, pattern, s3_client
+from tests.integration.conftest import ADMIN, Stack, pattern, s3_client
 from tests.integration.test_unlock import (  # noqa: F401 - fixtures used by name
     IMAGES,
     clean_engine,
@@ -288,3 +291,29 @@ async def test_unlock_checks_the_archive_against_the_manifest(
     publisher.release(2, {ARCHIVE_KEY: good})
     await unlock(stack)
     assert (await final_status(stack))["state"] == "ready"
+
+
+async def test_the_publisher_commands_make_a_release_boxes_accept(
+    publisher: Publisher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keygen, publish resource and publish manifest as an operator runs them."""
+    stack = publisher.stack
+    keys = tmp_path / "keys"
+    assert await asyncio.to_thread(publisher_cli.main, ["publish", "keygen", "-o", str(keys)]) == 0
+    assert stat.S_IMODE((keys / "publisher_key.pem").stat().st_mode) == 0o600
+    assert await asyncio.to_thread(publisher_cli.main, ["publish", "keygen", "-o", str(keys)]) == 2
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(pattern(150_000))
+    monkeypatch.setenv("RESOURCE_API_URL", stack.api_url)
+    monkeypatch.setenv("EDGELOADER_PUBLISH_EMAIL", ADMIN[0])
+    monkeypatch.setenv("EDGELOADER_PUBLISH_PASSWORD", ADMIN[1])
+    argv = ["publish", "resource", str(model), "--folder", stack.bucket]
+    assert await asyncio.to_thread(publisher_cli.main, argv) == 0
+    argv = ["publish", "manifest", "--key", str(keys / "publisher_key.pem"), "--version", "2"]
+    argv += ["--resource", f"{stack.bucket}/model.bin", "--data-dir", str(stack.api_dir)]
+    assert await asyncio.to_thread(publisher_cli.main, argv) == 0
+
+    await stack.start_loader(stack.settings(publisher_key=keys / "publisher_key.pub.pem"))
+    await stack.login()
+    assert await stack.load("model.bin") == (200, model.read_bytes())

@@ -1,0 +1,275 @@
+"""Function runs through the loader against ``podman run --rm`` through the
+CLI, measured in the same run on the same private podman storage.
+
+F1  Sync invoke latency: ``POST /api/functions/NAME/invoke`` (request in →
+    run record out) of a trivial busybox function, against ``podman run
+    --rm`` of the same image and command with the same isolation flags and a
+    run folder mounted the same way. Median and p95 over ``--runs`` runs,
+    the two alternating; target: the loader's median at most 1.25 times the CLI's.
+F2  Throughput: ``--runs`` runs, 2 at a time (the loader's default
+    ``EDGELOADER_MAX_RUNS``), against the CLI run 2 at a time.
+
+    make bench-functions      (or: python -m bench.bench_functions [--runs N])
+
+The bench starts its own podman service (tests/support/podman.py), the
+reference Resource API (for a token) and the loader (``python -m edgeloader
+serve``, default auth mode), each as its own process. The CLI's run folders
+are prepared before its clock starts; the loader's preparation is inside
+its time. Figures vary between machines and runs; the ratios are what to
+compare. Linux only, as root (run folders are given to uid 65534).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from tests.support.harness.loader import start_loader_process
+from tests.support.harness.net import dead_url
+from tests.support.harness.processes import clean_env
+from tests.support.harness.resource_api import User, start_resource_api_process, write_api_data
+from tests.support.podman import PodmanService, available, import_busybox_image
+
+from edgeloader.roles import Role
+
+EMAIL, PASSWORD = "bench@example.org", "bench-password-1"
+IMAGE = "localhost/edgeloader-bench-fn:1"
+FUNCTION = "bench-echo"
+SCRIPT = "cat request.json > result.json"
+UID = 65534
+TARGET_RATIO = 1.25
+WARMUP = 3
+# The isolation the loader gives every run, as podman CLI flags.
+CLI_ISOLATION = (
+    "--network=none",
+    "--read-only",
+    "--read-only-tmpfs=false",
+    "--tmpfs=/tmp:rw,size=16m,mode=1777,nosuid,nodev",
+    "--shm-size=16m",
+    "--cap-drop=ALL",
+    "--security-opt=no-new-privileges",
+    "--pids-limit=64",
+    "--memory=128m",
+    "--memory-swap=128m",
+    "--cpus=0.5",
+    f"--user={UID}:{UID}",
+    "--passwd=false",
+    "--no-hosts",
+    "--image-volume=ignore",
+    "--workdir=/app/functions",
+)
+
+
+class BenchError(RuntimeError):
+    """Set-up failed or a measured run did not succeed."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Loader:
+    http: aiohttp.ClientSession
+    url: str
+    headers: dict[str, str]
+    pid: int
+
+    async def call(self, method: str, path: str, body: object) -> dict[str, object]:
+        async with self.http.request(
+            method, self.url + path, json=body, headers=self.headers
+        ) as resp:
+            answer: dict[str, object] = await resp.json()
+            if resp.status >= 300:
+                raise BenchError(f"{method} {path}: HTTP {resp.status}: {answer}")
+            return answer
+
+    async def invoke(self, n: int) -> float:
+        started = time.perf_counter()
+        run = await self.call("POST", f"/api/functions/{FUNCTION}/invoke", {"n": n})
+        took = time.perf_counter() - started
+        if run["status"] != "succeeded" or run["result"] != {"n": n}:
+            raise BenchError(f"loader run failed: {run}")
+        return took
+
+
+class Cli:
+    """``podman run --rm`` against the service's storage, with run folders."""
+
+    def __init__(self, engine: PodmanService, work: Path) -> None:
+        self.env = {**os.environ, **engine.env}
+        self.work = work
+        self.count = 0
+
+    def folder(self, n: int) -> Path:
+        self.count += 1
+        folder = self.work / f"cli-run-{self.count}"
+        folder.mkdir(mode=0o700)
+        (folder / "request.json").write_text(json.dumps({"n": n}))
+        for path in (folder / "request.json", folder):
+            os.chown(path, UID, UID)
+        return folder
+
+    async def run(self, n: int) -> float:
+        folder = await asyncio.to_thread(self.folder, n)
+        args = [*CLI_ISOLATION, f"--volume={folder}:/app/functions:rw"]
+        started = time.perf_counter()
+        process = await asyncio.create_subprocess_exec(
+            "podman",
+            "run",
+            "--rm",
+            *args,
+            IMAGE,
+            "sh",
+            "-c",
+            SCRIPT,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await process.communicate()
+        took = time.perf_counter() - started
+        result = (folder / "result.json").read_bytes() if process.returncode == 0 else b""
+        if process.returncode != 0 or json.loads(result) != {"n": n}:
+            raise BenchError(f"podman run exited {process.returncode}: {stderr.decode()[-2000:]}")
+        await asyncio.to_thread(shutil.rmtree, folder)
+        return took
+
+
+def percentile(values: list[float], percent: int) -> float:
+    ordered = sorted(values)
+    rank = -(-percent * len(ordered) // 100)
+    return ordered[max(rank, 1) - 1]
+
+
+def cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(run: Callable[[int], Awaitable[float]], runs: int, width: int) -> float:
+    """Runs per second with ``width`` runs at a time."""
+    numbers = iter(range(runs))
+
+    async def worker() -> None:
+        for n in numbers:
+            await run(n)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return runs / (time.perf_counter() - started)
+
+
+async def start(work: Path, engine: PodmanService, cleanup: contextlib.ExitStack) -> Loader:
+    logs = work / "logs"
+    logs.mkdir()
+    env = clean_env(TMPDIR=str(work / "tmp"))
+    (work / "tmp").mkdir()
+    api_dir = work / "api"
+    await asyncio.to_thread(
+        write_api_data, api_dir, dead_url(), [User(EMAIL, PASSWORD, Role.ADMIN)]
+    )
+    _, api_url = await start_resource_api_process(api_dir, env, logs, cleanup)
+    child, url = await start_loader_process(
+        api_url, work / "loader-state", logs, cleanup, DOCKER_HOST=engine.docker_host
+    )
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
+    async with http.post(
+        f"{url}/api/auth/login", json={"email": EMAIL, "password": PASSWORD}
+    ) as resp:
+        if resp.status != 200:
+            raise BenchError(f"login: HTTP {resp.status}: {await resp.text()}")
+        token = (await resp.json())["accessToken"]
+    loader = Loader(http, url, {"Authorization": f"Bearer {token}"}, child.pid)
+    await loader.call(
+        "POST",
+        "/api/functions",
+        {"name": FUNCTION, "image": IMAGE, "command": ["sh", "-c", SCRIPT], "concurrency": 2},
+    )
+    return loader
+
+
+async def bench(work: Path, runs: int) -> None:
+    with PodmanService(work / "podman") as engine, contextlib.ExitStack() as cleanup:
+        log("podman service up; importing the busybox image")
+        await asyncio.to_thread(import_busybox_image, engine, IMAGE)
+        loader = await start(work, engine, cleanup)
+        try:
+            cli = Cli(engine, work)
+            log(f"warm-up: {WARMUP} runs each")
+            for n in range(WARMUP):
+                await loader.invoke(n)
+                await cli.run(n)
+
+            log(f"F1: {runs} sync runs each, alternating")
+            loader_times, cli_times = [], []
+            cpu_before = cpu_seconds(loader.pid)
+            for n in range(runs):
+                loader_times.append(await loader.invoke(n))
+                cli_times.append(await cli.run(n))
+            loader_cpu = (cpu_seconds(loader.pid) - cpu_before) / runs
+
+            log(f"F2: {runs} runs, 2 at a time, each")
+            loader_rate = await throughput(loader.invoke, runs, 2)
+            cli_rate = await throughput(cli.run, runs, 2)
+        finally:
+            await loader.http.close()
+
+    median_l, median_c = statistics.median(loader_times), statistics.median(cli_times)
+    ratio = median_l / median_c
+    print()
+    print(f"F1  sync invoke latency, {runs} runs (ms)     median     p95")
+    for label, times in (
+        ("loader  POST /invoke → record", loader_times),
+        ("podman run --rm (CLI)", cli_times),
+    ):
+        median, p95 = statistics.median(times) * 1000, percentile(times, 95) * 1000
+        print(f"    {label:<36} {median:7.0f} {p95:7.0f}")
+    verdict = "met" if ratio <= TARGET_RATIO else "missed"
+    print(f"    ratio of medians: {ratio:.2f}x (target <= {TARGET_RATIO}x: {verdict})")
+    print(f"    loader CPU per run: {loader_cpu * 1000:.0f} ms")
+    print(f"F2  throughput, {runs} runs 2 at a time (runs/s)")
+    print(
+        f"    loader {loader_rate:.2f}   CLI {cli_rate:.2f}   ratio {loader_rate / cli_rate:.2f}x"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="runs per measurement (30)")
+    parser.add_argument("--work-dir", type=Path, help="work folder (default: a temporary one)")
+    args = parser.parse_args()
+    if not available():
+        print("bench_functions: podman, runc and a static busybox are required", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("bench_functions: run as root (run folders go to uid 65534)", file=sys.stderr)
+        return 2
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-functions-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(bench(work, args.runs))
+    except BenchError as exc:
+        print(f"bench_functions: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -79,6 +79,35 @@ class FunctionSettings:
 
 
 @dataclass(frozen=True)
+class AuthLimits:
+    """Bounds of the login throttle and the audit (docs/security.md).
+
+    The storage bounds are in bytes, so that no client input, however
+    long, can make either grow past them.
+    """
+
+    free_failures: int = 5  # failed attempts per address or identity before waits start
+    first_wait: float = 1.0  # the wait after the last free failure; it doubles with each further
+    max_wait: float = 15 * 60
+    forget_after: float = 60 * 60  # a key's failures are forgotten this long after its last one
+    throttle_max_bytes: int = 16 * MiB
+    audit_retention: float = 90 * 86_400
+    audit_max_bytes: int = 64 * MiB
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AuthLimits:
+        return cls(
+            throttle_max_bytes=_integer(
+                env, "EDGELOADER_THROTTLE_MAX_BYTES", cls.throttle_max_bytes, 64 * 1024, 1024 * MiB
+            ),
+            audit_retention=_seconds(env, "EDGELOADER_AUDIT_RETENTION", cls.audit_retention),
+            audit_max_bytes=_integer(
+                env, "EDGELOADER_AUDIT_MAX_BYTES", cls.audit_max_bytes, 64 * 1024, 64 * 1024 * MiB
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     resource_api_url: str
     images_path: Path = Path("/opt/edgeloader/images.enc")
@@ -107,6 +136,7 @@ class Settings:
     api_timeout: float = 30.0
     cdn_connect_timeout: float = 10.0
     functions: FunctionSettings = field(default_factory=FunctionSettings)
+    auth_limits: AuthLimits = field(default_factory=AuthLimits)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +174,7 @@ class Settings:
             access_token_ttl=_seconds(env, "EDGELOADER_ACCESS_TOKEN_TTL", cls.access_token_ttl),
             refresh_token_ttl=_seconds(env, "EDGELOADER_REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
             functions=FunctionSettings.from_env(env),
+            auth_limits=AuthLimits.from_env(env),
         )
         return settings
 

@@ -1,4 +1,5 @@
-"""The auth building blocks on their own: throttle, store, sealed key."""
+"""The auth building blocks on their own: store, sealed key (the throttle:
+test_throttle.py)."""
 
 from __future__ import annotations
 
@@ -9,49 +10,7 @@ import pytest
 
 from edgeloader.auth import signing_key
 from edgeloader.auth.store import AuthStore, RefreshRecord, Rotation
-from edgeloader.auth.throttle import Throttle
-from edgeloader.errors import ConfigError, TooManyAttempts
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_throttle_backs_off_exponentially_after_five_failures() -> None:
-    clock = Clock()
-    throttle = Throttle(clock=clock)
-    for _ in range(4):
-        throttle.failure("ip:a")
-        throttle.check("ip:a")  # still free
-    waits = []
-    for _ in range(4):
-        throttle.failure("ip:a")
-        with pytest.raises(TooManyAttempts) as info:
-            throttle.check("ip:a", "user:b")
-        waits.append(info.value.retry_after)
-        clock.now += info.value.retry_after
-        throttle.check("ip:a")  # the wait is over
-    assert waits == [1, 2, 4, 8]
-    throttle.success("ip:a")
-    throttle.failure("ip:a")
-    throttle.check("ip:a")
-
-
-def test_throttle_caps_the_wait_and_its_memory() -> None:
-    clock = Clock()
-    throttle = Throttle(clock=clock, max_delay=60, max_entries=3)
-    for _ in range(30):
-        throttle.failure("x")
-    with pytest.raises(TooManyAttempts) as info:
-        throttle.check("x")
-    assert info.value.retry_after == 60
-    for key in "abcd":
-        throttle.failure(key)
-    throttle.check("x")  # evicted as the oldest entry
+from edgeloader.errors import ConfigError
 
 
 def record(token: str, family: str, expires: float = 2e9) -> RefreshRecord:

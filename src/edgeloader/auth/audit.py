@@ -1,4 +1,9 @@
-"""The audit trail: every entry goes to the store and to a structured log line."""
+"""The audit trail: every entry goes to the store and to a structured log line.
+
+Each text field is capped (``FIELD_MAX`` characters), and the store keeps
+the audit under a byte limit and a retention period (``AuthLimits``), so no
+client input can make it grow without bound.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,18 @@ from edgeloader.auth.store import AuditEntry, AuthStore
 
 log = logging.getLogger("edgeloader.audit")
 
+#: The longest a text field of an entry may be; longer ones are cut, marked with "…".
+FIELD_MAX = 512
+
+
+def capped(text: str, limit: int = FIELD_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class Auditor:
-    def __init__(self, store: AuthStore) -> None:
+    def __init__(self, store: AuthStore, max_bytes: int | None = None) -> None:
         self._store = store
+        self._max_bytes = max_bytes
 
     async def record(
         self,
@@ -29,21 +42,21 @@ class Auditor:
     ) -> None:
         entry = AuditEntry(
             at=time.time(),
-            subject=subject,
-            role=role,
-            action=action,
-            route=route,
-            resource=resource,
-            outcome=outcome,
+            subject=capped(subject),
+            role=capped(role),
+            action=capped(action),
+            route=capped(route),
+            resource=capped(resource),
+            outcome=capped(outcome),
             bytes=bytes_,
-            detail=detail,
+            detail=capped(detail),
         )
         log.info(
             "audit %s %s by %s: %s",
-            action,
-            resource or route,
-            subject,
-            outcome,
+            entry.action,
+            entry.resource or entry.route,
+            entry.subject,
+            entry.outcome,
             extra={"audit": entry.as_dict()},
         )
-        await asyncio.to_thread(self._store.add_audit, entry)
+        await asyncio.to_thread(self._store.add_audit, entry, self._max_bytes)

@@ -6,16 +6,20 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
+import re
 import secrets
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from edgeloader.auth import signing_key
 from edgeloader.auth.audit import Auditor
 from edgeloader.auth.store import ApiKeyRecord, AuditEntry, AuthStore, RefreshRecord, Rotation
-from edgeloader.auth.throttle import Throttle
+from edgeloader.auth.throttle import Throttle, ThrottlePolicy, Ticket
 from edgeloader.auth.tokens import Claims, TokenPair, Tokens, token_hash
 from edgeloader.config import Settings
 from edgeloader.errors import (
@@ -26,7 +30,6 @@ from edgeloader.errors import (
     ValidationFailed,
 )
 from edgeloader.roles import Role
-from edgeloader.upstream.resource_api import Identity
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,12 @@ KEY_PREFIX = "apikey:"
 BAD_CREDENTIALS = "invalid email or password"
 BAD_API_KEY = "invalid API key"
 BAD_TOKEN = "invalid or expired token"  # noqa: S105 - a message
+#: The longest email accepted (RFC 5321's longest path): the throttle and
+#: the audit never see a longer identity.
+MAX_EMAIL = 254
+MAX_PASSWORD = 1024
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+_MAX_KEY_SECRET = 128
 
 
 def secret_hash(secret: str) -> str:
@@ -49,6 +58,92 @@ def secret_hash(secret: str) -> str:
 class NewApiKey:
     record: ApiKeyRecord
     key: str
+
+
+class Verified(Protocol):
+    """What a credential check returns: at least the user's role."""
+
+    @property
+    def role(self) -> str: ...
+
+
+V = TypeVar("V", bound=Verified)
+
+
+def identity_key(email: str) -> str:
+    """The throttle key of an email: normalised at least as loosely as an
+    upstream could match it, so that no spelling gets a fresh count."""
+    return "user:" + unicodedata.normalize("NFKC", email).strip().casefold()
+
+
+def address_key(client: str) -> str:
+    """The throttle key of a client address; IPv6 by its /64, which one
+    host usually holds whole."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return f"ip:{client[:64]}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return f"ip:{address}"
+
+
+def check_login_fields(email: str, password: str) -> None:
+    if len(email) > MAX_EMAIL:
+        raise ValidationFailed(f"email must be at most {MAX_EMAIL} characters")
+    if len(password) > MAX_PASSWORD:
+        raise ValidationFailed(f"password must be at most {MAX_PASSWORD} characters")
+
+
+class LoginAttempt:
+    """One reserved attempt to prove an upstream user's password
+    (``AuthService.begin_login``). ``run`` settles it once: a wrong password
+    counts and audits the denial, a right one clears the counts, and an
+    attempt that could not be judged (the Resource API failed, the caller
+    left) does not count."""
+
+    def __init__(self, service: AuthService, email: str, ticket: Ticket, route: str):
+        self._service = service
+        self._ticket = ticket
+        self.subject = USER_PREFIX + email
+        self.route = route
+
+    async def run(self, verify: Callable[[], Awaitable[V]]) -> V:
+        auditor, ticket = self._service.auditor, self._ticket
+        try:
+            verified = await verify()
+        except InvalidCredentials:
+            await ticket.failed()
+            await auditor.record(
+                subject=self.subject, role="", action="login", route=self.route, outcome="denied"
+            )
+            raise InvalidCredentials(BAD_CREDENTIALS) from None
+        except Forbidden as exc:
+            # The password was right; what was asked of it is not allowed.
+            await ticket.succeeded()
+            await auditor.record(
+                subject=self.subject,
+                role="",
+                action="login",
+                route=self.route,
+                outcome="forbidden",
+                detail=exc.detail,
+            )
+            raise
+        except BaseException:
+            await ticket.release()
+            raise
+        await ticket.succeeded()
+        await auditor.record(
+            subject=self.subject, role=verified.role, action="login", route=self.route
+        )
+        return verified
+
+    async def abandon(self) -> None:
+        """Gives the attempt back without running it."""
+        await self._ticket.release()
 
 
 class AuthService:
@@ -71,50 +166,49 @@ class AuthService:
         c = pair.refresh_claims
         return RefreshRecord(token_hash(pair.refresh), c.family, c.subject, c.role, c.expires_at)
 
+    async def begin_login(self, email: str, password: str, client: str, route: str) -> LoginAttempt:
+        """Reserves one password attempt for ``email`` from ``client``, or
+        raises ``TooManyAttempts`` (429). Every route that takes an upstream
+        password goes through here: the login routes and ``/unlock``."""
+        check_login_fields(email, password)
+        ticket = await self.throttle.reserve((address_key(client), identity_key(email)))
+        return LoginAttempt(self, email, ticket, route)
+
     async def login(
         self,
         email: str,
+        password: str,
         client: str,
         route: str,
-        upstream_login: Callable[[], Awaitable[Identity]],
+        upstream_login: Callable[[], Awaitable[V]],
         *,
         issue: bool = True,
     ) -> TokenPair | None:
         """Verifies an upstream user through ``upstream_login``, throttled,
-        and (unless ``issue`` is false) issues a pair with the role from the
-        upstream token."""
-        keys = (f"ip:{client}", f"user:{email.lower()}")
-        self.throttle.check(*keys)
-        subject = USER_PREFIX + email
-        try:
-            identity = await upstream_login()
-        except InvalidCredentials:
-            self.throttle.failure(*keys)
-            await self.auditor.record(
-                subject=subject, role="", action="login", route=route, outcome="denied"
-            )
-            raise InvalidCredentials(BAD_CREDENTIALS) from None
-        self.throttle.success(*keys)
-        pair = await self._issue(subject, identity.role) if issue else None
-        await self.auditor.record(subject=subject, role=identity.role, action="login", route=route)
-        return pair
+        and (unless ``issue`` is false) issues a pair with the upstream role."""
+        attempt = await self.begin_login(email, password, client, route)
+        verified = await attempt.run(upstream_login)
+        return await self._issue(attempt.subject, verified.role) if issue else None
 
     async def exchange_api_key(self, api_key: str, client: str, route: str) -> TokenPair:
         key_id, secret = _split_key(api_key)
-        keys = (f"ip:{client}", f"key:{key_id}")
-        self.throttle.check(*keys)
-        record = await asyncio.to_thread(self.store.api_key, key_id) if key_id else None
+        ticket = await self.throttle.reserve((address_key(client), f"key:{key_id}"))
+        try:
+            record = await asyncio.to_thread(self.store.api_key, key_id) if key_id else None
+        except BaseException:
+            await ticket.release()
+            raise
         # Compare against a dummy when the key is unknown, so timing does not
         # tell unknown keys from wrong secrets.
         expected = record.secret_hash if record else secret_hash("unknown" + secrets.token_hex(8))
         matches = hmac.compare_digest(expected, secret_hash(secret))
         if record is None or not matches or not record.usable(time.time()):
-            self.throttle.failure(*keys)
+            await ticket.failed()
             await self.auditor.record(
                 subject=KEY_PREFIX + key_id, role="", action="token", route=route, outcome="denied"
             )
             raise InvalidCredentials(BAD_API_KEY)
-        self.throttle.success(*keys)
+        await ticket.succeeded()
         pair = await self._issue(KEY_PREFIX + record.id, record.role)
         await self.auditor.record(
             subject=KEY_PREFIX + record.id, role=record.role, action="token", route=route
@@ -151,8 +245,15 @@ class AuthService:
         return pair
 
     async def authenticate(self, access_token: str) -> Claims:
+        """A valid access token's claims. Checked on every use: the token's
+        own revocation, its refresh family's, and its API key's."""
         claims = self.tokens.verify(access_token, "access")
-        if await asyncio.to_thread(self.store.access_revoked, claims.jti):
+        key_id = (
+            claims.subject.removeprefix(KEY_PREFIX)
+            if claims.subject.startswith(KEY_PREFIX)
+            else None
+        )
+        if await asyncio.to_thread(self.store.access_revoked, claims.jti, claims.family, key_id):
             raise NotAuthenticated(BAD_TOKEN)
         return claims
 
@@ -221,10 +322,16 @@ class AuthService:
 
 
 def _split_key(api_key: str) -> tuple[str, str]:
-    """``elk_<id>_<secret>`` → (id, secret); ("", "") when malformed."""
+    """``elk_<id>_<secret>`` → (id, secret); ("", "") when malformed (which
+    includes an ID that is not 16 hex digits and an overlong secret)."""
     prefix, _, rest = api_key.partition("_")
     key_id, _, secret = rest.partition("_")
-    if prefix != API_KEY_PREFIX or not key_id or not secret:
+    if (
+        prefix != API_KEY_PREFIX
+        or not _KEY_ID.fullmatch(key_id)
+        or not secret
+        or len(secret) > _MAX_KEY_SECRET
+    ):
         return "", ""
     return key_id, secret
 
@@ -241,9 +348,13 @@ async def open_auth(settings: Settings, fingerprint: str) -> AsyncIterator[AuthS
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
     )
-    pruner = asyncio.create_task(_prune_forever(store), name="auth-store-prune")
+    limits = settings.auth_limits
+    pruner = asyncio.create_task(
+        _prune_forever(store, limits.audit_retention), name="auth-store-prune"
+    )
+    throttle = Throttle(store, ThrottlePolicy.from_limits(limits))
     try:
-        yield AuthService(store, tokens, Throttle(), Auditor(store))
+        yield AuthService(store, tokens, throttle, Auditor(store, limits.audit_max_bytes))
     finally:
         pruner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -251,10 +362,10 @@ async def open_auth(settings: Settings, fingerprint: str) -> AsyncIterator[AuthS
         store.close()
 
 
-async def _prune_forever(store: AuthStore, every: float = 3600.0) -> None:
-    """Drops expired revocations and refresh records once an hour."""
+async def _prune_forever(store: AuthStore, audit_retention: float, every: float = 3600.0) -> None:
+    """Drops expired records (and audit entries past retention) once an hour."""
     while True:
-        removed = await asyncio.to_thread(store.prune)
+        removed = await asyncio.to_thread(store.prune, None, audit_retention)
         if removed:
             log.info("auth store: pruned %d expired records", removed)
         await asyncio.sleep(every)

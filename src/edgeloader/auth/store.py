@@ -6,6 +6,11 @@ hashes and API keys as the hash of their secret part. Every change is one
 transaction in WAL mode with full sync, so a crash at any point leaves the
 database as it was before or after that change, never in between.
 
+It also holds the login throttle's state (keys kept as SHA-256 digests, so
+every row has the same size) and keeps byte counts of the throttle and the
+audit in ``counters``, maintained by triggers, so both can be bounded by
+bytes whatever the input (docs/security.md).
+
 The methods are blocking and thread-safe; async code calls them through
 ``asyncio.to_thread``.
 """
@@ -13,7 +18,10 @@ The methods are blocking and thread-safe; async code calls them through
 from __future__ import annotations
 
 import enum
+import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +69,64 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+""",
+    # 2: the login throttle, and the counts that bound it and the audit by bytes.
+    """
+CREATE TABLE IF NOT EXISTS throttle (
+    key BLOB PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    blocked_until REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS throttle_expires ON throttle (expires_at);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT INTO counters (name, value) VALUES ('throttle_rows', 0);
+INSERT INTO counters (name, value)
+SELECT 'audit_bytes', COALESCE(SUM(
+        48
+        + length(CAST(audit.subject AS BLOB))
+        + length(CAST(audit.role AS BLOB))
+        + length(CAST(audit.action AS BLOB))
+        + length(CAST(audit.route AS BLOB))
+        + length(CAST(audit.resource AS BLOB))
+        + length(CAST(audit.outcome AS BLOB))
+        + length(CAST(audit.detail AS BLOB))
+    ), 0) FROM audit;
+CREATE TRIGGER IF NOT EXISTS throttle_rows_insert AFTER INSERT ON throttle BEGIN
+    UPDATE counters SET value = value + 1 WHERE name = 'throttle_rows';
+END;
+CREATE TRIGGER IF NOT EXISTS throttle_rows_delete AFTER DELETE ON throttle BEGIN
+    UPDATE counters SET value = value - 1 WHERE name = 'throttle_rows';
+END;
+CREATE TRIGGER IF NOT EXISTS audit_bytes_insert AFTER INSERT ON audit BEGIN
+    UPDATE counters SET value = value + (
+        48
+        + length(CAST(NEW.subject AS BLOB))
+        + length(CAST(NEW.role AS BLOB))
+        + length(CAST(NEW.action AS BLOB))
+        + length(CAST(NEW.route AS BLOB))
+        + length(CAST(NEW.resource AS BLOB))
+        + length(CAST(NEW.outcome AS BLOB))
+        + length(CAST(NEW.detail AS BLOB))
+    )
+    WHERE name = 'audit_bytes';
+END;
+CREATE TRIGGER IF NOT EXISTS audit_bytes_delete AFTER DELETE ON audit BEGIN
+    UPDATE counters SET value = value - (
+        48
+        + length(CAST(OLD.subject AS BLOB))
+        + length(CAST(OLD.role AS BLOB))
+        + length(CAST(OLD.action AS BLOB))
+        + length(CAST(OLD.route AS BLOB))
+        + length(CAST(OLD.resource AS BLOB))
+        + length(CAST(OLD.outcome AS BLOB))
+        + length(CAST(OLD.detail AS BLOB))
+    )
+    WHERE name = 'audit_bytes';
+END;
 """,
 )
 
@@ -131,6 +197,58 @@ class AuditEntry:
         }
 
 
+@dataclass(frozen=True)
+class ThrottleRow:
+    key: bytes  # SHA-256 of the throttle key
+    failures: int
+    blocked_until: float
+    expires_at: float
+
+
+class ThrottleTable:
+    """The throttle's rows inside one open write transaction."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def get(self, key: bytes) -> ThrottleRow | None:
+        row = self._db.execute(
+            "SELECT key, failures, blocked_until, expires_at FROM throttle WHERE key = ?", (key,)
+        ).fetchone()
+        return ThrottleRow(*row) if row else None
+
+    def put(self, row: ThrottleRow, *, new: bool) -> None:
+        values = (row.failures, row.blocked_until, row.expires_at, row.key)
+        if new:
+            self._db.execute(
+                "INSERT INTO throttle (failures, blocked_until, expires_at, key)"
+                " VALUES (?, ?, ?, ?)",
+                values,
+            )
+        else:
+            self._db.execute(
+                "UPDATE throttle SET failures = ?, blocked_until = ?, expires_at = ? WHERE key = ?",
+                values,
+            )
+
+    def delete(self, key: bytes) -> None:
+        self._db.execute("DELETE FROM throttle WHERE key = ?", (key,))
+
+    def size(self) -> int:
+        return _counter(self._db, "throttle_rows")
+
+    def prune(self, now: float) -> int:
+        return int(self._db.execute("DELETE FROM throttle WHERE expires_at <= ?", (now,)).rowcount)
+
+    def earliest_expiry(self) -> float | None:
+        row = self._db.execute("SELECT MIN(expires_at) FROM throttle").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+
+def _counter(db: sqlite3.Connection, name: str) -> int:
+    return int(db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
+
+
 class AuthStore:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / DB_FILE
@@ -195,18 +313,50 @@ class AuthStore:
                 (jti, expires_at),
             )
 
-    def access_revoked(self, jti: str) -> bool:
+    def access_revoked(self, jti: str, family: str = "", key_id: str | None = None) -> bool:
+        """Whether an access token no longer counts: its own ID was revoked
+        (logout), its refresh family was (logout, reuse detection), or the
+        API key it was exchanged for is revoked or expired."""
         with self._db.reading() as db:
-            row = db.execute("SELECT 1 FROM revoked_access WHERE jti = ?", (jti,))
-            return row.fetchone() is not None
+            if db.execute("SELECT 1 FROM revoked_access WHERE jti = ?", (jti,)).fetchone():
+                return True
+            revoked_family = db.execute(
+                "SELECT 1 FROM refresh_tokens WHERE family = ? AND revoked = 1 LIMIT 1", (family,)
+            ).fetchone()
+            if revoked_family:
+                return True
+            if key_id is None:
+                return False
+            row = db.execute(
+                "SELECT revoked_at, expires_at FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+        if row is None:
+            return True
+        revoked_at, expires_at = row
+        return revoked_at is not None or (expires_at is not None and expires_at <= time.time())
 
-    def prune(self, now: float | None = None) -> int:
-        """Drops what has expired anyway: revoked access IDs, refresh records."""
+    def prune(self, now: float | None = None, audit_retention: float | None = None) -> int:
+        """Drops what has expired anyway: revoked access IDs, refresh records,
+        throttle entries, and audit entries older than ``audit_retention`` s."""
         now = time.time() if now is None else now
         with self._db.transaction() as db:
             a = db.execute("DELETE FROM revoked_access WHERE expires_at < ?", (now,)).rowcount
             r = db.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,)).rowcount
-            return int(a + r)
+            t = ThrottleTable(db).prune(now)
+            old = 0
+            if audit_retention is not None:
+                cutoff = now - audit_retention
+                old = db.execute("DELETE FROM audit WHERE at < ?", (cutoff,)).rowcount
+            return int(a + r + t + old)
+
+    # Throttle
+
+    @contextmanager
+    def throttle(self) -> Iterator[ThrottleTable]:
+        """The throttle's rows in one write transaction: a check and the
+        recording of an attempt cannot interleave with another's."""
+        with self._db.transaction() as db:
+            yield ThrottleTable(db)
 
     # API keys
 
@@ -252,7 +402,8 @@ class AuthStore:
 
     # Audit
 
-    def add_audit(self, entry: AuditEntry) -> None:
+    def add_audit(self, entry: AuditEntry, max_bytes: int | None = None) -> None:
+        """Appends ``entry``; then, over ``max_bytes`` of entries, drops the oldest."""
         with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO audit (at, subject, role, action, route, resource, outcome,"
@@ -269,6 +420,15 @@ class AuthStore:
                     entry.detail,
                 ),
             )
+            while max_bytes is not None and _counter(db, "audit_bytes") > max_bytes:
+                db.execute(
+                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit ORDER BY id LIMIT 64)"
+                )
+
+    def audit_bytes(self) -> int:
+        """The audit's size as counted against its limit (its text plus 48 a row)."""
+        with self._db.reading() as db:
+            return _counter(db, "audit_bytes")
 
     def audit(self, since: float = 0.0, limit: int = 100) -> list[AuditEntry]:
         with self._db.reading() as db:

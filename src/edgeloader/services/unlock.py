@@ -4,6 +4,10 @@ straight into the engine's image load. No temp file, no plaintext on disk.
 One unlock runs at a time, in the background; callers poll its status.
 Reading, decrypting and loading overlap: the engine consumes an async
 generator that reads the next chunk only when the engine wants it.
+
+The password an unlock carries is throttled and audited like a login
+(``AuthService.begin_login``), and the unlock changes the user the device
+is logged in as only for a caller who may (``DeviceSession.sign_in``).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edgeloader import crypto
+from edgeloader.auth.service import AuthService, LoginAttempt
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound
 from edgeloader.services.manifest import ARCHIVE_KEY, Artifact, CiphertextHash, ReleaseGate
-from edgeloader.services.session import DeviceSession
+from edgeloader.services.session import DeviceSession, UpstreamUser
 from edgeloader.upstream.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -87,11 +92,25 @@ def _check_archive(handle: BinaryIO, artifact: Artifact, chunk_size: int) -> Non
     handle.seek(0)
 
 
+@dataclass(frozen=True)
+class UnlockRequest:
+    """Who asks for an unlock, with which upstream credentials."""
+
+    email: str
+    password: str
+    client: str  # the caller's address, for the throttle
+    caller_role: str | None  # the caller's token role; None without one
+    route: str = "POST /unlock"
+
+
 class UnlockManager:
-    def __init__(self, session: DeviceSession, engine: Engine, gate: ReleaseGate) -> None:
+    def __init__(
+        self, session: DeviceSession, engine: Engine, gate: ReleaseGate, auth: AuthService
+    ) -> None:
         self.session = session
         self.engine = engine
         self.gate = gate
+        self.auth = auth
         self.status = UnlockStatus()
         self._task: asyncio.Task[None] | None = None
         # start() awaits the engine before creating the task; without the
@@ -102,12 +121,19 @@ class UnlockManager:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def start(self, email: str, password: str) -> UnlockStatus:
-        """Starts an unlock unless one runs or every image is already there."""
-        async with self._starting:
-            return await self._start(email, password)
+    async def start(self, request: UnlockRequest) -> UnlockStatus:
+        """Starts an unlock unless one runs or every image is already there.
 
-    async def _start(self, email: str, password: str) -> UnlockStatus:
+        Neither of those two answers looks at the credentials: nothing is
+        unlocked and nothing upstream is asked, so they tell a guesser
+        nothing (docs/security.md). Starting a run reserves a password
+        attempt first, which raises ``TooManyAttempts`` while the address or
+        the identity must wait.
+        """
+        async with self._starting:
+            return await self._start(request)
+
+    async def _start(self, request: UnlockRequest) -> UnlockStatus:
         if self.running:
             return self.status
         settings = self.session.settings
@@ -123,8 +149,11 @@ class UnlockManager:
         if not settings.images_path.is_file():
             raise NotFound(f"image archive not found: {settings.images_path}")
         total = settings.images_path.stat().st_size
+        attempt = await self.auth.begin_login(
+            request.email, request.password, request.client, request.route
+        )
         self.status = UnlockStatus(UnlockState.AUTHENTICATING, bytes_total=total)
-        self._task = asyncio.create_task(self._run(email, password), name="unlock")
+        self._task = asyncio.create_task(self._run(request, attempt), name="unlock")
         return self.status
 
     def _set(self, state: UnlockState) -> None:
@@ -134,15 +163,21 @@ class UnlockManager:
     def _progress(self, n: int) -> None:
         self.status.bytes_done += n
 
-    async def _run(self, email: str, password: str) -> None:
+    async def _run(self, request: UnlockRequest, attempt: LoginAttempt) -> None:
         settings = self.session.settings
         before: set[str] | None = None
+        user: UpstreamUser | None = None
         try:
-            await self.session.login(email, password)
+            user = await attempt.run(
+                lambda: self.session.sign_in(
+                    request.email, request.password, caller_role=request.caller_role
+                )
+            )
             self._set(UnlockState.DOWNLOADING_KEY)
-            key = crypto.archive_key(await self.session.api.key_fragment())
+            key = crypto.archive_key(await user.key_fragment())
+            signed_in = user
             artifact = await self.gate.artifact(
-                lambda file_name: self.session.fetch_small("", file_name), ARCHIVE_KEY
+                lambda file_name: signed_in.fetch_small("", file_name), ARCHIVE_KEY
             )
             before = await self.engine.image_ids()
             self._set(UnlockState.DECRYPTING)
@@ -161,6 +196,10 @@ class UnlockManager:
         except Exception as exc:
             log.exception("unlock failed unexpectedly")
             await self._fail(f"unexpected error: {exc}", before)
+        finally:
+            await attempt.abandon()  # only if the attempt never ran
+            if user is not None:
+                await user.close()
 
     async def _mark_sent(self, archive: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Passes the archive through; once it is all sent, the engine is

@@ -71,7 +71,7 @@ def _services(
             stack.push_async_callback(session.close)
             engine = Engine(settings.docker_host)
             stack.push_async_callback(engine.close)
-            unlock = UnlockManager(session, engine, gate)
+            unlock = UnlockManager(session, engine, gate, auth)
             stack.push_async_callback(unlock.close)
             functions = await stack.enter_async_context(
                 open_functions(settings, engine, auth.auditor)

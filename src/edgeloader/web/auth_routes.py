@@ -25,6 +25,7 @@ async def login(request: web.Request) -> web.Response:
     email, password = body["email"], body["password"]
     pair = await svc.auth.login(
         email,
+        password,
         client_address(request),
         _route(request),
         lambda: svc.session.api.check_credentials(email, password),

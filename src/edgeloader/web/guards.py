@@ -47,6 +47,14 @@ def azaion(handler: F) -> F:
     return handler
 
 
+def optional_token(handler: F) -> F:
+    """A public route that reads a bearer token when one is sent (a bad one
+    is still 401): ``POST /login`` lets an admin's token change the device's
+    upstream user."""
+    handler.__dict__["edgeloader_optional_token"] = True
+    return handler
+
+
 def roles(*allowed: str) -> Callable[[F], F]:
     """Only these roles may call the route (any authenticated role if unmarked)."""
 
@@ -88,15 +96,16 @@ def client_address(request: web.Request) -> str:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.match_info.http_exception is not None or request.path in PUBLIC_PATHS:
+    if request.match_info.http_exception is not None:
         return await handler(request)
     svc = services(request)
+    if request.path in PUBLIC_PATHS:
+        if _mark(request, "edgeloader_optional_token") and "Authorization" in request.headers:
+            request[PRINCIPAL] = await svc.auth.authenticate(_bearer(request))
+        return await handler(request)
     if svc.settings.auth_mode == "compat" and _mark(request, "edgeloader_azaion"):
         return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise NotAuthenticated("a bearer access token is required")
-    claims = await svc.auth.authenticate(token.strip())
+    claims = await svc.auth.authenticate(_bearer(request))
     request[PRINCIPAL] = claims
     allowed: frozenset[str] | None = _mark(request, "edgeloader_roles")
     if allowed is not None and claims.role not in allowed:
@@ -105,6 +114,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             f"allowed: {', '.join(sorted(allowed))}"
         )
     return await handler(request)
+
+
+def _bearer(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAuthenticated("a bearer access token is required")
+    return token.strip()
 
 
 @web.middleware

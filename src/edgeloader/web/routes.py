@@ -23,6 +23,7 @@ from edgeloader.errors import (
 from edgeloader.names import safe_folder, safe_name
 from edgeloader.roles import ADMINS, UPLOADERS, Role
 from edgeloader.services import load, upload
+from edgeloader.services.unlock import UnlockRequest
 from edgeloader.web.guards import (
     AUDIT_BYTES,
     AUDIT_OUTCOME,
@@ -30,6 +31,8 @@ from edgeloader.web.guards import (
     audited,
     azaion,
     client_address,
+    optional_token,
+    principal,
     roles,
 )
 from edgeloader.web.state import services
@@ -75,17 +78,20 @@ async def status(request: web.Request) -> web.Response:
 
 
 @routes.post("/login")
+@optional_token
 async def login(request: web.Request) -> web.Response:
     """Logs the device in upstream; in ``required`` mode also answers with
     a token pair for the caller."""
     body = await json_body(request, "email", "password")
     email, password = body["email"], body["password"]
     svc = services(request)
+    caller = principal(request)
     pair = await svc.auth.login(
         email,
+        password,
         client_address(request),
         "POST /login",
-        lambda: svc.session.login(email, password),
+        lambda: svc.session.login(email, password, caller_role=caller.role if caller else None),
         issue=svc.settings.auth_mode == "required",
     )
     return web.json_response({"status": "ok", **(pair.as_json() if pair else {})})
@@ -209,7 +215,15 @@ async def unlock(request: web.Request) -> web.Response:
     body = await json_body(request, "email", "password")
     svc = services(request)
     request[AUDIT_RESOURCE] = str(svc.settings.images_path)
-    status = await svc.unlock.start(body["email"], body["password"])
+    caller = principal(request)
+    status = await svc.unlock.start(
+        UnlockRequest(
+            body["email"],
+            body["password"],
+            client_address(request),
+            caller.role if caller else None,
+        )
+    )
     return web.json_response({"state": status.state.value})
 
 

@@ -28,6 +28,7 @@ from edgeloader.config import AuthLimits, Settings
 from edgeloader.roles import Role
 from tests.integration.conftest import ADMIN, OPERATOR, Stack, pattern, wait_for
 from tests.support.harness.loader import start_loader_process
+from tests.support.podman import PodmanService, import_busybox_image, remove_image
 
 JSON = dict[str, Any]
 #: Long enough that no wait runs out while a test runs.
@@ -136,12 +137,8 @@ def settings(stack: Stack, mode: str = "required", **overrides: Any) -> Settings
     after its login, which is all these tests need of it)."""
     archive = stack.tmp / "images.enc"
     archive.write_bytes(os.urandom(4096))
-    return stack.settings(
-        auth_mode=mode,
-        images_path=archive,
-        docker_host=f"unix://{stack.tmp}/no-engine.sock",
-        **overrides,
-    )
+    overrides.setdefault("docker_host", f"unix://{stack.tmp}/no-engine.sock")
+    return stack.settings(auth_mode=mode, images_path=archive, **overrides)
 
 
 async def loader(stack: Stack, mode: str = "required", **overrides: Any) -> Loader:
@@ -212,6 +209,33 @@ async def test_unlock_by_an_admin_still_logs_the_device_in(stack: Stack) -> None
     assert status == 200
     await loader_.unlock_finished(admin)
     assert await loader_.upload(admin) == 502  # the device is now the Operator upstream
+
+
+async def test_with_the_images_present_any_credentials_answer_ready(
+    stack: Stack, engine: PodmanService
+) -> None:
+    """The decision of docs/security.md: nothing is checked or unlocked then,
+    so the answer tells a guesser nothing and costs no attempt."""
+    ref = "localhost/edgeloader-hardening-ready:latest"
+    import_busybox_image(engine, ref)
+    try:
+        loader_ = await loader(
+            stack,
+            "compat",
+            api_services=(ref.rsplit(":", 1)[0],),
+            docker_host=engine.docker_host,
+            auth_limits=LONG_WAIT,
+        )
+        source = fresh_address()
+        for _ in range(8):
+            status, body = await loader_.call("POST", "/unlock", json=wrong(), source=source)
+            assert (status, body) == (200, {"state": "ready"})
+        status, _ = await loader_.call(
+            "POST", "/api/auth/login", json=credentials(ADMIN), source=source
+        )
+        assert status == 200
+    finally:
+        remove_image(engine, ref)
 
 
 # Item 2: the throttle holds under concurrency, junk traffic and address rotation.

@@ -3,6 +3,7 @@ names, the CDN settings and the engine's error mapping."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -79,36 +80,68 @@ def test_split_plaintext_length_reads_only_the_tail() -> None:
 # -- the model cache --------------------------------------------------------------------
 
 
+async def commit(cache: ModelCache, small: bytes, data: bytes) -> None:
+    writer = cache.writer("models", "m", small)
+    assert writer is not None
+    await writer.write(data)
+    await writer.commit()
+
+
 async def test_cache_commit_makes_one_entry_visible_and_drops_the_old(tmp_path: Path) -> None:
     cache = ModelCache(tmp_path)
     assert cache.lookup("models", "m") is None
-    first = cache.writer("models", "m", b"small-1")
-    await first.write(b"big part, version 1")
-    await first.commit()
+    await commit(cache, b"small-1", b"big part, version 1")
     entry = cache.lookup("models", "m")
     assert entry is not None
-    assert entry.read_bytes() == b"big part, version 1"
-    assert ModelCache.matches(entry, b"small-1")
-    assert not ModelCache.matches(entry, b"small-2")
+    assert entry.path.read_bytes() == b"big part, version 1"
+    assert entry.sha256 == hashlib.sha256(b"big part, version 1").hexdigest()
+    assert entry.matches(b"small-1")
+    assert not entry.matches(b"small-2")
 
-    second = cache.writer("models", "m", b"small-2")
-    await second.write(b"version 2")
-    await second.commit()
+    await commit(cache, b"small-2", b"version 2")
     entries = list((tmp_path / "models" / "m").iterdir())
     assert len(entries) == 1
-    assert ModelCache.matches(entries[0], b"small-2")
+    latest = cache.lookup("models", "m")
+    assert latest is not None
+    assert latest.matches(b"small-2")
 
 
 async def test_cache_abort_keeps_the_previous_entry_and_no_partial(tmp_path: Path) -> None:
     cache = ModelCache(tmp_path)
-    good = cache.writer("models", "m", b"s")
-    await good.write(b"good")
-    await good.commit()
+    await commit(cache, b"s", b"good")
     broken = cache.writer("models", "m", b"t")
+    assert broken is not None
     await broken.write(b"half of a download")
     broken.abort()
     files = list((tmp_path / "models" / "m").iterdir())
     assert [f.read_bytes() for f in files] == [b"good"]
+
+
+async def test_cache_drops_what_is_not_an_entry_and_never_follows_links(tmp_path: Path) -> None:
+    cache = ModelCache(tmp_path / "cache")
+    await commit(cache, b"s", b"good")
+    entry_dir = tmp_path / "cache" / "models" / "m"
+    (entry_dir / ("0" * 32 + "-" + "0" * 64 + ".big")).mkdir()  # a folder in an entry's place
+    (entry_dir / "old-style.big").write_bytes(b"x")
+    (entry_dir / ".x.big.1234.partial").write_bytes(b"half")
+    entry = cache.lookup("models", "m")
+    assert entry is not None
+    assert entry.path.read_bytes() == b"good"
+    assert sorted(p.name for p in entry_dir.iterdir()) == sorted(
+        [entry.path.name, ".x.big.1234.partial"]
+    )
+    assert cache.remove_partials() == 1
+
+    # A folder that is a symbolic link is neither read nor written through.
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "m").mkdir()
+    precious = victim / "m" / ("1" * 32 + "-" + "2" * 64 + ".big")
+    precious.write_bytes(b"not ours")
+    (tmp_path / "cache" / "linked").symlink_to(victim)
+    assert cache.lookup("linked", "m") is None
+    assert cache.writer("linked", "m", b"s") is None
+    assert precious.read_bytes() == b"not ours"
 
 
 # -- names ------------------------------------------------------------------------------

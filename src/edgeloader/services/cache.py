@@ -1,10 +1,18 @@
 """The local model cache: big parts as ciphertext, never plaintext.
 
-Layout: ``{root}/{folder}/{name}/{tag}.big``, where ``tag`` is a hash of
-the resource's small part. A re-published resource has a new random IV and
-so a new small part, which makes a stale cache entry miss instead of
-yielding wrong plaintext. Entries are written to a temporary name and
-renamed only after a complete, successful read.
+Layout: ``{root}/{folder}/{name}/{tag}-{sha256}.big``. ``tag`` is a hash of
+the resource's small part: a re-published resource has a new random IV or
+salt and so a new small part, which makes a stale entry miss instead of
+yielding wrong plaintext. ``sha256`` is the digest of the entry's own bytes,
+checked as the entry streams, so a damaged file (a flipped byte, a
+truncation) is caught even in format v1, which has no MAC; the name carries
+it so that entry and digest can never disagree after a crash.
+
+Entries are written under a temporary name and renamed only after a
+complete, successful read. The cache never follows a symbolic link: a
+folder or entry that is one is treated as absent and never written
+through. Anything in the cache that is not a well-formed entry (a
+directory, a stray ``.partial`` left by a killed process) is removed.
 """
 
 from __future__ import annotations
@@ -13,72 +21,159 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import re
+import shutil
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
+from edgeloader import crypto
+from edgeloader.errors import DecryptionError
 from edgeloader.storage.files import AtomicFile
 
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".big"
+_ENTRY = re.compile(r"^(?P<tag>[0-9a-f]{32})-(?P<sha256>[0-9a-f]{64})\.big$")
 
 
 def cache_tag(small_ciphertext: bytes) -> str:
     return hashlib.sha256(small_ciphertext).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    tag: str
+    sha256: str
+
+    def matches(self, small_ciphertext: bytes) -> bool:
+        return self.tag == cache_tag(small_ciphertext)
+
+
+class EntryCheck:
+    """The SHA-256 of a cache entry as it streams, against its name."""
+
+    def __init__(self, entry: CacheEntry) -> None:
+        self.entry = entry
+        self._hash = crypto.Sha256()
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+
+    def verify(self) -> None:
+        if self._hash.hexdigest() != self.entry.sha256:
+            ModelCache.discard(self.entry.path)
+            # The same single message as any decryption failure.
+            raise DecryptionError()
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 class ModelCache:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _dir(self, folder: str, name: str) -> Path:
-        return self.root / folder / name
-
-    def lookup(self, folder: str, name: str) -> Path | None:
-        """The cached big part of a resource, whatever its tag, if any."""
-        try:
-            entries = sorted(self._dir(folder, name).glob(f"*{_SUFFIX}"))
-        except OSError:
+    def _dir(self, folder: str, name: str) -> Path | None:
+        """The entry folder, or None when any part of it is not a real folder."""
+        parts = (self.root / folder, self.root / folder / name)
+        if not all(_is_real_dir(p) for p in parts):
             return None
-        return entries[0] if entries else None
+        return parts[1]
 
-    @staticmethod
-    def matches(path: Path, small_ciphertext: bytes) -> bool:
-        return path.name == cache_tag(small_ciphertext) + _SUFFIX
+    def lookup(self, folder: str, name: str) -> CacheEntry | None:
+        """The cached big part of a resource, whatever its tag, if any.
 
-    def writer(self, folder: str, name: str, small_ciphertext: bytes) -> CacheWriter:
-        final = self._dir(folder, name) / (cache_tag(small_ciphertext) + _SUFFIX)
-        return CacheWriter(final)
+        Entries that are not regular files, or whose names are not
+        well-formed, are removed on the way."""
+        directory = self._dir(folder, name)
+        if directory is None:
+            return None
+        found = []
+        with contextlib.suppress(OSError), os.scandir(directory) as items:
+            for item in items:
+                match = _ENTRY.match(item.name)
+                if match and item.is_file(follow_symlinks=False):
+                    found.append(CacheEntry(Path(item.path), match["tag"], match["sha256"]))
+                elif item.name.endswith(_SUFFIX) or item.is_dir(follow_symlinks=False):
+                    self.discard(Path(item.path))
+        return min(found, key=lambda e: e.path.name) if found else None
+
+    def writer(self, folder: str, name: str, small_ciphertext: bytes) -> CacheWriter | None:
+        """A writer for a new entry; None when the folder is not safe to write."""
+        directory = self.root / folder / name
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            log.warning("cache folder %s cannot be created; not caching", directory)
+            return None
+        if self._dir(folder, name) is None:
+            log.warning("cache folder %s is not a plain folder; not caching", directory)
+            return None
+        return CacheWriter(directory, cache_tag(small_ciphertext))
 
     @staticmethod
     def discard(path: Path) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        log.info("dropped stale cache entry %s", path)
+        """Removes an entry, or whatever stands in its place, without
+        following a symbolic link."""
+        try:
+            if _is_real_dir(path):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError:
+            log.warning("could not remove cache entry %s", path, exc_info=True)
+            return
+        log.info("dropped cache entry %s", path)
+
+    def remove_partials(self) -> int:
+        """Deletes ``.partial`` files left by a process killed mid-load."""
+        removed = 0
+        for top, dirs, files in os.walk(self.root, followlinks=False):
+            for file in files:
+                if file.endswith(".partial"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(top, file))
+                        removed += 1
+            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
+        if removed:
+            log.info("removed %d partial cache files left by an interrupted load", removed)
+        return removed
 
 
 class CacheWriter:
-    """Writes one entry under a temporary name; ``commit`` makes it visible."""
+    """Writes one entry under a temporary name; ``commit`` makes it visible
+    under its final name, which carries its digest."""
 
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        self._file: AtomicFile | None = None
+    def __init__(self, directory: Path, tag: str) -> None:
+        self.directory = directory
+        self.tag = tag
+        self._file = AtomicFile(directory / f"{tag}{_SUFFIX}")
+        self._hash = crypto.Sha256()
 
     def _write(self, data: bytes) -> None:
-        if self._file is None:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            self._file = AtomicFile(self.final)
         self._file.write(data)
+        self._hash.update(data)
 
     async def write(self, data: bytes) -> None:
         await asyncio.to_thread(self._write, data)
 
     def _commit(self) -> None:
-        if self._file is None:
-            self._write(b"")
-        assert self._file is not None
+        final = self.directory / f"{self.tag}-{self._hash.hexdigest()}{_SUFFIX}"
+        self._file.target = final
         self._file.commit()
-        for other in self.final.parent.glob(f"*{_SUFFIX}"):
-            if other != self.final:
+        with os.scandir(self.directory) as items:
+            others = [Path(i.path) for i in items if i.name.endswith(_SUFFIX)]
+        for other in others:
+            if other != final:
                 ModelCache.discard(other)
 
     async def commit(self) -> None:
@@ -86,5 +181,4 @@ class CacheWriter:
 
     def abort(self) -> None:
         """Removes the temporary file; the previous entry, if any, stays."""
-        if self._file is not None:
-            self._file.abort()
+        self._file.abort()

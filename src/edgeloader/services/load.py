@@ -19,14 +19,12 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from edgeloader import crypto
-from edgeloader.errors import CdnError, DecryptionError, EdgeloaderError
-from edgeloader.services.cache import CacheWriter, ModelCache
+from edgeloader.errors import CdnError, DecryptionError
+from edgeloader.services.cache import CacheEntry, CacheWriter, EntryCheck, ModelCache
 from edgeloader.services.manifest import Artifact, CiphertextHash, ReleaseGate
 from edgeloader.services.session import DeviceSession
-from edgeloader.upstream.cdn import CdnObject
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +58,6 @@ class _Ciphertext:
     def start(self) -> bytes:
         return self.small + self.big_head
 
-    @property
-    def format(self) -> int:
-        return crypto.detect_format(self.start[: crypto.FORMAT_PREFIX])
-
 
 async def open_resource(
     session: DeviceSession,
@@ -75,16 +69,18 @@ async def open_resource(
     artifact = await gate.artifact(
         lambda file_name: session.fetch_small("", file_name), f"{folder}/{name}"
     )
-    cached = cache.lookup(folder, name) if cache else None
+    cached = await asyncio.to_thread(cache.lookup, folder, name) if cache else None
     small: bytes | None = None
     if cached is not None:
         small = await session.fetch_small(folder, crypto.small_name(name))
-        if ModelCache.matches(cached, small):
+        if cached.matches(small):
             try:
                 return await _from_file(small, cached, artifact, session.settings.chunk_size)
-            except OSError:
-                log.warning("cache entry %s unreadable; using the CDN", cached, exc_info=True)
-        ModelCache.discard(cached)
+            except (OSError, DecryptionError):
+                # A damaged entry (truncated, emptied, a bad last block) is
+                # caught here, before any byte: drop it and use the CDN.
+                log.warning("cache entry %s is damaged; using the CDN", cached.path)
+        await asyncio.to_thread(ModelCache.discard, cached.path)
     return await _from_cdn(session, cache, folder, name, small, artifact)
 
 
@@ -96,57 +92,39 @@ async def _from_cdn(
     small: bytes | None,
     artifact: Artifact | None,
 ) -> PlaintextStream:
-    """Fetches the small part and opens the big part concurrently, then
-    decrypts as the body arrives."""
+    """The small part first, then (v1 only) the big part's last blocks, then
+    the big part's body, decrypted as it arrives.
+
+    A load never waits for a CDN connection while it holds one: with many
+    concurrent loads the connection pool would otherwise fill with bodies
+    whose loads all wait for a second connection.
+    """
     key = crypto.big_name(name)
+    if small is None:
+        small = await session.fetch_small(folder, crypto.small_name(name))
     cdn = await session.cdn()
-    body_task: asyncio.Task[CdnObject] | None = None
-    try:
-        async with asyncio.TaskGroup() as group:
-            body_task = group.create_task(cdn.get(folder, key))
-            small_task = (
-                group.create_task(session.fetch_small(folder, crypto.small_name(name)))
-                if small is None
-                else None
-            )
-    except BaseException as exc:
-        opened = body_task is not None and body_task.done() and not body_task.cancelled()
-        if opened and body_task is not None and body_task.exception() is None:
-            body_task.result().close()
-        raise _first_error(exc) from None
-    body = body_task.result()
-    small = small_task.result() if small_task else small
-    assert small is not None
+    tail = b""
+    if crypto.detect_format(small[: crypto.FORMAT_PREFIX]) == 1:
+        tail = (await cdn.tail(folder, key, crypto.V1_TAIL))[1]
+    body = await cdn.get(folder, key)
     chunks = body.chunks(session.settings.chunk_size)
     ct = _Ciphertext(small, body.size, b"", chunks, body.close)
     try:
         # v2 needs the header, which a tiny resource's small part may not hold whole.
         if len(small) < crypto.V2_HEADER_SIZE and body.size:
             ct.big_head = await anext(chunks, b"")
-        tail = b""
-        if ct.format == 1:
-            tail = (await cdn.tail(folder, key, crypto.V1_TAIL))[1]
         length = _check(ct, tail, artifact)
     except BaseException:
         body.close()
         raise
-    writer = cache.writer(folder, name, small) if cache else None
+    writer = await asyncio.to_thread(cache.writer, folder, name, small) if cache else None
     return PlaintextStream(length, _decrypt(ct, length, writer, artifact), "cdn")
 
 
-def _first_error(exc: BaseException) -> BaseException:
-    """TaskGroup wraps failures in a group; surface one of ours if any."""
-    if not isinstance(exc, BaseExceptionGroup):
-        return exc
-    leaves = [_first_error(e) for e in exc.exceptions]
-    ours = [e for e in leaves if isinstance(e, EdgeloaderError)]
-    return (ours or leaves)[0]
-
-
 async def _from_file(
-    small: bytes, path: Path, artifact: Artifact | None, chunk_size: int
+    small: bytes, entry: CacheEntry, artifact: Artifact | None, chunk_size: int
 ) -> PlaintextStream:
-    handle = await asyncio.to_thread(path.open, "rb")
+    handle = await asyncio.to_thread(entry.path.open, "rb")
 
     def read_ends() -> tuple[int, bytes, bytes]:
         """The size, the first and the last bytes, leaving the handle at the start."""
@@ -169,7 +147,8 @@ async def _from_file(
     except BaseException:
         handle.close()
         raise
-    return PlaintextStream(length, _decrypt(ct, length, None, artifact), "cache")
+    check = EntryCheck(entry)
+    return PlaintextStream(length, _decrypt(ct, length, None, artifact, check), "cache")
 
 
 def _check(ct: _Ciphertext, tail: bytes, artifact: Artifact | None, head: bytes = b"") -> int:
@@ -187,28 +166,33 @@ async def _decrypt(
     length: int,
     writer: CacheWriter | None,
     artifact: Artifact | None,
+    entry: EntryCheck | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """Decrypts ``small ‖ big`` as one stream; tees ``big`` to the cache.
 
-    With a manifest entry, the last plaintext piece waits for the hash.
+    With a manifest entry (the whole ciphertext's hash) or a cache entry
+    (the big part's hash), the last plaintext piece waits for the check.
     """
     digest = CiphertextHash(artifact) if artifact is not None else None
+    hold_back = digest is not None or entry is not None
+
+    async def big() -> AsyncIterator[bytes]:
+        if ct.big_head:
+            yield ct.big_head
+        async for chunk in ct.big:
+            yield chunk
 
     async def ciphertext() -> AsyncIterator[bytes]:
         yield ct.small
         if digest is not None:
             digest.update(ct.small)
-        if ct.big_head:
-            if writer is not None:
-                await writer.write(ct.big_head)
-            if digest is not None:
-                digest.update(ct.big_head)
-            yield ct.big_head
-        async for chunk in ct.big:
+        async for chunk in big():
             if writer is not None:
                 await writer.write(chunk)
             if digest is not None:
                 digest.update(chunk)
+            if entry is not None:
+                entry.update(chunk)
             yield chunk
 
     sent = 0
@@ -218,7 +202,7 @@ async def _decrypt(
         async for plain in crypto.decrypt_stream(crypto.resource_key(), ciphertext()):
             if sent + len(held) + len(plain) > length:
                 raise DecryptionError()
-            if digest is None:
+            if not hold_back:
                 sent += len(plain)
                 yield plain
                 continue
@@ -226,6 +210,8 @@ async def _decrypt(
                 sent += len(held)
                 yield held
             held = plain
+        if entry is not None:
+            entry.verify()
         if digest is not None:
             digest.verify()
         if held:

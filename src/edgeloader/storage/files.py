@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +49,11 @@ class AtomicFile:
     on an exception) removes the temporary file and keeps any old target.
     With ``exclusive`` the commit refuses to replace an existing target
     (``FileExistsError``), so concurrent creators cannot overwrite each other.
+
+    The methods are serialised by a lock: an async caller may be cancelled
+    while its ``write`` still runs in a worker thread, and the descriptor
+    must not be closed (and its number reused by a socket) under that write.
+    After ``abort`` every further write fails.
     """
 
     def __init__(self, target: Path, mode: int = 0o600, *, exclusive: bool = False) -> None:
@@ -56,9 +62,13 @@ class AtomicFile:
         self.exclusive = exclusive
         self.temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
         self._fd: int | None = None
+        self._done = False
+        self._lock = threading.Lock()
         self.size = 0
 
     def _open(self) -> int:
+        if self._done:
+            raise ValueError(f"{self.target}: the file was already committed or aborted")
         if self._fd is None:
             self._fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.mode)
             # The mode given to open() is cut by the umask; the file's is what we say.
@@ -66,32 +76,40 @@ class AtomicFile:
         return self._fd
 
     def write(self, data: bytes | memoryview) -> None:
-        fd = self._open()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        self.size += len(data)
+        with self._lock:
+            fd = self._open()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            self.size += len(data)
 
     def commit(self) -> None:
-        fd = self._open()
-        os.fsync(fd)
-        os.close(fd)
-        self._fd = None
-        try:
-            if self.exclusive:
-                os.link(self.temp, self.target)
-                os.unlink(self.temp)
-            else:
-                os.replace(self.temp, self.target)
-        except BaseException:
-            self.abort()
-            raise
-        fsync_dir(self.target.parent)
+        with self._lock:
+            fd = self._open()
+            os.fsync(fd)
+            os.close(fd)
+            self._fd = None
+            self._done = True
+            try:
+                if self.exclusive:
+                    os.link(self.temp, self.target)
+                    os.unlink(self.temp)
+                else:
+                    os.replace(self.temp, self.target)
+            except BaseException:
+                self._remove_temp()
+                raise
+            fsync_dir(self.target.parent)
 
     def abort(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            self._done = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._remove_temp()
+
+    def _remove_temp(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
 

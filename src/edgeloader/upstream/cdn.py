@@ -90,7 +90,9 @@ def _mapped(what: str) -> Any:
             raise NotFound(f"{what}: not found on the CDN") from None
         raise CdnError(f"CDN refused {what}: {code or exc}") from exc
     except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise CdnError(f"CDN unreachable during {what}: {exc}") from exc
+        # The endpoint and the exception go to the log only.
+        log.warning("CDN unreachable during %s: %r", what, exc)
+        raise CdnError(f"CDN unreachable during {what}") from exc
 
 
 class CdnObject:
@@ -155,16 +157,26 @@ class Cdn:
         await self._stack.aclose()
 
     async def tail(self, bucket: str, key: str, length: int) -> tuple[int, bytes]:
-        """The object's size and its last ``length`` bytes (all of it if shorter)."""
+        """The object's size and its last ``length`` bytes (all of it if shorter).
+
+        Only a 206 answer of at most ``length`` bytes is read: a CDN that
+        ignores ``Range`` would otherwise send the whole object here.
+        """
         what = f"read of {bucket}/{key}"
         with _mapped(what):
             resp = await self._reader.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{length}")
             async with resp["Body"] as body:
+                status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                content_range = resp.get("ContentRange") or ""
+                match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", content_range)
+                sent = int(resp.get("ContentLength") or 0)
+                if status != 206 or match is None or sent > length:
+                    body.close()
+                    raise CdnError(f"the CDN ignored a ranged read of {bucket}/{key}")
                 data: bytes = await body.read()
-        content_range = resp.get("ContentRange") or ""
-        match = re.search(r"/(\d+)$", content_range)
-        size = int(match.group(1)) if match else len(data)
-        return size, data
+        if len(data) != sent:
+            raise CdnError(f"the CDN cut a ranged read of {bucket}/{key}")
+        return int(match.group(3)), data
 
     async def get(self, bucket: str, key: str) -> CdnObject:
         """Starts a read of the whole object; the caller must ``close()`` it."""

@@ -105,7 +105,7 @@ class ResourceApiClient:
                 await self._raise_for_status(resp, "login")
                 data = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise ResourceApiError(f"Resource API unreachable during login: {exc!r}") from exc
+            raise _unreachable("login", exc) from exc
         token = data.get("token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise ResourceApiError("Resource API login answered without a token")
@@ -177,7 +177,7 @@ class ResourceApiClient:
                     await self._raise_for_status(resp, what)
                     return await read(resp)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise ResourceApiError(f"Resource API unreachable during {what}: {exc!r}") from exc
+                raise _unreachable(what, exc) from exc
         raise AssertionError("unreachable")
 
     async def fetch_part(self, folder: str, file_name: str, hardware: str) -> bytes:
@@ -228,6 +228,13 @@ class ResourceApiClient:
             "key fragment fetch",
             lambda resp: _read_limited(resp, MAX_FRAGMENT_BYTES),
         )
+
+
+def _unreachable(what: str, exc: BaseException) -> ResourceApiError:
+    """The transport's details (host, port, the exception) go to the log
+    only; the caller is told what failed, not where."""
+    log.warning("Resource API unreachable during %s: %r", what, exc)
+    return ResourceApiError(f"Resource API unreachable during {what}")
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -77,6 +77,8 @@ def _services(
                 open_functions(settings, engine, auth.auditor)
             )
             cache = ModelCache(settings.cache_dir) if settings.cache_dir else None
+            if cache is not None:
+                await asyncio.to_thread(cache.remove_partials)
             app[SERVICES] = Services(
                 settings, session, cache, engine, unlock, auth, gate, functions
             )

@@ -7,6 +7,7 @@ the middlewares enforce the marks, so a handler never checks tokens itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -125,21 +126,34 @@ def _bearer(request: web.Request) -> str:
 
 @web.middleware
 async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: sees the final status, including errors turned into answers."""
-    response = await handler(request)
+    """Outermost: sees the final status, including errors turned into answers.
+
+    A client that leaves makes aiohttp cancel the handler; the entry is
+    still written (shielded from that cancellation), as "client disconnected".
+    """
     action = _mark(request, "edgeloader_audit")
-    if action:
-        claims = principal(request)
-        outcome = request.get(AUDIT_OUTCOME) or (
-            "ok" if response.status < 400 else f"error {response.status}"
-        )
-        await services(request).auth.auditor.record(
-            subject=claims.subject if claims else "anonymous",
-            role=claims.role if claims else "",
-            action=action,
-            route=f"{request.method} {request.path}",
-            resource=request.get(AUDIT_RESOURCE, ""),
-            outcome=outcome,
-            bytes_=request.get(AUDIT_BYTES, 0),
-        )
+    if not action:
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except (asyncio.CancelledError, ConnectionError):
+        await asyncio.shield(_audit(request, action, "client disconnected"))
+        raise
+    outcome = request.get(AUDIT_OUTCOME) or (
+        "ok" if response.status < 400 else f"error {response.status}"
+    )
+    await asyncio.shield(_audit(request, action, outcome))
     return response
+
+
+async def _audit(request: web.Request, action: str, outcome: str) -> None:
+    claims = principal(request)
+    await services(request).auth.auditor.record(
+        subject=claims.subject if claims else "anonymous",
+        role=claims.role if claims else "",
+        action=action,
+        route=f"{request.method} {request.path}",
+        resource=request.get(AUDIT_RESOURCE, ""),
+        outcome=outcome,
+        bytes_=request.get(AUDIT_BYTES, 0),
+    )

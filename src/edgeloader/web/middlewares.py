@@ -35,7 +35,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.empty_body or exc.status < 400:
             raise
-        return error_body(exc.status, exc.reason)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_body(exc.status, exc.reason, allow)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return error_body(500, "internal error")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edgeloader.errors import (
     EdgeloaderError,
@@ -50,6 +51,8 @@ async def json_body(request: web.Request, *required: str) -> dict[str, Any]:
         raise PayloadTooLarge("request body too large") from None
     except ValueError:
         raise ValidationFailed("request body must be JSON") from None
+    except RecursionError:
+        raise ValidationFailed("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise ValidationFailed("request body must be a JSON object")
     for name in required:
@@ -145,9 +148,23 @@ async def load_resource(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@contextlib.contextmanager
+def _multipart_errors() -> Iterator[None]:
+    """aiohttp's multipart reader says "malformed" with ValueError or an
+    HTTP parser error (a missing boundary, an oversized header line)."""
+    try:
+        yield
+    except (ValueError, HttpProcessingError):
+        raise InvalidRequest("malformed multipart body") from None
+
+
 async def _part_chunks(part: BodyPartReader, chunk_size: int, limit: int) -> AsyncIterator[bytes]:
     total = 0
-    while chunk := await part.read_chunk(chunk_size):
+    while True:
+        with _multipart_errors():
+            chunk = await part.read_chunk(chunk_size)
+        if not chunk:
+            return
         total += len(chunk)
         if total > limit:
             raise PayloadTooLarge(f"upload larger than {limit} bytes")
@@ -165,30 +182,32 @@ async def upload_resource(request: web.Request) -> web.Response:
         raise ValidationFailed("upload must be multipart/form-data with a file field 'data'")
     folder = safe_folder(request.query.get("folder") or DEFAULT_FOLDER)
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise ValidationFailed("nested multipart bodies are not supported")
-        if part.name == "folder":
-            folder = safe_folder((await part.text()).strip())
-            request[AUDIT_RESOURCE] = f"{folder}/{name}"
-        elif part.name == "data":
-            break
+    with _multipart_errors():
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ValidationFailed("nested multipart bodies are not supported")
+            if part.name == "folder":
+                folder = safe_folder((await part.text()).strip())
+                request[AUDIT_RESOURCE] = f"{folder}/{name}"
+            elif part.name == "data":
+                break
+            else:
+                await part.release()
         else:
-            await part.release()
-    else:
-        raise ValidationFailed("multipart field 'data' (the file) is required")
+            raise ValidationFailed("multipart field 'data' (the file) is required")
 
     async def rest_of_form() -> None:
         """Fields after the file may not contradict what was used."""
-        while (late := await reader.next()) is not None:
-            if not isinstance(late, BodyPartReader):
-                raise ValidationFailed("nested multipart bodies are not supported")
-            if late.name == "data":
-                raise ValidationFailed("only one file field 'data' is allowed")
-            if late.name == "folder" and safe_folder((await late.text()).strip()) != folder:
-                raise ValidationFailed("the 'folder' field must come before the file")
-            await late.release()
+        with _multipart_errors():
+            while (late := await reader.next()) is not None:
+                if not isinstance(late, BodyPartReader):
+                    raise ValidationFailed("nested multipart bodies are not supported")
+                if late.name == "data":
+                    raise ValidationFailed("only one file field 'data' is allowed")
+                if late.name == "folder" and safe_folder((await late.text()).strip()) != folder:
+                    raise ValidationFailed("the 'folder' field must come before the file")
+                await late.release()
 
     chunks = _part_chunks(part, svc.settings.chunk_size, svc.settings.max_upload_bytes)
     done = await upload.upload_resource(

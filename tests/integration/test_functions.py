@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import signal
 import tarfile
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ BASE_IMAGE = "localhost/edgeloader-fn-busybox:latest"
 
 ECHO = """
 cat request.json > result.json
+echo '{"step": "done"}' > logs.json
 echo '--config'; cat .env.config
 echo '--env'; env
 """
@@ -118,6 +121,27 @@ class Api:
 
         await wait_for(done, within)
         return ended
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[PodmanService]:
+    """This module's own podman service, started from its own folder: podman
+    4's container monitor writes a note named ``oom`` into the service's
+    working folder when a container runs out of memory, as one here does.
+    The folder's path is short: podman's clean-up after a container refuses
+    a run root longer than 50 characters."""
+    base = Path(tempfile.mkdtemp(prefix="fn-podman-"))
+    here = Path.cwd()
+    os.chdir(base)
+    try:
+        service = PodmanService(base)
+        service.start()
+    finally:
+        os.chdir(here)
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 @pytest.fixture(scope="session")
@@ -210,7 +234,7 @@ async def test_deploy_and_invoke_echoes_the_request_with_env_and_env_config(
 
     logs = await api.get(f"/api/runs/{run['runId']}/logs")
     assert logs["truncated"] is False
-    assert logs["logs"] is None
+    assert logs["logs"] == {"step": "done"}
     assert logs["stderr"] == ""
     config, env = logs["stdout"].split("--env\n")
     expected = {
@@ -237,6 +261,20 @@ async def test_deploy_and_invoke_echoes_the_request_with_env_and_env_config(
     }
     assert [f["name"] for f in (await api.get("/api/functions"))["functions"]] == ["echo"]
     assert containers_of(engine, run["runId"]) == []
+
+    # Audited: who, which function, the outcome, the duration.
+    entries = (await api.get("/api/audit?limit=100"))["entries"]
+    deploy = next(e for e in entries if e["action"] == "function.deploy")
+    invoke = next(e for e in entries if e["action"] == "function.invoke")
+    assert (deploy["subject"], deploy["resource"], deploy["outcome"]) == (
+        f"user:{ADMIN[0]}",
+        "echo",
+        "ok",
+    )
+    assert deploy["detail"].startswith("version 1, ")
+    assert deploy["detail"].endswith(" ms")
+    assert (invoke["resource"], invoke["outcome"]) == ("echo", "succeeded")
+    assert invoke["detail"] == f"run {run['runId']}, version 1, {run['durationMs']} ms"
 
 
 async def test_update_makes_a_new_version_and_delete_keeps_the_runs(api: Api) -> None:
@@ -336,12 +374,17 @@ async def test_a_run_past_its_deadline_is_killed_as_timeout(
 
 
 async def test_non_zero_exit_and_invalid_result_are_failed_records(api: Api) -> None:
-    await api.deploy("crash", command=sh("echo boom >&2; exit 3"))
+    chatty = "busybox head -c 3000000 /dev/zero; echo boom >&2; exit 3"
+    await api.deploy("crash", command=sh(chatty))
     run = await api.invoke("crash")
     assert run["status"] == "failed"
     assert run["exitCode"] == 3
     assert run["error"] == "exited with code 3: boom"
     assert run["result"] is None
+    logs = await api.get(f"/api/runs/{run['runId']}/logs")
+    assert logs["truncated"] is True
+    assert len(logs["stdout"]) == 1 << 20  # the output cap
+    assert logs["stderr"] == "boom\n"
 
     await api.deploy("garbage", command=sh("echo '{not json' > result.json"))
     run = await api.invoke("garbage")
@@ -442,7 +485,8 @@ async def test_build_from_a_context(api: Api) -> None:
     assert status == 201, created
     assert created["image"] == "localhost/edgeloader-fn-built:1"
     assert created["limits"]["timeoutS"] == 10
-    assert (await api.invoke("built"))["result"] == "built"
+    run = await api.invoke("built")
+    assert run["result"] == "built", (run, await api.get(f"/api/runs/{run['runId']}/logs"))
 
     status, updated, _ = await api.call(
         "POST", "/api/functions/built/build", api.admin, data=build_form(context)
@@ -489,7 +533,9 @@ async def test_concurrency_one_and_queue_four_admit_exactly_five_of_ten(api: Api
     refused = [(n, body, retry) for n, status, body, retry in answers if status == 429]
     assert (len(accepted), len(refused)) == (5, 5), answers
     for _, body, retry in refused:
-        assert "busy" in body["detail"]
+        assert body["detail"] == (
+            "function busy is at its limit: 1 running or due to, and its queue of 4 is full"
+        )
         assert retry is not None
         assert int(retry) >= 1
 

@@ -305,3 +305,15 @@ def test_an_unusable_result_is_refused_without_following_or_blocking(
 def test_no_result_is_none(folders: RunFolders) -> None:
     folders.prepare(RUN, b"{}", {}, os.getuid())
     assert folders.read_result(RUN, 1024) is None
+
+
+def test_retention_picks_folders_of_runs_that_ended_long_enough_ago(tmp_path: Path) -> None:
+    history = RunHistory(open_database(tmp_path))
+    for run_id, ended in (("a" * 32, 100.0), ("b" * 32, 200.0), ("c" * 32, None)):
+        history.add(RunRecord(run_id, "f", 1, IMAGE, RunStatus.QUEUED, queued_at=50.0))
+        if ended is not None:
+            history.finish(run_id, Outcome(RunStatus.SUCCEEDED), ended)
+    assert history.folders_finished_before(150.0) == ["a" * 32]
+    history.folder_removed("a" * 32)
+    assert history.folders_finished_before(150.0) == []
+    assert history.get("a" * 32) is not None  # the record stays

@@ -86,13 +86,16 @@ class Runner:
             async with asyncio.timeout(timeout_s):
                 await self.engine.wait_container(container_id)
         except TimeoutError:
-            timed_out = True
-            await self.engine.kill_container(container_id)
-            try:
-                async with asyncio.timeout(_KILL_GRACE):
-                    await self.engine.wait_container(container_id)
-            except TimeoutError:
-                log.warning("container %s did not stop after SIGKILL", container_id)
+            # Killed only if it still runs: an engine slow to report an end
+            # must not turn a run that finished in time into a timeout.
+            timed_out = (await self.engine.container_exit(container_id)).running
+            if timed_out:
+                await self.engine.kill_container(container_id)
+                try:
+                    async with asyncio.timeout(_KILL_GRACE):
+                        await self.engine.wait_container(container_id)
+                except TimeoutError:
+                    log.warning("container %s did not stop after SIGKILL", container_id)
         exit_ = await self.engine.container_exit(container_id)
         output = await self.engine.container_output(container_id, self.output_max)
         return Ending(exit_, output, timed_out)

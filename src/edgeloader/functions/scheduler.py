@@ -112,8 +112,8 @@ class Scheduler:
         lane.concurrency = concurrency
         if lane.admitted >= concurrency + queue:
             raise QueueFull(
-                f"function {name} is busy: {lane.admitted} runs admitted "
-                f"(concurrency {concurrency}, queue {queue})",
+                f"function {name} is at its limit: {concurrency} running or due to, "
+                f"and its queue of {queue} is full",
                 retry_after=lane.retry_after(),
             )
         lane.admitted += 1

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import shutil
 import time
 import uuid
 import weakref
@@ -101,6 +103,8 @@ class FunctionService:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.folders.open)
+        # No build runs yet: contexts staged before a crash are leftovers.
+        await asyncio.to_thread(shutil.rmtree, self.dir / "builds", True)
         interrupted = await asyncio.to_thread(self.history.interrupt_unfinished, time.time())
         if interrupted:
             log.warning("%d runs were interrupted by a restart", len(interrupted))
@@ -246,7 +250,7 @@ class FunctionService:
             raise
         task = asyncio.create_task(self._execute(run, function, request, ticket, caller))
         self._runs[run.run_id] = task
-        task.add_done_callback(lambda _: self._runs.pop(run.run_id, None))
+        task.add_done_callback(functools.partial(self._ended, run.run_id))
         if not wait:
             return run
         # Shielded: a caller that goes away does not cancel the run.
@@ -276,6 +280,12 @@ class FunctionService:
         finally:
             ticket.close()
         return await self._finish(run, outcome, caller)
+
+    def _ended(self, run_id: str, task: asyncio.Task[RunRecord]) -> None:
+        self._runs.pop(run_id, None)
+        # Nobody may be waiting for the task (async runs, callers gone).
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run %s failed", run_id, exc_info=task.exception())
 
     async def _finish(self, run: RunRecord, outcome: Outcome, caller: Caller) -> RunRecord:
         record = await asyncio.to_thread(self.history.finish, run.run_id, outcome, time.time())
@@ -341,12 +351,17 @@ class FunctionService:
     # Housekeeping
 
     async def _housekeep(self) -> None:
+        last_error = ""
         while True:
             try:
                 await self.remove_stray_containers()
                 await self.remove_old_folders()
+                last_error = ""
             except EdgeloaderError as exc:
-                log.warning("functions housekeeping: %s", exc.detail)
+                # Once per new problem: a box without an engine stays quiet.
+                level = logging.DEBUG if exc.detail == last_error else logging.WARNING
+                log.log(level, "functions housekeeping: %s", exc.detail)
+                last_error = exc.detail
             except Exception:
                 log.exception("functions housekeeping failed")
             await asyncio.sleep(HOUSEKEEPING_SECONDS)

@@ -105,6 +105,7 @@ class ContainerSpec:
 class ContainerExit:
     code: int
     oom_killed: bool  # as the engine reports it (podman 4 never does)
+    running: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,11 @@ class Engine:
 
     async def container_exit(self, container_id: str) -> ContainerExit:
         state = await self._state(container_id)
-        return ContainerExit(int(state.get("ExitCode") or 0), bool(state.get("OOMKilled")))
+        return ContainerExit(
+            int(state.get("ExitCode") or 0),
+            bool(state.get("OOMKilled")),
+            bool(state.get("Running")),
+        )
 
     async def _state(self, container_id: str) -> dict[str, Any]:
         with self._mapped("container inspect", missing=f"container {container_id} is gone"):

@@ -137,6 +137,10 @@ class Settings:
     cdn_connect_timeout: float = 10.0
     functions: FunctionSettings = field(default_factory=FunctionSettings)
     auth_limits: AuthLimits = field(default_factory=AuthLimits)
+    # Connections (web/server.py): None means half of what the descriptor limit leaves.
+    max_connections: int | None = None
+    header_timeout: float = 15.0
+    body_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -173,6 +177,13 @@ class Settings:
             upload_format=_format(get("EDGELOADER_UPLOAD_FORMAT") or "v1"),
             access_token_ttl=_seconds(env, "EDGELOADER_ACCESS_TOKEN_TTL", cls.access_token_ttl),
             refresh_token_ttl=_seconds(env, "EDGELOADER_REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
+            max_connections=(
+                _integer(env, "EDGELOADER_MAX_CONNECTIONS", 0, 1, 1_000_000)
+                if get("EDGELOADER_MAX_CONNECTIONS")
+                else None
+            ),
+            header_timeout=_seconds(env, "EDGELOADER_HEADER_TIMEOUT", cls.header_timeout),
+            body_timeout=_seconds(env, "EDGELOADER_BODY_TIMEOUT", cls.body_timeout),
             functions=FunctionSettings.from_env(env),
             auth_limits=AuthLimits.from_env(env),
         )

@@ -5,13 +5,16 @@ requests and a CDN that ignores ranges."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.integration.conftest import Stack, pattern, wait_for
+from tests.integration.conftest import OPERATOR, Stack, pattern, s3_client, wait_for
+from tests.support.harness.net import free_port, wait_http
+from tests.support.harness.processes import clean_env
 
 # -- the cache --------------------------------------------------------------------------
 
@@ -229,7 +232,7 @@ async def test_a_bad_request_line_is_answered_in_json(stack: Stack) -> None:
     answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400")
+    assert head.split(b" ")[1] == b"400"
     assert b"application/json" in head.lower()
     assert b'"detail"' in body
 
@@ -302,3 +305,227 @@ async def range_ignoring_proxy() -> AsyncIterator[Callable[[str], Awaitable[str]
     yield make
     for runner in runners:
         await runner.cleanup()
+
+
+# -- connections: caps and timeouts ----------------------------------------------------
+
+
+@pytest.fixture
+async def limited_loader(stack: Stack) -> AsyncIterator[str]:
+    """``edgeloader serve`` as its own process at systemd's default of 1024
+    descriptors, with 2-second header and body timeouts."""
+    port = free_port()
+    env = clean_env(
+        RESOURCE_API_URL=stack.api_url,
+        EDGELOADER_STATE_DIR=str(stack.tmp / "limited-state"),
+        EDGELOADER_AUTH="compat",
+        EDGELOADER_HEADER_TIMEOUT="2",
+        EDGELOADER_BODY_TIMEOUT="2",
+    )
+    process = await asyncio.create_subprocess_exec(
+        *["prlimit", "--nofile=1024:1024", sys.executable, "-m", "edgeloader", "serve"],
+        *["--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_http(f"{url}/health")
+        yield url
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within: float = 30.0) -> bool:
+    """True when the server closes the connection (EOF) within ``within`` s."""
+    try:
+        while await asyncio.wait_for(reader.read(65536), within):
+            pass
+    except (TimeoutError, ConnectionError):
+        return False
+    return True
+
+
+async def test_idle_sockets_cannot_starve_the_service(limited_loader: str) -> None:
+    host, port = limited_loader.removeprefix("http://").split(":")
+    sockets = []
+    for _ in range(1100):  # more than the service's descriptors
+        sockets.append(await asyncio.open_connection(host, int(port)))
+    try:
+        timeout = aiohttp.ClientTimeout(total=20)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(f"{limited_loader}/health") as resp,
+        ):
+            assert resp.status == 200
+    finally:
+        for _, writer in sockets:
+            writer.close()
+
+
+async def test_slow_headers_and_stalled_bodies_are_closed(limited_loader: str) -> None:
+    host, port = limited_loader.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # never finished
+    await writer.drain()
+    assert await closed_by_server(reader)
+    writer.close()
+
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"email": '
+    )
+    await writer.drain()
+    assert await closed_by_server(reader)
+    writer.close()
+
+
+async def test_a_slow_reader_of_a_long_answer_is_never_cut(
+    stack: Stack, limited_loader: str
+) -> None:
+    data = pattern(24 * 1024 * 1024)
+    stack.publish("m.bin", data)
+    await stack.login(url=limited_loader)
+    received = bytearray()
+    async with aiohttp.ClientSession(read_bufsize=1 << 16) as http:
+        url = f"{limited_loader}/load/m.bin"
+        async with http.post(url, json={"folder": stack.bucket}) as resp:
+            assert resp.status == 200
+            received += await resp.content.readexactly(1 << 20)
+            await asyncio.sleep(5)  # longer than both timeouts, reading nothing
+            received += await resp.content.read()
+    assert bytes(received) == data
+
+
+# -- uploads over an existing resource --------------------------------------------------
+
+
+def keys_of(stack: Stack, name: str) -> list[str]:
+    listing = s3_client(stack.s3_endpoint).list_objects_v2(Bucket=stack.bucket, Prefix=name)
+    return sorted(obj["Key"] for obj in listing.get("Contents", []))
+
+
+def upload_form(data: bytes) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("data", data, filename="x", content_type="application/octet-stream")
+    return form
+
+
+async def test_a_failed_overwrite_leaves_the_previous_resource(stack: Stack) -> None:
+    old = pattern(200_000)
+    stack.publish("m.bin", old)
+    # An Operator passes the compat-mode route; the Resource API refuses its post.
+    await stack.login(OPERATOR)
+    async with stack.http.post(
+        f"{stack.loader_url}/upload/m.bin?folder={stack.bucket}", data=upload_form(pattern(300_000))
+    ) as resp:
+        assert resp.status == 502
+    assert await stack.load("m.bin") == (200, old)
+    assert keys_of(stack, "m.bin") == ["m.bin.big"]  # no staging object left
+
+
+async def test_an_overwrite_replaces_the_resource_whole(stack: Stack) -> None:
+    stack.publish("m.bin", pattern(200_000))
+    await stack.login()
+    new = pattern(9 * 1024 * 1024)
+    async with stack.http.post(
+        f"{stack.loader_url}/upload/m.bin?folder={stack.bucket}", data=upload_form(new)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    assert await stack.load("m.bin") == (200, new)
+    assert keys_of(stack, "m.bin") == ["m.bin.big"]
+
+
+async def test_a_v2_small_part_beside_another_big_part_never_loads(stack: Stack) -> None:
+    """The window of an overwrite: new small part, old big part. v2 refuses
+    it cleanly: no byte of plaintext, never a complete-looking body."""
+    from tests.integration.test_integrity import publish_v2
+
+    publish_v2(stack, "a.bin", pattern(500_000))
+    new_ct = publish_v2(stack, "b.bin", pattern(500_000))
+    cut = min(3072, len(new_ct) * 3 // 10)
+    (stack.api_dir / "resources" / stack.bucket / "a.bin.small").write_bytes(new_ct[:cut])
+    await stack.login()
+    status, length, received, was_cut = await read_cut(stack, "a.bin")
+    assert received == b""
+    assert status == 502 or (was_cut and length == 500_000)
+
+
+async def test_an_upload_finishes_when_the_client_leaves_during_the_small_part_post(
+    stack: Stack,
+) -> None:
+    """The client goes away while the small part is being posted: the upload
+    still completes, and the new resource is loadable afterwards."""
+    from aiohttp import web
+
+    from tests.integration.conftest import start
+
+    stack.publish("m.bin", pattern(100_000))
+    posting = asyncio.Event()
+    http = aiohttp.ClientSession()
+
+    async def slow_api(request: web.Request) -> web.StreamResponse:
+        """Forwards to the Resource API, holding small-part posts for 2 s."""
+        body = await request.read()
+        if (
+            request.method == "POST"
+            and request.path.startswith("/resources/")
+            and (not request.path.startswith("/resources/get"))
+        ):
+            posting.set()
+            await asyncio.sleep(2)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with http.request(
+            request.method, stack.api_url + request.path_qs, headers=headers, data=body
+        ) as resp:
+            return web.Response(
+                status=resp.status, body=await resp.read(), content_type=resp.content_type
+            )
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", slow_api)
+    proxy_runner, proxy_url = await start(app)
+    try:
+        await stack.start_loader(stack.settings(resource_api_url=proxy_url))
+        await stack.login()
+        new = pattern(7 * 1024 * 1024)
+        url = f"{stack.loader_url}/upload/m.bin?folder={stack.bucket}"
+
+        async def upload_then_leave() -> None:
+            async with aiohttp.ClientSession() as client:
+                await client.post(url, data=upload_form(new))
+
+        task = asyncio.create_task(upload_then_leave())
+        await asyncio.wait_for(posting.wait(), 60)
+        task.cancel()  # the client goes away mid-post
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def replaced() -> bool:
+            status, body = await stack.load("m.bin")
+            return status == 200 and body == new
+
+        await wait_for(replaced, within=60)
+        assert keys_of(stack, "m.bin") == ["m.bin.big"]
+    finally:
+        await proxy_runner.cleanup()
+        await http.close()
+
+
+async def test_objects_over_the_single_copy_limit_are_copied_in_parts(stack: Stack) -> None:
+    from edgeloader.upstream.cdn import Cdn, CdnConfig
+    from tests.integration.conftest import CDN_KEYS
+
+    data = pattern(12 * 1024 * 1024 + 7)
+    s3_client(stack.s3_endpoint).put_object(Bucket=stack.bucket, Key="src", Body=data)
+    config = CdnConfig(host=stack.s3_endpoint, **CDN_KEYS)
+    async with Cdn(config) as cdn:
+        await cdn.copy(
+            stack.bucket, "src", "dst", len(data), single_copy_max=5 << 20, part_size=5 << 20
+        )
+    copied = s3_client(stack.s3_endpoint).get_object(Bucket=stack.bucket, Key="dst")
+    assert copied["Body"].read() == data

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
+from typing import TYPE_CHECKING
 
 from edgeloader import logs
+
+if TYPE_CHECKING:
+    from edgeloader.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,22 +36,34 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from edgeloader.config import Settings
-    from edgeloader.web import create_app
 
     logs.configure(args.log_format, args.log_level)
     flags = {"host": args.host, "port": args.port}
     settings = Settings.from_env().with_overrides(
         **{k: v for k, v in flags.items() if v is not None}
     )
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=lambda msg: None,
-        access_log_format='%a "%r" %s %b %Tfs',
-        handler_cancellation=True,
-    )
+    asyncio.run(_serve_until_stopped(settings))
     return 0
+
+
+async def _serve_until_stopped(settings: Settings) -> None:
+    from edgeloader.web import create_app
+    from edgeloader.web.server import start_loader
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await start_loader(
+        create_app(settings),
+        settings,
+        settings.host,
+        settings.port,
+        access_log_format='%a "%r" %s %b %Tfs',
+    )
+    log.info("serving on %s:%d", settings.host, settings.port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

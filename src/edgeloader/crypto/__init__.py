@@ -40,6 +40,7 @@ from edgeloader.crypto.parts import (
     small_name,
     small_part_length,
     split_ciphertext,
+    staging_name,
 )
 from edgeloader.errors import DecryptionError
 
@@ -80,6 +81,7 @@ __all__ = [
     "small_part_length",
     "split_ciphertext",
     "split_plaintext_length",
+    "staging_name",
     "v2_chunk_range",
     "v2_open_chunk",
     "v2_plaintext_length",

@@ -24,6 +24,7 @@ __all__ = [
     "small_name",
     "small_part_length",
     "split_ciphertext",
+    "staging_name",
 ]
 
 
@@ -35,6 +36,11 @@ def small_name(name: str) -> str:
 def big_name(name: str) -> str:
     """The CDN's object key of a resource's big part."""
     return f"{name}.big"
+
+
+def staging_name(name: str, token: str) -> str:
+    """Where an upload's big part waits until its small part is accepted."""
+    return f"{name}.big.staging-{token}"
 
 
 async def split_ciphertext(ciphertext: AsyncIterator[bytes]) -> tuple[bytes, AsyncIterator[bytes]]:

@@ -3,15 +3,30 @@
 The whole flow lives here so that every caller (the ``/upload`` route, the
 publishing CLI, the dev stack, the benchmarks) gets the same rules:
 
-1. *stage*: encrypt, split (``crypto.parts``) and upload the big part;
-2. *publish*: post the small part, which makes the resource loadable;
-3. *discard*: if anything fails after staging, remove the big part again,
-   so a failed upload never leaves a half resource behind.
+1. *stage*: encrypt, split (``crypto.parts``) and upload the big part under
+   a staging key, so a resource already published under the name stays
+   whole and loadable while the new one streams in;
+2. *publish*: post the small part; once the Resource API has accepted it,
+   copy the staged big part over the old one on the CDN itself (no bytes
+   through the box) and remove the staging object;
+3. *discard*: if anything fails before the small part is accepted, remove
+   the staged object; the previous resource is untouched.
+
+From the moment the small part is being posted, the upload finishes even
+if the caller goes away (a client that disconnects, a cancelled request):
+leaving then would strand a new small part beside an old big part.
+
+What remains: between the small part's acceptance and the end of the CDN
+copy, a load sees the new small part with the old big part. Format v2 reads
+that as a clean failure (the header's salt binds every chunk); v1 cannot
+tell and yields garbage for that window (docs/security.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -21,6 +36,10 @@ from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
 
 log = logging.getLogger(__name__)
+
+# Publishing steps that must outlive their caller; kept so they are not
+# garbage-collected while they run.
+_FINISHING: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -43,11 +62,10 @@ async def upload_resource(
     fmt: int = 1,
     before_publish: Callable[[], Awaitable[None]] | None = None,
 ) -> Uploaded:
-    """Stages, then publishes; on any failure after staging, discards.
+    """Stages, then publishes; on any failure before publishing, discards.
 
     ``api`` must be logged in as a user that may upload. ``fmt`` is the
     container format of the resource's ciphertext (1 or 2).
-
     ``before_publish`` runs between the two steps (the web layer reads the
     rest of its form there); if it raises, nothing is published.
     """
@@ -61,16 +79,21 @@ async def upload_resource(
 
     ciphertext = crypto.encrypt_chunks(crypto.resource_key(), counting(), fmt)
     small, big = await crypto.split_ciphertext(ciphertext)
-    big_key = crypto.big_name(name)
-    big_bytes = await cdn.upload(folder, big_key, big, part_size)
+    staged = crypto.staging_name(name, secrets.token_hex(8))
     try:
+        big_bytes = await cdn.upload(folder, staged, big, part_size)
         if before_publish is not None:
             await before_publish()
-        await api.upload_part(folder, crypto.small_name(name), small)
     except BaseException:
-        await _discard(cdn, folder, big_key)
+        await _discard(cdn, folder, staged)
         raise
-    result = Uploaded(folder, name, counted, len(small), big_bytes)
+    finishing = asyncio.create_task(
+        _publish(cdn, api, folder, name, staged, small, big_bytes), name=f"publish {name}"
+    )
+    _FINISHING.add(finishing)
+    finishing.add_done_callback(_FINISHING.discard)
+    # A cancelled caller stops waiting here; the publishing goes on.
+    await asyncio.shield(finishing)
     log.info(
         "uploaded %s/%s: %d plaintext bytes, small %d + big %d",
         folder,
@@ -79,11 +102,42 @@ async def upload_resource(
         len(small),
         big_bytes,
     )
-    return result
+    return Uploaded(folder, name, counted, len(small), big_bytes)
+
+
+async def _publish(
+    cdn: Cdn,
+    api: ResourceApiClient,
+    folder: str,
+    name: str,
+    staged: str,
+    small: bytes,
+    big_bytes: int,
+) -> None:
+    try:
+        await api.upload_part(folder, crypto.small_name(name), small)
+    except BaseException:
+        await _discard(cdn, folder, staged)
+        raise
+    try:
+        await cdn.copy(folder, staged, crypto.big_name(name), big_bytes)
+    except CdnError:
+        # The new small part is live with the old big part: say so loudly,
+        # and keep the staged object, which an operator can copy in place.
+        log.error(
+            "%s/%s: the small part is published but the big part could not be put in "
+            "place; the new big part stays at %s/%s",
+            folder,
+            name,
+            folder,
+            staged,
+        )
+        raise
+    await _discard(cdn, folder, staged)
 
 
 async def _discard(cdn: Cdn, folder: str, key: str) -> None:
-    """Removes a staged big part again (best effort: the first error matters more)."""
+    """Removes a staged big part (best effort: the first error matters more)."""
     try:
         await cdn.delete(folder, key)
     except CdnError:

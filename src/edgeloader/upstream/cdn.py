@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 _MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 # S3 refuses multipart parts under 5 MiB, except the last.
 MIN_PART_SIZE = 5 << 20
+# S3 copies an object in one request only up to 5 GiB; beyond, in parts.
+MAX_SINGLE_COPY = 5 << 30
+COPY_PART_SIZE = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,50 @@ class Cdn:
         except BaseException:
             if upload_id is not None:
                 await self._abort(bucket, key, upload_id)
+            raise
+
+    async def copy(
+        self,
+        bucket: str,
+        source: str,
+        target: str,
+        size: int,
+        *,
+        single_copy_max: int = MAX_SINGLE_COPY,
+        part_size: int = COPY_PART_SIZE,
+    ) -> None:
+        """Copies ``source`` over ``target`` on the CDN itself (no bytes
+        through the box): one request, or a multipart copy of ranges for
+        objects over ``single_copy_max``. The target changes at once, whole."""
+        what = f"copy of {bucket}/{source} to {target}"
+        copy_source = {"Bucket": bucket, "Key": source}
+        if size <= single_copy_max:
+            with _mapped(what):
+                await self._writer.copy_object(Bucket=bucket, Key=target, CopySource=copy_source)
+            return
+        with _mapped(what):
+            created = await self._writer.create_multipart_upload(Bucket=bucket, Key=target)
+        upload_id = created["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, part_size), start=1):
+                end = min(start + part_size, size) - 1
+                with _mapped(f"{what} part {number}"):
+                    resp = await self._writer.upload_part_copy(
+                        Bucket=bucket,
+                        Key=target,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource=copy_source,
+                        CopySourceRange=f"bytes={start}-{end}",
+                    )
+                parts.append({"PartNumber": number, "ETag": resp["CopyPartResult"]["ETag"]})
+            with _mapped(what):
+                await self._writer.complete_multipart_upload(
+                    Bucket=bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            await self._abort(bucket, target, upload_id)
             raise
 
     async def delete(self, bucket: str, key: str) -> None:

@@ -10,15 +10,19 @@ from aiohttp import web
 
 from edgeloader.config import Settings
 from edgeloader.web import create_app
-from tests.support.harness.net import LOOPBACK, free_port, serve, wait_http
+from edgeloader.web.server import start_loader
+from tests.support.harness.net import LOOPBACK, free_port, wait_http
 from tests.support.harness.processes import Child, clean_env, spawn
 
 
 async def serve_loader(
     settings: Settings, *, fingerprint: str | None = None, host: str = LOOPBACK, port: int = 0
 ) -> tuple[web.AppRunner, str]:
-    """The loader in this process; ``fingerprint`` stands in for the device's."""
-    return await serve(create_app(settings, fingerprint=fingerprint), host, port)
+    """The loader in this process, under its connection limits, as
+    ``edgeloader serve`` runs it; ``fingerprint`` stands in for the device's."""
+    runner = await start_loader(create_app(settings, fingerprint=fingerprint), settings, host, port)
+    address = runner.addresses[0]
+    return runner, f"http://{address[0]}:{address[1]}"
 
 
 async def start_loader_process(

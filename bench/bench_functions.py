@@ -51,6 +51,7 @@ SCRIPT = "cat request.json > result.json"
 UID = 65534
 TARGET_RATIO = 1.25
 WARMUP = 3
+MAX_RUN_ROOT = 50  # characters podman accepts in a run root
 # The isolation the loader gives every run, as podman CLI flags.
 CLI_ISOLATION = (
     "--network=none",
@@ -258,8 +259,13 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_functions: run as root (run folders go to uid 65534)", file=sys.stderr)
         return 2
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-functions-"))
+    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="bench-fn-"))).absolute()
     work.mkdir(parents=True, exist_ok=True)
+    if len(str(work / "podman" / "run")) > MAX_RUN_ROOT:
+        # Podman's clean-up after each container refuses it, and every run
+        # would then wait for podman's 20-second fallback.
+        print(f"bench_functions: {work} is too long a path for podman", file=sys.stderr)
+        return 2
     try:
         asyncio.run(bench(work, args.runs))
     except BenchError as exc:

@@ -119,6 +119,18 @@ class Stack:
         async with self.http.post(f"{self.loader_url}/load/{name}", json=body) as resp:
             return resp.status, await resp.read()
 
+    async def load_until_cut(self, name: str) -> tuple[int, int | None, bytes, bool]:
+        """(status, Content-Length, the bytes received, whether the body was cut)."""
+        received = bytearray()
+        body = {"folder": self.bucket}
+        async with self.http.post(f"{self.loader_url}/load/{name}", json=body) as resp:
+            try:
+                async for chunk in resp.content.iter_any():
+                    received += chunk
+            except aiohttp.ClientPayloadError:
+                return resp.status, resp.content_length, bytes(received), True
+            return resp.status, resp.content_length, bytes(received), False
+
 
 @pytest.fixture
 async def make_stack(

@@ -38,19 +38,6 @@ async def cached(stack: Stack, name: str, data: bytes) -> Path:
     return entry_of(stack, name)
 
 
-async def read_cut(stack: Stack, name: str) -> tuple[int, int | None, bytes, bool]:
-    received = bytearray()
-    async with stack.http.post(
-        f"{stack.loader_url}/load/{name}", json={"folder": stack.bucket}
-    ) as resp:
-        try:
-            async for chunk in resp.content.iter_any():
-                received += chunk
-        except aiohttp.ClientPayloadError:
-            return resp.status, resp.content_length, bytes(received), True
-        return resp.status, resp.content_length, bytes(received), False
-
-
 def flip_last_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01
@@ -90,7 +77,7 @@ async def test_a_byte_flipped_in_the_middle_of_an_entry_is_never_served_whole(
     raw = bytearray(entry.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     entry.write_bytes(bytes(raw))
-    status, length, received, was_cut = await read_cut(stack, "m.bin")
+    status, length, received, was_cut = await stack.load_until_cut("m.bin")
     assert (status, length, was_cut) == (200, len(data), True)
     assert len(received) < len(data)
     # The entry was dropped: the next load comes from the CDN, whole.
@@ -450,7 +437,7 @@ async def test_a_v2_small_part_beside_another_big_part_never_loads(stack: Stack)
     cut = min(3072, len(new_ct) * 3 // 10)
     (stack.api_dir / "resources" / stack.bucket / "a.bin.small").write_bytes(new_ct[:cut])
     await stack.login()
-    status, length, received, was_cut = await read_cut(stack, "a.bin")
+    status, length, received, was_cut = await stack.load_until_cut("a.bin")
     assert received == b""
     assert status == 502 or (was_cut and length == 500_000)
 

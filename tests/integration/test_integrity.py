@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from edgeloader import crypto
@@ -45,19 +44,6 @@ def publish_v2(stack: Stack, name: str, plaintext: bytes) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(ct[:cut])
     return ct
-
-
-async def read_all(stack: Stack, name: str) -> tuple[int, int | None, bytes, bool]:
-    """(status, Content-Length, the bytes received, whether the body was cut)."""
-    body = {"folder": stack.bucket}
-    received = bytearray()
-    async with stack.http.post(f"{stack.loader_url}/load/{name}", json=body) as resp:
-        try:
-            async for chunk in resp.content.iter_any():
-                received += chunk
-        except aiohttp.ClientPayloadError:
-            return resp.status, resp.content_length, bytes(received), True
-        return resp.status, resp.content_length, bytes(received), False
 
 
 def cached_entries(stack: Stack, name: str) -> list[Path]:
@@ -93,7 +79,7 @@ async def test_v2_tampered_chunk_cuts_the_body_before_that_chunk(stack: Stack) -
     big[flip_at] ^= 0x01
     s3_client(stack.s3_endpoint).put_object(Bucket=stack.bucket, Key="t.bin.big", Body=bytes(big))
     await stack.login()
-    status, length, received, was_cut = await read_all(stack, "t.bin")
+    status, length, received, was_cut = await stack.load_until_cut("t.bin")
     assert status == 200
     assert length == len(data)
     assert was_cut
@@ -253,7 +239,7 @@ async def test_a_wrong_hash_cuts_the_body_and_caches_nothing(publisher: Publishe
     wrong = Artifact("0" * 64, len(ct), 2)
     publisher.release(1, {f"{stack.bucket}/m.bin": wrong})
     await publisher.start_loader()
-    status, length, received, was_cut = await read_all(stack, "m.bin")
+    status, length, received, was_cut = await stack.load_until_cut("m.bin")
     assert (status, length) == (200, len(data))
     assert was_cut
     assert len(received) < len(data)

@@ -32,16 +32,18 @@ S3_CONFIG = Config(read_timeout=300, s3={"addressing_style": "path"})
 class P2Result:
     size: int
     loader: list[Transfer]
+    loader_v2: list[Transfer]  # the same plaintext published in format v2
     raw: list[Transfer]
     tail: list[float]  # seconds for a ranged GET of the big part's last 32 bytes
     idle_rss: int
     peak_rss: int
 
 
-async def publish(upstream: Upstream, name: str, size: int) -> None:
-    """Publishes ``size`` bytes through the loader's own upload pipeline
-    (encrypt, split, multipart upload of the big part), one chunk in memory.
-    The plaintext repeats one random MiB; the ciphertext does not repeat."""
+async def publish(upstream: Upstream, name: str, size: int, fmt: int = 1) -> None:
+    """Publishes ``size`` bytes in format ``fmt`` through the loader's own
+    upload pipeline (encrypt, split, multipart upload of the big part), one
+    chunk in memory. The plaintext repeats one random MiB; the ciphertext
+    does not repeat."""
     block = os.urandom(CHUNK)
 
     async def plaintext() -> AsyncIterator[bytes]:
@@ -54,7 +56,9 @@ async def publish(upstream: Upstream, name: str, size: int) -> None:
         key = crypto.api_key(EMAIL, PASSWORD, PUBLISHER_HARDWARE)
         config = await fetch_cdn_config(api, key, PUBLISHER_HARDWARE, CdnOverrides())
         async with Cdn(config) as cdn:
-            staged = await upload_resource(cdn, api, FOLDER, name, plaintext(), part_size=64 * MiB)
+            staged = await upload_resource(
+                cdn, api, FOLDER, name, plaintext(), part_size=64 * MiB, fmt=fmt
+            )
     if staged.plaintext_bytes != size:
         raise BenchError(f"published {staged.plaintext_bytes} bytes of {name}, not {size}")
 
@@ -104,12 +108,14 @@ async def bench_p2(
     results = []
     for size in sizes:
         name = f"p2-{size // MiB}mib.bin"
-        log(f"P2: publishing {size // MiB} MiB as {FOLDER}/{name}")
+        name_v2 = f"p2-{size // MiB}mib-v2.bin"
+        log(f"P2: publishing {size // MiB} MiB as {FOLDER}/{name} (v1) and {name_v2} (v2)")
         await publish(upstream, name, size)
+        await publish(upstream, name_v2, size, fmt=2)
         loader, url = await start_loader(upstream, cleanup, f"p2-{size // MiB}mib")
         me, moto = os.getpid(), upstream.moto.pid
         idle_rss = proc_status_bytes(loader.pid, "VmRSS")
-        result = P2Result(size, [], [], [], idle_rss, 0)
+        result = P2Result(size, [], [], [], [], idle_rss, 0)
         async with (
             aiohttp.ClientSession(timeout=NO_TIMEOUT) as http,
             async_s3_client(upstream.s3_url, S3_CONFIG) as s3,
@@ -120,10 +126,12 @@ async def bench_p2(
                 raw = await via_s3(s3, name, Clock({"moto": moto, "client": me}))
                 pids = {"moto": moto, "loader": loader.pid, "client": me}
                 ours = await via_loader(http, url, auth, name, Clock(pids))
+                ours_v2 = await via_loader(http, url, auth, name_v2, Clock(pids))
                 tail = await tail_get(s3, name)
                 if i > 0:
                     result.raw.append(raw)
                     result.loader.append(ours)
+                    result.loader_v2.append(ours_v2)
                     result.tail.append(tail)
         result.peak_rss = proc_status_bytes(loader.pid, "VmHWM")
         loader.stop()

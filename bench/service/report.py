@@ -41,6 +41,15 @@ def print_p2(results: list[P2Result], runs: int) -> None:
             f"{_verdict(peak_mb <= RSS_TARGET_MB):<10} {r.idle_rss / 1e6:>6.0f} MB"
         )
     print()
+    print("    the same plaintext published in format v2 (no tail read; every chunk verified):")
+    for r in results:
+        v1, v2 = _median_run(r.loader), _median_run(r.loader_v2)
+        print(
+            f"{_mib(r.size):>9}  v2 load {v2.mbps:.0f} MB/s vs v1 load {v1.mbps:.0f} MB/s:"
+            f" {v2.mbps / v1.mbps:.2f}x; first byte v2 {v2.first_byte:.2f} s vs v1"
+            f" {v1.first_byte:.2f} s"
+        )
+    print()
     print("    all runs, MB/s (loader | raw):")
     for r in results:
         loader_all = " ".join(f"{t.mbps:.0f}" for t in r.loader)

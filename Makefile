@@ -13,7 +13,7 @@ EXT_STAMP := $(VENV)/.ext-built
 PY_SOURCES := src publisher/src tests bench
 RUST_SOURCES := $(shell find rust_core/src -name '*.rs') rust_core/Cargo.toml Cargo.toml Cargo.lock
 
-.PHONY: fuzz run test lint check-rust test-rust test-python bench bench-crypto bench-service \
+.PHONY: bench-functions fuzz run test lint check-rust test-rust test-python bench bench-crypto bench-service \
 	engine dev lock wheel clean help
 
 help:  ## List the targets
@@ -87,7 +87,10 @@ bench-crypto: dev  ## Cipher throughput against openssl and cryptography
 bench-service: dev engine  ## P2 (load vs raw S3 GET) and P3 (unlock vs podman load); ARGS=--quick
 	$(BIN)/python -m bench.service $(ARGS)
 
-bench: bench-crypto bench-service  ## All benchmarks
+bench-functions: dev engine  ## Function runs (invoke latency, throughput) vs podman run --rm
+	$(BIN)/python -m bench.bench_functions $(ARGS)
+
+bench: bench-crypto bench-service bench-functions  ## All benchmarks
 
 wheel: $(DEPS_STAMP)  ## Build a release wheel into dist/
 	$(BIN)/maturin build --release --locked -o dist

@@ -23,6 +23,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -50,6 +51,8 @@ REF_FILE = "etc/edgeloader-ref"
 _API = "/v1.41"
 _LIBPOD_API = "/v4.0.0/libpod"
 _LOG_TAIL_BYTES = 4000
+# podman refuses to clean up under a longer run root.
+_MAX_RUN_ROOT = 50
 # sun_path holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 
@@ -136,6 +139,8 @@ class PodmanService:
             self._process = subprocess.Popen(
                 [podman, "system", "service", "--time=0", self.docker_host],
                 env=self._full_env(),
+                # conmon writes files (an OOM note) into the service's working folder.
+                cwd=self.base_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -268,6 +273,14 @@ class PodmanService:
 
     def _write_config(self) -> None:
         base = self.base_dir
+        if len(str(base / "run")) > _MAX_RUN_ROOT:
+            # Past this podman's clean-up refuses the run root, and every
+            # container wait falls back to a 20 s timeout.
+            warnings.warn(
+                f"podman run root {base / 'run'} is longer than {_MAX_RUN_ROOT} characters; "
+                "container waits will be slow",
+                stacklevel=2,
+            )
         for name in ("tmp", "image-tmp", "networks", "volumes"):
             (base / name).mkdir(parents=True, exist_ok=True)
         self._socket_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import AsyncIterator
 
 import pytest
 from cryptography.hazmat.primitives import padding
@@ -96,8 +97,9 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
 def test_streaming_encrypt_matches_oracle_for_any_chunking(
     plaintext: bytes, cuts: list[int], iv: bytes
 ) -> None:
-    got = b"".join(crypto.encrypt_stream(KEY, chunked(plaintext, cuts), iv))
-    assert got == oracle_encrypt_v1(KEY, plaintext, iv)
+    enc = crypto.Encryptor(KEY, iv)
+    got = enc.iv + b"".join(enc.update(piece) for piece in chunked(plaintext, cuts))
+    assert got + enc.finalize() == oracle_encrypt_v1(KEY, plaintext, iv)
 
 
 @settings(max_examples=200, deadline=None)
@@ -123,6 +125,26 @@ def test_streaming_decrypt_of_oracle_output_for_any_chunking(
             out += dec.update(view)
     out += dec.finalize()
     assert bytes(out) == plaintext
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+@pytest.mark.parametrize("size", [0, 1, 5000, (1 << 16) + 3])
+async def test_the_one_streaming_encryption_round_trips_in_both_formats(
+    fmt: int, size: int
+) -> None:
+    plaintext = os.urandom(size)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, size, 777):
+            yield plaintext[i : i + 777]
+
+    ct = b"".join([c async for c in crypto.encrypt_chunks(KEY, pieces(), fmt)])
+    assert crypto.detect_format(ct[:4]) == fmt
+
+    async def again() -> AsyncIterator[bytes]:
+        yield ct
+
+    assert b"".join([p async for p in crypto.decrypt_stream(KEY, again())]) == plaintext
 
 
 async def test_async_decrypt_stream_reads_the_iv_from_the_stream() -> None:

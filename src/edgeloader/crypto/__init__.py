@@ -6,7 +6,7 @@ release the GIL inside the core for inputs of 64 KiB and more.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 from edgeloader._core import (
     BLOCK_SIZE,
@@ -67,7 +67,6 @@ __all__ = [
     "decrypt_v2",
     "detect_format",
     "encrypt_chunks",
-    "encrypt_stream",
     "encrypt_v1",
     "encrypt_v2",
     "hash_b64",
@@ -104,15 +103,6 @@ def split_plaintext_length(small: bytes, big_size: int, big_tail: bytes) -> int:
     (fewer when the big part is shorter: then the small part supplies the rest)."""
     last = (small + big_tail)[-V1_TAIL:]
     return plaintext_length(resource_key(), len(small) + big_size, last)
-
-
-def encrypt_stream(key: bytes, chunks: Iterable[bytes], iv: bytes | None = None) -> Iterator[bytes]:
-    """Format v1 over an iterable of plaintext chunks: yields the IV, then ciphertext."""
-    enc = Encryptor(key, iv)
-    yield enc.iv
-    for chunk in chunks:
-        yield enc.update(chunk)
-    yield enc.finalize()
 
 
 async def encrypt_chunks(

@@ -178,3 +178,13 @@ class IntegrityError(UpstreamError):
             raise ValueError(f"unknown integrity reason {reason!r}")
         self.reason = reason
         super().__init__(f"integrity: {reason}" + (f": {detail}" if detail else ""))
+
+
+class TooManyStreams(TooManyAttempts):
+    """Too many event streams are open; try again later.
+
+    A ``TooManyAttempts`` so that the answer carries ``Retry-After``.
+    """
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(detail or self.default_detail(), retry_after=retry_after)

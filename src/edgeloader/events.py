@@ -1,0 +1,248 @@
+"""The event bus behind ``GET /api/events`` (docs/events.md).
+
+Services publish small events (an unlock's state and progress, a function
+run's state, pre-staging progress, security notices); each open stream
+holds a :class:`Subscription` that receives the events its caller's role
+may see.
+
+- **Publishing never waits.** ``EventBus.publish`` is synchronous: it
+  appends to each subscriber's queue and returns.
+- **Queues are bounded.** A subscriber that does not keep up loses its
+  oldest events, never the newest (the latest state is what matters), and
+  is told: before its next event it receives a ``dropped`` event with the
+  number lost, so it can read the state again over REST. Memory per
+  subscriber stays at ``queue_size`` events, and the number of subscribers
+  is capped too (``TooManyStreams``).
+- **Progress is paced.** :class:`Pacer` lets a publisher send progress at
+  most every ``interval`` seconds; state changes always go out.
+- **Closing ends every stream.** ``EventBus.close`` (when the service
+  stops) gives each subscriber an ``end`` event, and every later
+  ``subscribe`` gets a stream that ends at once.
+
+Who sees what: events with no audience go to every authenticated role;
+``security`` events only to ``Admin`` and ``ApiAdmin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from edgeloader import metrics
+from edgeloader.errors import TooManyStreams
+from edgeloader.roles import ADMINS
+
+__all__ = [
+    "DROPPED",
+    "END",
+    "PREFETCH",
+    "RUN",
+    "RUN_FIELDS",
+    "SECURITY",
+    "UNLOCK",
+    "Event",
+    "EventBus",
+    "Pacer",
+    "Subscription",
+    "prefetch_event",
+    "run_event",
+    "security_event",
+    "unlock_event",
+]
+
+# Event types, the SSE ``event:`` field.
+UNLOCK = "unlock"
+RUN = "run"
+PREFETCH = "prefetch"
+SECURITY = "security"
+#: Told to a subscriber that lost events: ``{"dropped": N}``.
+DROPPED = "dropped"
+#: The last event of a stream: ``{"reason": ...}``.
+END = "end"
+
+#: The fields of a run record (its JSON) that a ``run`` event carries.
+RUN_FIELDS = (
+    "runId",
+    "function",
+    "status",
+    "exitCode",
+    "error",
+    "queuedAt",
+    "startedAt",
+    "finishedAt",
+    "durationMs",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    data: Mapping[str, Any]
+    #: The roles that see the event; None: every authenticated role.
+    audience: frozenset[str] | None = field(default=None, compare=False)
+
+    def visible_to(self, role: str) -> bool:
+        return self.audience is None or role in self.audience
+
+
+def unlock_event(state: str, error: str | None, bytes_done: int, bytes_total: int) -> Event:
+    """The fields of ``GET /unlock/status``."""
+    return Event(
+        UNLOCK,
+        {"state": state, "error": error, "bytesDone": bytes_done, "bytesTotal": bytes_total},
+    )
+
+
+def run_event(record: Mapping[str, Any]) -> Event:
+    """A run's state from its JSON record (``RUN_FIELDS`` of it)."""
+    return Event(RUN, {name: record.get(name) for name in RUN_FIELDS})
+
+
+def prefetch_event(folder: str, name: str, state: str, bytes_done: int, bytes_total: int) -> Event:
+    """Pre-staging progress of one resource: the hook for the pre-staging
+    service, which publishes these (paced with a :class:`Pacer` per resource)."""
+    return Event(
+        PREFETCH,
+        {
+            "folder": folder,
+            "name": name,
+            "state": state,
+            "bytesDone": bytes_done,
+            "bytesTotal": bytes_total,
+        },
+    )
+
+
+def security_event(kind: str, **details: Any) -> Event:
+    """A security notice (``refresh-reuse``, ``throttled``), for admins only."""
+    return Event(SECURITY, {"kind": kind, "at": time.time(), **details}, audience=ADMINS)
+
+
+class Pacer:
+    """At most one progress event per ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last = -math.inf
+
+    def due(self) -> bool:
+        """True (and the interval starts again) if a progress event may go out now."""
+        now = self._clock()
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+    def sent(self) -> None:
+        """An event went out anyway (a state change): the interval starts again."""
+        self._last = self._clock()
+
+
+class Subscription:
+    """One stream's queue. Use it as a context manager: leaving unsubscribes."""
+
+    def __init__(self, bus: EventBus, role: str, size: int) -> None:
+        self.role = role
+        self._bus = bus
+        self._items: collections.deque[Event] = collections.deque()
+        self._size = size
+        self._dropped = 0
+        self._ended: Event | None = None
+        self._wakeup = asyncio.Event()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._bus._unsubscribe(self)
+
+    def _offer(self, event: Event) -> bool:
+        """Queues ``event``; False if an older one had to make room."""
+        full = len(self._items) >= self._size
+        if full:
+            self._items.popleft()
+            self._dropped += 1
+        self._items.append(event)
+        self._wakeup.set()
+        return not full
+
+    def _end(self, reason: str) -> None:
+        if self._ended is None:
+            self._ended = Event(END, {"reason": reason})
+            self._wakeup.set()
+
+    async def next(self, within: float | None = None) -> Event | None:
+        """The next event: a ``dropped`` notice first if events were lost,
+        then the queued events in order, then ``end`` once the bus closed
+        (again on every later call). None if nothing came ``within`` seconds."""
+        while True:
+            if self._dropped:
+                lost, self._dropped = self._dropped, 0
+                return Event(DROPPED, {"dropped": lost})
+            if self._items:
+                return self._items.popleft()
+            if self._ended is not None:
+                return self._ended
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(within):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return None
+
+
+class EventBus:
+    def __init__(self, queue_size: int = 256, max_subscribers: int = 64) -> None:
+        self.queue_size = queue_size
+        self.max_subscribers = max_subscribers
+        self._subscribers: set[Subscription] = set()
+        self._closed = False
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self, role: str) -> Subscription:
+        """A queue for a caller of ``role``; ``TooManyStreams`` at the cap.
+        After ``close`` the subscription ends at once."""
+        subscription = Subscription(self, role, self.queue_size)
+        if self._closed:
+            subscription._end("service stopping")
+            return subscription
+        if len(self._subscribers) >= self.max_subscribers:
+            raise TooManyStreams(
+                f"{self.max_subscribers} event streams are open; retry later", retry_after=5
+            )
+        self._subscribers.add(subscription)
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+
+    def publish(self, event: Event) -> None:
+        """Queues ``event`` for every subscriber that may see it; never waits."""
+        dropped = 0
+        for subscription in self._subscribers:
+            if event.visible_to(subscription.role) and not subscription._offer(event):
+                dropped += 1
+        if dropped:
+            metrics.events_dropped(dropped)
+
+    def close(self, reason: str = "service stopping") -> None:
+        """Ends every stream; later subscriptions end at once."""
+        self._closed = True
+        for subscription in self._subscribers:
+            subscription._end(reason)
+        self._subscribers.clear()

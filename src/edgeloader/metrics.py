@@ -1,0 +1,238 @@
+"""Prometheus metrics: one registry per app, fed by the services.
+
+Every series lives in the :class:`Metrics` of one app (its own
+``CollectorRegistry``, never the process-wide default), so several apps in
+one process, as in the tests, count apart.
+
+The services record through the module's functions (``load_bytes``,
+``unlock``, ``function_run``, ...), which write to the metrics *bound to
+the current context*. The app binds its metrics for each request in the
+outermost middleware (``web/middlewares.py``); the tasks a request starts
+(an unlock, a function run, an upload's publishing step) inherit the
+binding, as they inherit the request id of the logs. Code that runs with
+nothing bound (the publishing CLI, benchmarks) records nothing. So the
+services take no metrics argument and know nothing of HTTP, and a metric
+is one line where its event happens.
+
+Label values are bounded: ``route`` is a route's pattern (or
+``unmatched``), ``method`` one of the usual methods (or ``other``),
+``function`` a deployed function's name, and every other label one of a
+fixed set named where it is recorded (docs/metrics.md lists them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+
+__all__ = [
+    "AUTH_EVENTS",
+    "METHODS",
+    "UNMATCHED",
+    "Metrics",
+    "auth_event",
+    "bind",
+    "current",
+    "events_dropped",
+    "function_queue_depth",
+    "function_run",
+    "integrity_failure",
+    "load_bytes",
+    "unlock",
+    "upload_bytes",
+]
+
+#: The ``route`` of a request that matched no route (404, 405).
+UNMATCHED = "unmatched"
+#: Methods counted under their own name; any other is ``other``.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The values of ``edgeloader_auth_events_total{event}``.
+AUTH_EVENTS = frozenset(
+    {
+        "login_ok",
+        "login_denied",
+        "login_forbidden",
+        "token_ok",
+        "token_denied",
+        "refresh_ok",
+        "refresh_reuse",
+        "logout",
+        "key_created",
+        "key_revoked",
+        "key_bearer_ok",
+        "throttled",
+        "access_denied",
+    }
+)
+
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+_RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    """Every series of the loader, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            "edgeloader_http_requests",
+            "HTTP requests answered, by route pattern, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "edgeloader_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer, by route pattern",
+            ["route"],
+            buckets=_HTTP_BUCKETS,
+            registry=r,
+        )
+        self.load_bytes = Counter(
+            "edgeloader_load_bytes",
+            "Plaintext bytes a load sent, by where the ciphertext came from (cdn, cache)",
+            ["source"],
+            registry=r,
+        )
+        self.upload_bytes = Counter(
+            "edgeloader_upload_bytes",
+            "Plaintext bytes of uploads that were published",
+            registry=r,
+        )
+        self.unlocks = Counter(
+            "edgeloader_unlock",
+            "Unlock runs that ended, by outcome (ready, error)",
+            ["outcome"],
+            registry=r,
+        )
+        self.integrity_failures = Counter(
+            "edgeloader_integrity_failures",
+            "Refusals under the signed release manifest, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.function_runs = Counter(
+            "edgeloader_function_runs",
+            "Function runs that ended, by function and final status",
+            ["function", "status"],
+            registry=r,
+        )
+        self.function_duration = Histogram(
+            "edgeloader_function_run_duration_seconds",
+            "Run time of function runs that started, by function",
+            ["function"],
+            buckets=_RUN_BUCKETS,
+            registry=r,
+        )
+        self.function_queue_depth = Gauge(
+            "edgeloader_function_queue_depth",
+            "Runs admitted but not running yet, by function",
+            ["function"],
+            registry=r,
+        )
+        self.auth_events = Counter(
+            "edgeloader_auth_events",
+            "Authentication events, by kind (docs/metrics.md)",
+            ["event"],
+            registry=r,
+        )
+        self.event_streams = Gauge(
+            "edgeloader_event_streams",
+            "Open /api/events streams",
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "edgeloader_events_dropped",
+            "Events not delivered to a stream whose queue was full",
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The registry in the format ``accept`` asks for (Prometheus's text
+        format by default, OpenMetrics on request), and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_duration.labels(route).observe(seconds)
+
+
+_current: contextvars.ContextVar[Metrics | None] = contextvars.ContextVar(
+    "edgeloader_metrics", default=None
+)
+
+
+def current() -> Metrics | None:
+    """The metrics bound to this context, if any."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def bind(metrics: Metrics) -> Iterator[Metrics]:
+    """Records of this context (and of the tasks it starts) go to ``metrics``."""
+    token = _current.set(metrics)
+    try:
+        yield metrics
+    finally:
+        _current.reset(token)
+
+
+# What the services record. Each is a no-op with nothing bound.
+
+
+def load_bytes(source: str, n: int) -> None:
+    """A load sent ``n`` plaintext bytes read from ``source`` (cdn or cache)."""
+    if (m := _current.get()) is not None and n:
+        m.load_bytes.labels(source).inc(n)
+
+
+def upload_bytes(n: int) -> None:
+    """An upload of ``n`` plaintext bytes was published."""
+    if (m := _current.get()) is not None:
+        m.upload_bytes.inc(n)
+
+
+def unlock(outcome: str) -> None:
+    """An unlock run ended: ``ready`` or ``error``."""
+    if (m := _current.get()) is not None:
+        m.unlocks.labels(outcome).inc()
+
+
+def integrity_failure(reason: str) -> None:
+    """A refusal under the manifest; ``reason`` is one of ``IntegrityError.REASONS``."""
+    if (m := _current.get()) is not None:
+        m.integrity_failures.labels(reason).inc()
+
+
+def function_run(function: str, status: str, seconds: float | None) -> None:
+    """A run ended with ``status``; ``seconds`` is its run time (None if it never started)."""
+    if (m := _current.get()) is not None:
+        m.function_runs.labels(function, status).inc()
+        if seconds is not None:
+            m.function_duration.labels(function).observe(seconds)
+
+
+def function_queue_depth(function: str, waiting: int) -> None:
+    """``waiting`` runs of ``function`` are admitted but not running."""
+    if (m := _current.get()) is not None:
+        m.function_queue_depth.labels(function).set(waiting)
+
+
+def auth_event(event: str) -> None:
+    """One of :data:`AUTH_EVENTS` happened."""
+    if event not in AUTH_EVENTS:
+        raise ValueError(f"unknown auth event {event!r}")
+    if (m := _current.get()) is not None:
+        m.auth_events.labels(event).inc()
+
+
+def events_dropped(n: int = 1) -> None:
+    if (m := _current.get()) is not None:
+        m.events_dropped.inc(n)

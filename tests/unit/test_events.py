@@ -1,0 +1,219 @@
+"""The event bus: order, role filtering, bounded queues, pacing, closing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgeloader import metrics
+from edgeloader.errors import TooManyStreams
+from edgeloader.events import (
+    DROPPED,
+    END,
+    PREFETCH,
+    RUN,
+    RUN_FIELDS,
+    SECURITY,
+    UNLOCK,
+    Event,
+    EventBus,
+    Pacer,
+    Subscription,
+    prefetch_event,
+    run_event,
+    security_event,
+    unlock_event,
+)
+from edgeloader.roles import Role
+
+
+def progress(n: int) -> Event:
+    return unlock_event("decrypting", None, n, 100)
+
+
+async def drain(subscription: Subscription) -> list[Event]:
+    """Every event queued now (``next`` with no wait)."""
+    events = []
+    while (event := await subscription.next(0)) is not None:
+        events.append(event)
+        if event.type == END:
+            break
+    return events
+
+
+async def test_events_arrive_in_order_for_every_subscriber() -> None:
+    bus = EventBus()
+    with bus.subscribe(Role.OPERATOR) as one, bus.subscribe(Role.ADMIN) as two:
+        for n in range(5):
+            bus.publish(progress(n))
+        for subscription in (one, two):
+            got = await drain(subscription)
+            assert [e.data["bytesDone"] for e in got] == [0, 1, 2, 3, 4]
+
+
+async def test_next_waits_for_a_publish() -> None:
+    bus = EventBus()
+    with bus.subscribe(Role.OPERATOR) as subscription:
+        waiting = asyncio.create_task(subscription.next())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        bus.publish(progress(1))
+        assert (await waiting) == progress(1)
+
+
+async def test_nothing_within_the_wait_is_none() -> None:
+    bus = EventBus()
+    with bus.subscribe(Role.OPERATOR) as subscription:
+        assert await subscription.next(0) is None
+
+
+async def test_security_events_reach_admins_only() -> None:
+    bus = EventBus()
+    roles = [Role(name) for name in Role.names()]
+    subscriptions = {role: bus.subscribe(role) for role in roles}
+    bus.publish(security_event("refresh-reuse", subject="user:a@example.org"))
+    bus.publish(progress(7))
+    for role, subscription in subscriptions.items():
+        types = [e.type for e in await drain(subscription)]
+        if role in (Role.ADMIN, Role.API_ADMIN):
+            assert types == [SECURITY, UNLOCK], role
+        else:
+            assert types == [UNLOCK], role
+        subscription.__exit__(None, None, None)
+    assert bus.subscribers == 0
+
+
+async def test_a_slow_subscriber_loses_its_oldest_events_and_is_told() -> None:
+    bus = EventBus(queue_size=3)
+    with bus.subscribe(Role.OPERATOR) as slow, bus.subscribe(Role.OPERATOR) as fast:
+        bus.publish(progress(0))
+        assert (await fast.next(0)) == progress(0)
+        for n in range(1, 8):
+            bus.publish(progress(n))  # never waits, whatever the queues hold
+            assert (await fast.next(0)) == progress(n)
+        got = await drain(slow)
+    assert got[0] == Event(DROPPED, {"dropped": 5})
+    assert [e.data["bytesDone"] for e in got[1:]] == [5, 6, 7]
+
+
+async def test_drops_are_counted_in_the_bound_metrics() -> None:
+    registry = metrics.Metrics()
+    bus = EventBus(queue_size=2)
+    with metrics.bind(registry), bus.subscribe(Role.OPERATOR):
+        for n in range(5):
+            bus.publish(progress(n))
+    assert _sample(registry, "edgeloader_events_dropped_total") == 3
+
+
+async def test_queues_are_bounded_in_memory() -> None:
+    bus = EventBus(queue_size=16)
+    with bus.subscribe(Role.OPERATOR) as subscription:
+        for n in range(10_000):
+            bus.publish(progress(n))
+        assert len(subscription._items) == 16
+
+
+async def test_close_ends_every_stream_and_later_ones_at_once() -> None:
+    bus = EventBus()
+    subscription = bus.subscribe(Role.OPERATOR)
+    waiting = asyncio.create_task(subscription.next())
+    await asyncio.sleep(0)
+    bus.publish(progress(1))
+    bus.close()
+    assert (await waiting) == progress(1)
+    end = await subscription.next()
+    assert end == Event(END, {"reason": "service stopping"})
+    assert await subscription.next() == end  # and again
+    assert bus.subscribers == 0
+    bus.publish(progress(2))  # nobody left: nothing happens
+    with bus.subscribe(Role.ADMIN) as late:
+        assert await late.next() == Event(END, {"reason": "service stopping"})
+
+
+async def test_queued_events_come_before_the_end() -> None:
+    bus = EventBus()
+    with bus.subscribe(Role.OPERATOR) as subscription:
+        bus.publish(progress(1))
+        bus.publish(progress(2))
+        bus.close()
+        assert [e.type for e in await drain(subscription)] == [UNLOCK, UNLOCK, END]
+
+
+async def test_the_number_of_streams_is_capped() -> None:
+    bus = EventBus(max_subscribers=2)
+    with bus.subscribe(Role.OPERATOR), bus.subscribe(Role.OPERATOR):
+        with pytest.raises(TooManyStreams) as refused:
+            bus.subscribe(Role.ADMIN)
+        assert refused.value.status == 429
+        assert refused.value.retry_after > 0
+    with bus.subscribe(Role.ADMIN):  # leaving made room
+        assert bus.subscribers == 1
+
+
+def test_pacer_lets_one_event_through_per_interval() -> None:
+    now = [100.0]
+    pacer = Pacer(0.25, clock=lambda: now[0])
+    assert pacer.due()
+    assert [pacer.due() for _ in range(1000)] == [False] * 1000  # no time passed
+    now[0] += 0.25
+    assert pacer.due()
+    now[0] += 0.1
+    pacer.sent()  # a state change went out: the interval starts again
+    now[0] += 0.2
+    assert not pacer.due()
+    now[0] += 0.05
+    assert pacer.due()
+
+
+def test_event_shapes() -> None:
+    assert unlock_event("ready", None, 10, 10) == Event(
+        UNLOCK, {"state": "ready", "error": None, "bytesDone": 10, "bytesTotal": 10}
+    )
+    record = {name: name for name in RUN_FIELDS} | {"result": {"big": "x" * 1000}, "version": 3}
+    assert run_event(record) == Event(RUN, {name: name for name in RUN_FIELDS})
+    assert prefetch_event("models", "m.bin", "downloading", 1, 2) == Event(
+        PREFETCH,
+        {
+            "folder": "models",
+            "name": "m.bin",
+            "state": "downloading",
+            "bytesDone": 1,
+            "bytesTotal": 2,
+        },
+    )
+    notice = security_event("throttled", subject="user:x", retryAfter=4)
+    assert notice.type == SECURITY
+    assert notice.audience == frozenset({Role.ADMIN, Role.API_ADMIN})
+    assert notice.data["kind"] == "throttled"
+    assert notice.data["retryAfter"] == 4
+
+
+def test_recording_without_bound_metrics_does_nothing() -> None:
+    assert metrics.current() is None
+    metrics.load_bytes("cdn", 10)
+    metrics.auth_event("login_ok")
+    with pytest.raises(ValueError, match="unknown auth event"):
+        metrics.auth_event("made-up")
+
+
+def test_each_app_counts_in_its_own_registry() -> None:
+    one, two = metrics.Metrics(), metrics.Metrics()
+    with metrics.bind(one):
+        metrics.load_bytes("cdn", 10)
+        with metrics.bind(two):
+            metrics.load_bytes("cdn", 5)
+        metrics.load_bytes("cache", 1)
+    assert _sample(one, "edgeloader_load_bytes_total", source="cdn") == 10
+    assert _sample(one, "edgeloader_load_bytes_total", source="cache") == 1
+    assert _sample(two, "edgeloader_load_bytes_total", source="cdn") == 5
+
+
+def _sample(registry: metrics.Metrics, name: str, **labels: str) -> float:
+    body, _ = registry.exposition()
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"no sample {name}{labels}")

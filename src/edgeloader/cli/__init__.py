@@ -1,6 +1,9 @@
 """``edgeloader``: the command line of the device.
 
-Each subcommand lives in its own module and registers itself on the parser;
+``serve`` runs the service; the client commands (``login``, ``load``,
+``upload``, ``unlock``, ``fn``, ``keys``, ``audit``, ``doctor``) talk to a
+running service over its REST API (docs/cli.md). Each subcommand lives in
+its own module and registers itself on the parser;
 :func:`edgeloader.cli.output.run_command` gives all of them one way to fail.
 The publishing tools are a separate program of the publisher distribution.
 """
@@ -11,6 +14,8 @@ import argparse
 from collections.abc import Sequence
 
 from edgeloader import __version__
+from edgeloader.cli.commands import add_client_commands
+from edgeloader.cli.commands.common import ENV_URL
 from edgeloader.cli.output import run_command
 from edgeloader.cli.serve import add_serve
 
@@ -26,8 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # Also accepted after a client command; see commands.common.client_options.
+    parser.add_argument(
+        "--url", default=None, help=f"the service, for client commands (default: ${ENV_URL})"
+    )
+    parser.add_argument("--json", action="store_true", default=False, help="machine output")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_serve(commands)
+    add_client_commands(commands)
     return parser
 
 

@@ -14,28 +14,37 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sqlite3
 import sys
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, TextIO
+
+from tqdm import tqdm
 
 from edgeloader.errors import ConfigError, EdgeloaderError, InvalidRequest
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
+    "EXIT_OK",
     "EXIT_USAGE",
+    "Console",
     "Progress",
     "UsageError",
+    "read_line",
     "read_password",
     "run_command",
 ]
 
+EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _MIB = 1024 * 1024
+# Bars are updated from the one thread that does the work: no monitor thread.
+tqdm.monitor_interval = 0
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -94,33 +103,127 @@ def read_password(
     return password
 
 
+def read_line(label: str, *, missing: str, default: str = "", stdin: TextIO | None = None) -> str:
+    """One line typed at a terminal prompt (an email, never a secret). An
+    empty answer takes ``default``; off a terminal the value is ``default``,
+    or a usage error that says what to pass instead (``missing``)."""
+    stdin = stdin or sys.stdin
+    if not stdin.isatty():
+        if default:
+            return default
+        raise UsageError(missing)
+    shown = f" [{default}]" if default else ""
+    print(f"{label}{shown}: ", end="", file=sys.stderr, flush=True)
+    value = stdin.readline().strip() or default
+    if not value:
+        raise UsageError(f"{label.lower()} must not be empty")
+    return value
+
+
 class Progress:
-    """``VERB done / total MiB (pct%)`` at every 5%: in place on a terminal,
-    one line per step otherwise. Silent for work under ``min_bytes``."""
+    """Progress of work measured in bytes, the one renderer of every command.
+
+    On a terminal: a bar with bytes, rate and ETA (tqdm), redrawn in place.
+    Off a terminal: ``VERB done / total MiB (pct%)`` at every 5%, one line per
+    step. Silent for work under ``min_bytes`` and when ``enabled`` is false.
+    ``total`` may be None (unknown): the bar then shows bytes and rate only.
+    """
 
     def __init__(
-        self, verb: str, total: int, *, stream: TextIO | None = None, min_bytes: int = 16 * _MIB
+        self,
+        verb: str,
+        total: int | None,
+        *,
+        stream: TextIO | None = None,
+        min_bytes: int = 16 * _MIB,
+        enabled: bool = True,
     ) -> None:
         self.verb = verb
         self.total = total
         self._stream = stream or sys.stderr
         self._tty = self._stream.isatty()
-        self._enabled = total >= min_bytes
+        self._enabled = enabled and (total is None or total >= min_bytes)
         self._shown = -1
+        self._bar: tqdm[NoReturn] | None = None
         self.done = 0
+        if self._enabled and self._tty:
+            self._bar = tqdm(
+                total=total,
+                desc=verb,
+                unit="iB",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self._stream,
+                dynamic_ncols=True,
+                mininterval=0.1,
+                miniters=1,
+                leave=True,
+            )
 
     def advance(self, n: int) -> None:
-        self.done += n
+        self.update_to(self.done + n)
+
+    def update_to(self, done: int, total: int | None = None) -> None:
+        """Sets the bytes done (and a total learnt late, as an unlock's)."""
+        if total is not None and total != self.total:
+            self.total = total
+            if self._bar is not None:
+                self._bar.total = total
+        step_from, self.done = self.done, done
         if not self._enabled:
             return
-        step = self.done * 20 // self.total if self.total else 20
+        if self._bar is not None:
+            self._bar.update(done - step_from)
+            return
+        if not self.total:
+            return
+        step = min(self.done * 20 // self.total, 20)
         if step == self._shown:
             return
         self._shown = step
         line = f"{self.verb} {self.done / _MIB:.0f} / {self.total / _MIB:.0f} MiB ({step * 5}%)"
-        end = "" if self._tty else "\n"
-        print(f"\r{line}" if self._tty else line, end=end, file=self._stream, flush=True)
+        print(line, file=self._stream, flush=True)
+
+    def note(self, text: str) -> None:
+        """A line of its own, above the bar when there is one."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
+        else:
+            print(text, file=self._stream, flush=True)
 
     def close(self) -> None:
-        if self._enabled and self._tty:
-            print(file=self._stream)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class Console:
+    """Where a client command's results go: plain lines, or with ``--json``
+    one JSON document per result on stdout. Notes and progress go to
+    stderr; with ``--json`` there is no progress and no note."""
+
+    def __init__(
+        self, *, json_mode: bool = False, out: TextIO | None = None, err: TextIO | None = None
+    ) -> None:
+        self.json_mode = json_mode
+        self._out = out or sys.stdout
+        self._err = err or sys.stderr
+
+    def result(self, data: Any, text: str | Iterable[str] | None = None) -> None:
+        """One result: ``data`` as JSON with ``--json``, else ``text``."""
+        if self.json_mode:
+            print(json.dumps(data, ensure_ascii=False), file=self._out, flush=True)
+            return
+        lines = [text] if isinstance(text, str) else list(text or ())
+        for line in lines:
+            print(line, file=self._out)
+        self._out.flush()
+
+    def note(self, text: str) -> None:
+        if not self.json_mode:
+            print(text, file=self._err, flush=True)
+
+    def progress(self, verb: str, total: int | None, *, min_bytes: int = _MIB) -> Progress:
+        return Progress(
+            verb, total, stream=self._err, min_bytes=min_bytes, enabled=not self.json_mode
+        )

@@ -1,0 +1,146 @@
+"""Following an unlock: the service's event stream, or polling.
+
+``GET /api/events`` is a Server-Sent Events stream; an unlock's progress
+arrives as ``event: unlock`` with ``data: {"state", "error", "bytesDone",
+"bytesTotal"}``. A service without the stream (404, 405, 501, or an answer
+that is not ``text/event-stream``), one whose stream is not open to the
+caller (403), or a stream that ends before the unlock does, is followed by
+polling ``GET /unlock/status`` instead, the Azaion route every version has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from edgeloader.cli.client import Client, ServiceUnreachable, raise_for_answer
+
+__all__ = [
+    "FINAL_STATES",
+    "Event",
+    "EventParser",
+    "follow_unlock",
+    "read_events",
+]
+
+FINAL_STATES = frozenset({"ready", "error"})
+POLL_SECONDS = 0.25
+#: Answers that mean "no event stream here": follow by polling.
+NO_STREAM = frozenset({403, 404, 405, 501})
+
+Status = dict[str, Any]
+OnStatus = Callable[[Status], None]
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    data: str
+    id: str | None = None
+
+
+@dataclass
+class EventParser:
+    """The text/event-stream format, one line at a time (without its end)."""
+
+    _name: str = ""
+    _data: list[str] = field(default_factory=list)
+    _id: str | None = None
+
+    def feed(self, line: str) -> Event | None:
+        """The event that ``line`` completes (a blank line), if any."""
+        if line == "":
+            if not self._data:
+                self._name = ""
+                return None
+            event = Event(self._name or "message", "\n".join(self._data), self._id)
+            self._name, self._data = "", []
+            return event
+        if line.startswith(":"):  # a comment: keep-alive
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._name = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id":
+            self._id = value
+        return None
+
+
+async def read_events(content: aiohttp.StreamReader) -> AsyncIterator[Event]:
+    parser = EventParser()
+    while line := await content.readline():
+        event = parser.feed(line.decode("utf-8", "replace").rstrip("\r\n"))
+        if event is not None:
+            yield event
+
+
+def _status(raw: Any) -> Status | None:
+    if isinstance(raw, dict) and isinstance(raw.get("state"), str):
+        return raw
+    return None
+
+
+async def unlock_status(client: Client) -> Status:
+    status = _status(await client.call("GET", "/unlock/status"))
+    if status is None:
+        raise ServiceUnreachable("GET /unlock/status: the answer has no state")
+    return status
+
+
+async def _follow_stream(client: Client, on_status: OnStatus) -> Status | None:
+    """The final status from the event stream, or None to poll instead."""
+    headers = {"Accept": "text/event-stream"}
+    async with client.request("GET", "/api/events", headers=headers, expect=None) as resp:
+        if resp.status in NO_STREAM or not resp.content_type.startswith("text/event-stream"):
+            return None
+        if resp.status != 200:
+            await raise_for_answer(resp)
+        # The stream may carry only what changes from now on: catch up first.
+        status = await unlock_status(client)
+        on_status(status)
+        if status["state"] in FINAL_STATES:
+            return status
+        async for event in read_events(resp.content):
+            if event.name != "unlock":
+                continue
+            try:
+                status_or_none = _status(json.loads(event.data))
+            except ValueError:
+                continue
+            if status_or_none is None:
+                continue
+            on_status(status_or_none)
+            if status_or_none["state"] in FINAL_STATES:
+                return status_or_none
+    return None
+
+
+async def _poll(client: Client, on_status: OnStatus, interval: float) -> Status:
+    while True:
+        status = await unlock_status(client)
+        on_status(status)
+        if status["state"] in FINAL_STATES:
+            return status
+        await asyncio.sleep(interval)
+
+
+async def follow_unlock(
+    client: Client, on_status: OnStatus, *, poll_interval: float = POLL_SECONDS
+) -> Status:
+    """Calls ``on_status`` with each status until the unlock is ready or
+    failed, and returns that last one."""
+    try:
+        final = await _follow_stream(client, on_status)
+    except ServiceUnreachable:
+        final = None  # the stream broke: polling says whether the service is gone
+    if final is not None:
+        return final
+    return await _poll(client, on_status, poll_interval)

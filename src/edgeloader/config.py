@@ -141,6 +141,10 @@ class Settings:
     max_connections: int | None = None
     header_timeout: float = 15.0
     body_timeout: float = 30.0
+    # The event stream, GET /api/events (docs/events.md).
+    events_heartbeat: float = 15.0  # a comment line this often keeps proxies from closing it
+    events_queue: int = 256  # events held per stream before its oldest are dropped
+    events_max_streams: int = 64  # streams open at once
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -184,6 +188,11 @@ class Settings:
             ),
             header_timeout=_seconds(env, "EDGELOADER_HEADER_TIMEOUT", cls.header_timeout),
             body_timeout=_seconds(env, "EDGELOADER_BODY_TIMEOUT", cls.body_timeout),
+            events_heartbeat=_seconds(env, "EDGELOADER_EVENTS_HEARTBEAT", cls.events_heartbeat),
+            events_queue=_integer(env, "EDGELOADER_EVENTS_QUEUE", cls.events_queue, 16, 65536),
+            events_max_streams=_integer(
+                env, "EDGELOADER_EVENTS_MAX_STREAMS", cls.events_max_streams, 1, 4096
+            ),
             functions=FunctionSettings.from_env(env),
             auth_limits=AuthLimits.from_env(env),
         )

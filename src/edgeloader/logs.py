@@ -5,11 +5,15 @@ lines escape control characters in the message (an email holding "\\n"
 cannot forge a line) and indent a traceback's lines, so only a record
 starts at the beginning of a line; JSON escapes them by itself. Every
 record also passes ``Redact``, which blanks credentials a client put in a
-query string (``?access_token=…``) before any format sees them.
+query string (``?access_token=…``) before any format sees them, and
+``Context``, which adds the request id and the function run id of the code
+that logs (``REQUEST_ID``, ``RUN_ID``: context variables, so the tasks a
+request starts keep its id): as keys in JSON, in brackets in text.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -29,6 +33,17 @@ _SECRET_QUERY = re.compile(
     r"([?&;](?:" + "|".join(SECRET_PARAMS) + r")=)[^&;#\s\"]*", re.IGNORECASE
 )
 REDACTED = "[redacted]"
+
+#: The id of the request being handled (set by the web layer's outermost middleware).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "edgeloader_request_id", default=None
+)
+#: The id of the function run being executed (set by the function service).
+RUN_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "edgeloader_run_id", default=None
+)
+#: The record attributes ``Context`` fills, in the order text lines show them.
+CONTEXT_FIELDS = ("request_id", "run_id")
 
 
 def escape_controls(text: str) -> str:
@@ -64,11 +79,30 @@ class Redact(logging.Filter):
         return True
 
 
+class Context(logging.Filter):
+    """Adds ``request_id`` and ``run_id`` to a record when they are set."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, var in (("request_id", REQUEST_ID), ("run_id", RUN_ID)):
+            value = var.get()
+            if value is not None and not hasattr(record, name):
+                setattr(record, name, value)
+        return True
+
+
 class TextFormatter(logging.Formatter):
-    """The text format: one line a record, control characters escaped."""
+    """The text format: one line a record, control characters escaped; the
+    request and run ids, when set, lead the message in brackets."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
+        ids = " ".join(
+            f"{name}={escape_controls(str(value))}"
+            for name in CONTEXT_FIELDS
+            if (value := getattr(record, name, None)) is not None
+        )
+        if ids:
+            record.message = f"[{ids}] {record.message}"
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
@@ -102,12 +136,19 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+def handler(fmt: str = "text", stream: Any = None) -> logging.Handler:
+    """A handler writing ``fmt`` lines (text or json) to ``stream`` (stderr),
+    with the redaction and the request and run ids."""
+    out = logging.StreamHandler(sys.stderr if stream is None else stream)
+    out.addFilter(Context())
+    out.addFilter(Redact())
+    out.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
+    return out
+
+
 def configure(fmt: str = "text", level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(Redact())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler(fmt)]
     root.setLevel(level.upper())
     # aiohttp's access log is useful; botocore's debug chatter is not.
     logging.getLogger("botocore").setLevel(logging.WARNING)

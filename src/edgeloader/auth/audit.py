@@ -11,9 +11,24 @@ import asyncio
 import logging
 import time
 
+from edgeloader import metrics
 from edgeloader.auth.store import AuditEntry, AuthStore
 
 log = logging.getLogger("edgeloader.audit")
+
+#: Audited (action, outcome) pairs counted in ``edgeloader_auth_events_total``.
+AUTH_EVENTS = {
+    ("login", "ok"): "login_ok",
+    ("login", "denied"): "login_denied",
+    ("login", "forbidden"): "login_forbidden",
+    ("token", "ok"): "token_ok",
+    ("token", "denied"): "token_denied",
+    ("refresh", "ok"): "refresh_ok",
+    ("refresh", "reuse-detected"): "refresh_reuse",
+    ("logout", "ok"): "logout",
+    ("key-create", "ok"): "key_created",
+    ("key-revoke", "ok"): "key_revoked",
+}
 
 #: The longest a text field of an entry may be; longer ones are cut, marked with "…".
 FIELD_MAX = 512
@@ -59,4 +74,6 @@ class Auditor:
             entry.outcome,
             extra={"audit": entry.as_dict()},
         )
+        if (event := AUTH_EVENTS.get((action, outcome))) is not None:
+            metrics.auth_event(event)
         await asyncio.to_thread(self._store.add_audit, entry, self._max_bytes)

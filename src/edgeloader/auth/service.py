@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import re
 import secrets
 import time
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from edgeloader import metrics
 from edgeloader.auth import signing_key
 from edgeloader.auth.audit import Auditor
 from edgeloader.auth.store import ApiKeyRecord, AuditEntry, AuthStore, RefreshRecord, Rotation
@@ -27,8 +29,10 @@ from edgeloader.errors import (
     InvalidCredentials,
     NotAuthenticated,
     NotFound,
+    TooManyAttempts,
     ValidationFailed,
 )
+from edgeloader.events import EventBus, security_event
 from edgeloader.roles import Role
 
 log = logging.getLogger(__name__)
@@ -148,12 +152,38 @@ class LoginAttempt:
 
 class AuthService:
     def __init__(
-        self, store: AuthStore, tokens: Tokens, throttle: Throttle, auditor: Auditor
+        self,
+        store: AuthStore,
+        tokens: Tokens,
+        throttle: Throttle,
+        auditor: Auditor,
+        events: EventBus | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
         self.throttle = throttle
         self.auditor = auditor
+        self.events = events
+
+    async def _reserve(
+        self, keys: tuple[str, ...], subject: str, client: str, route: str
+    ) -> Ticket:
+        """``throttle.reserve``; a refusal is counted and told to admins."""
+        try:
+            return await self.throttle.reserve(keys)
+        except TooManyAttempts as exc:
+            metrics.auth_event("throttled")
+            if self.events is not None:
+                self.events.publish(
+                    security_event(
+                        "throttled",
+                        subject=subject,
+                        client=client,
+                        route=route,
+                        retryAfter=exc.retry_after,
+                    )
+                )
+            raise
 
     async def _issue(self, subject: str, role: str, family: str | None = None) -> TokenPair:
         pair = self.tokens.issue(subject, role, family)
@@ -171,7 +201,9 @@ class AuthService:
         raises ``TooManyAttempts`` (429). Every route that takes an upstream
         password goes through here: the login routes and ``/unlock``."""
         check_login_fields(email, password)
-        ticket = await self.throttle.reserve((address_key(client), identity_key(email)))
+        ticket = await self._reserve(
+            (address_key(client), identity_key(email)), USER_PREFIX + email, client, route
+        )
         return LoginAttempt(self, email, ticket, route)
 
     async def login(
@@ -191,8 +223,35 @@ class AuthService:
         return await self._issue(attempt.subject, verified.role) if issue else None
 
     async def exchange_api_key(self, api_key: str, client: str, route: str) -> TokenPair:
+        record = await self._check_api_key(api_key, client, route)
+        pair = await self._issue(KEY_PREFIX + record.id, record.role)
+        await self.auditor.record(
+            subject=KEY_PREFIX + record.id, role=record.role, action="token", route=route
+        )
+        return pair
+
+    async def authenticate_api_key(self, api_key: str, client: str, route: str) -> Claims:
+        """An API key sent as the bearer itself, where a route allows it
+        (``/metrics``: a scraper sends one static token). Checked and
+        throttled as an exchange, a failure audited as one; a success is
+        counted but not audited (a scraper calls every few seconds)."""
+        record = await self._check_api_key(api_key, client, route)
+        metrics.auth_event("key_bearer_ok")
+        return Claims(
+            subject=KEY_PREFIX + record.id,
+            role=record.role,
+            typ="access",
+            jti="",
+            family="",
+            expires_at=record.expires_at if record.expires_at is not None else math.inf,
+        )
+
+    async def _check_api_key(self, api_key: str, client: str, route: str) -> ApiKeyRecord:
+        """The usable key ``api_key`` names, throttled; else InvalidCredentials."""
         key_id, secret = _split_key(api_key)
-        ticket = await self.throttle.reserve((address_key(client), f"key:{key_id}"))
+        ticket = await self._reserve(
+            (address_key(client), f"key:{key_id}"), KEY_PREFIX + key_id, client, route
+        )
         try:
             record = await asyncio.to_thread(self.store.api_key, key_id) if key_id else None
         except BaseException:
@@ -209,11 +268,7 @@ class AuthService:
             )
             raise InvalidCredentials(BAD_API_KEY)
         await ticket.succeeded()
-        pair = await self._issue(KEY_PREFIX + record.id, record.role)
-        await self.auditor.record(
-            subject=KEY_PREFIX + record.id, role=record.role, action="token", route=route
-        )
-        return pair
+        return record
 
     async def refresh(self, refresh_token: str, route: str) -> TokenPair:
         claims = self.tokens.verify(refresh_token, "refresh")
@@ -236,6 +291,12 @@ class AuthService:
                 outcome="reuse-detected",
                 detail=f"family {claims.family} revoked",
             )
+            if self.events is not None:
+                self.events.publish(
+                    security_event(
+                        "refresh-reuse", subject=claims.subject, role=claims.role, route=route
+                    )
+                )
             raise NotAuthenticated("refresh token already used; the session is revoked")
         if outcome is Rotation.UNKNOWN:
             raise NotAuthenticated(BAD_TOKEN)
@@ -247,14 +308,20 @@ class AuthService:
     async def authenticate(self, access_token: str) -> Claims:
         """A valid access token's claims. Checked on every use: the token's
         own revocation, its refresh family's, and its API key's."""
-        claims = self.tokens.verify(access_token, "access")
-        key_id = (
-            claims.subject.removeprefix(KEY_PREFIX)
-            if claims.subject.startswith(KEY_PREFIX)
-            else None
-        )
-        if await asyncio.to_thread(self.store.access_revoked, claims.jti, claims.family, key_id):
-            raise NotAuthenticated(BAD_TOKEN)
+        try:
+            claims = self.tokens.verify(access_token, "access")
+            key_id = (
+                claims.subject.removeprefix(KEY_PREFIX)
+                if claims.subject.startswith(KEY_PREFIX)
+                else None
+            )
+            if await asyncio.to_thread(
+                self.store.access_revoked, claims.jti, claims.family, key_id
+            ):
+                raise NotAuthenticated(BAD_TOKEN)
+        except NotAuthenticated:
+            metrics.auth_event("access_denied")
+            raise
         return claims
 
     async def logout(self, access: Claims, refresh_token: str, route: str) -> None:
@@ -337,7 +404,9 @@ def _split_key(api_key: str) -> tuple[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def open_auth(settings: Settings, fingerprint: str) -> AsyncIterator[AuthService]:
+async def open_auth(
+    settings: Settings, fingerprint: str, events: EventBus | None = None
+) -> AsyncIterator[AuthService]:
     """The auth service for the app's lifetime: the sealed signing key, the
     store, and an hourly task that prunes expired records."""
     key = await asyncio.to_thread(signing_key.load_or_create, settings.state_dir, fingerprint)
@@ -354,7 +423,7 @@ async def open_auth(settings: Settings, fingerprint: str) -> AsyncIterator[AuthS
     )
     throttle = Throttle(store, ThrottlePolicy.from_limits(limits))
     try:
-        yield AuthService(store, tokens, throttle, Auditor(store, limits.audit_max_bytes))
+        yield AuthService(store, tokens, throttle, Auditor(store, limits.audit_max_bytes), events)
     finally:
         pruner.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -6,6 +6,10 @@ is recorded. On start-up, runs that a dead process left queued or running
 become ``failed`` (``interrupted``); the housekeeping then removes their
 containers (found by label) and, later, run folders past the retention
 period (the records stay).
+
+Each run's state changes are published on the event bus (``run`` events),
+its end and the queue's depth go to the metrics, and its log lines carry
+its run id (``logs.RUN_ID``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from edgeloader import logs, metrics
 from edgeloader.auth.audit import Auditor
 from edgeloader.config import Settings
 from edgeloader.errors import (
@@ -32,6 +37,7 @@ from edgeloader.errors import (
     NotFound,
     ValidationFailed,
 )
+from edgeloader.events import EventBus, run_event
 from edgeloader.functions import build as builds
 from edgeloader.functions.folders import RUN_ID, RunFolders, SavedOutput
 from edgeloader.functions.records import (
@@ -82,7 +88,14 @@ class RunOutput:
 
 
 class FunctionService:
-    def __init__(self, settings: Settings, engine: Engine, auditor: Auditor) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        auditor: Auditor,
+        events: EventBus | None = None,
+    ) -> None:
+        self.events = events
         self.settings = settings.functions
         self.chunk_size = settings.chunk_size
         self.dir = settings.functions_dir
@@ -232,6 +245,7 @@ class FunctionService:
             function = await self.get(name)
             spec = function.spec
             ticket = self.scheduler.admit(name, spec.concurrency, spec.queue)
+            self._queue_depth(name)
         except EdgeloaderError as exc:
             await self._audit(caller, "function.invoke", name, f"error {exc.status}: {exc.detail}")
             raise
@@ -247,7 +261,9 @@ class FunctionService:
             await asyncio.to_thread(self.history.add, run)
         except BaseException:
             ticket.close()
+            self._queue_depth(name)
             raise
+        self._published(run)
         task = asyncio.create_task(self._execute(run, function, request, ticket, caller))
         self._runs[run.run_id] = task
         task.add_done_callback(functools.partial(self._ended, run.run_id))
@@ -264,9 +280,13 @@ class FunctionService:
         ticket: Ticket,
         caller: Caller,
     ) -> RunRecord:
+        logs.RUN_ID.set(run.run_id)  # this task's own context
         try:
             async with ticket.slot():
-                await asyncio.to_thread(self.history.started, run.run_id, time.time())
+                started = time.time()
+                await asyncio.to_thread(self.history.started, run.run_id, started)
+                self._queue_depth(run.function)
+                self._published(replace(run, status=RunStatus.RUNNING, started_at=started))
                 outcome = await self.runner.run(run.run_id, function, request)
         except asyncio.CancelledError:
             await self._finish(run, Outcome(RunStatus.FAILED, error=INTERRUPTED), caller)
@@ -279,6 +299,7 @@ class FunctionService:
             outcome = Outcome(RunStatus.FAILED, error=f"internal error: {exc}")
         finally:
             ticket.close()
+            self._queue_depth(run.function)
         return await self._finish(run, outcome, caller)
 
     def _ended(self, run_id: str, task: asyncio.Task[RunRecord]) -> None:
@@ -289,6 +310,9 @@ class FunctionService:
 
     async def _finish(self, run: RunRecord, outcome: Outcome, caller: Caller) -> RunRecord:
         record = await asyncio.to_thread(self.history.finish, run.run_id, outcome, time.time())
+        seconds = record.duration_ms / 1000 if record.duration_ms is not None else None
+        metrics.function_run(record.function, record.status.value, seconds)
+        self._published(record)
         took = f"{record.duration_ms} ms" if record.duration_ms is not None else "never started"
         await self._audit(
             caller,
@@ -390,6 +414,13 @@ class FunctionService:
 
     # Helpers
 
+    def _published(self, run: RunRecord) -> None:
+        if self.events is not None:
+            self.events.publish(run_event(run.as_json()))
+
+    def _queue_depth(self, name: str) -> None:
+        metrics.function_queue_depth(name, self.scheduler.waiting(name))
+
     def _spec(self, body: Mapping[str, Any], *, with_image: bool = True) -> FunctionSpec:
         return parse_spec(body, with_image=with_image)
 
@@ -439,10 +470,10 @@ class FunctionService:
 
 @contextlib.asynccontextmanager
 async def open_functions(
-    settings: Settings, engine: Engine, auditor: Auditor
+    settings: Settings, engine: Engine, auditor: Auditor, events: EventBus | None = None
 ) -> AsyncIterator[FunctionService]:
     await asyncio.to_thread(ensure_private_dir, settings.functions_dir)
-    service = await asyncio.to_thread(FunctionService, settings, engine, auditor)
+    service = await asyncio.to_thread(FunctionService, settings, engine, auditor, events)
     try:
         await service.start()
         yield service

@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from edgeloader import crypto
+from edgeloader import crypto, metrics
 from edgeloader.errors import CdnError, DecryptionError
 from edgeloader.services.cache import CacheEntry, CacheWriter, EntryCheck, ModelCache
 from edgeloader.services.manifest import Artifact, CiphertextHash, ReleaseGate
@@ -229,3 +229,4 @@ async def _decrypt(
         if writer is not None and not committed:
             writer.abort()
         ct.close()
+        metrics.load_bytes("cache" if entry is not None else "cdn", sent)

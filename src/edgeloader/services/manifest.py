@@ -13,7 +13,8 @@ the Resource API, fresh, and checks, before any plaintext leaves:
 
 The caller then hashes the ciphertext as it streams (:class:`CiphertextHash`)
 and releases the last plaintext only when the hash matches. Every refusal is
-an :class:`IntegrityError` naming one fixed reason.
+an :class:`IntegrityError` naming one fixed reason, counted by reason in the
+metrics (``edgeloader_integrity_failures_total``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from edgeloader import crypto
+from edgeloader import crypto, metrics
 from edgeloader.errors import ConfigError, EdgeloaderError, IntegrityError
 from edgeloader.storage.files import atomic_write
 
@@ -64,6 +65,11 @@ _RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 Fetch = Callable[[str], Awaitable[bytes]]
 
 
+def _counted(error: IntegrityError) -> IntegrityError:
+    metrics.integrity_failure(error.reason)
+    return error
+
+
 @dataclass(frozen=True)
 class Artifact:
     sha256: str
@@ -73,9 +79,13 @@ class Artifact:
     def check(self, *, fmt: int, size: int) -> None:
         """The published format and ciphertext size, before any byte leaves."""
         if fmt != self.format:
-            raise IntegrityError("format", f"the manifest says v{self.format}, found v{fmt}")
+            raise _counted(
+                IntegrityError("format", f"the manifest says v{self.format}, found v{fmt}")
+            )
         if size != self.size:
-            raise IntegrityError("size", f"the manifest says {self.size} bytes, found {size}")
+            raise _counted(
+                IntegrityError("size", f"the manifest says {self.size} bytes, found {size}")
+            )
 
 
 @dataclass(frozen=True)
@@ -198,6 +208,13 @@ class ReleaseGate:
 
         ``fetch(file_name)`` returns a file served like ``cdn.yaml``.
         """
+        try:
+            return await self._artifact(fetch, name)
+        except IntegrityError as exc:
+            metrics.integrity_failure(exc.reason)
+            raise
+
+    async def _artifact(self, fetch: Fetch, name: str) -> Artifact | None:
         if self.key is None:
             return None
         try:
@@ -229,4 +246,4 @@ class CiphertextHash:
 
     def verify(self) -> None:
         if self._hash.hexdigest() != self.artifact.sha256:
-            raise IntegrityError("hash")
+            raise _counted(IntegrityError("hash"))

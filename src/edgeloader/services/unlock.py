@@ -8,6 +8,10 @@ generator that reads the next chunk only when the engine wants it.
 The password an unlock carries is throttled and audited like a login
 (``AuthService.begin_login``), and the unlock changes the user the device
 is logged in as only for a caller who may (``DeviceSession.sign_in``).
+
+Every change of state, and the progress at most every ``Pacer`` interval,
+is published on the event bus (``unlock`` events, the fields of
+``/unlock/status``); each run's outcome is counted in the metrics.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from edgeloader import crypto
+from edgeloader import crypto, metrics
 from edgeloader.auth.service import AuthService, LoginAttempt
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound
+from edgeloader.events import Event, EventBus, Pacer, unlock_event
 from edgeloader.services.manifest import ARCHIVE_KEY, Artifact, CiphertextHash, ReleaseGate
 from edgeloader.services.session import DeviceSession, UpstreamUser
 from edgeloader.upstream.engine import Engine
@@ -48,6 +53,9 @@ class UnlockStatus:
     error: str | None = None
     bytes_done: int = 0
     bytes_total: int = 0
+
+    def event(self) -> Event:
+        return unlock_event(self.state.value, self.error, self.bytes_done, self.bytes_total)
 
 
 async def decrypted_archive(
@@ -105,13 +113,20 @@ class UnlockRequest:
 
 class UnlockManager:
     def __init__(
-        self, session: DeviceSession, engine: Engine, gate: ReleaseGate, auth: AuthService
+        self,
+        session: DeviceSession,
+        engine: Engine,
+        gate: ReleaseGate,
+        auth: AuthService,
+        events: EventBus | None = None,
     ) -> None:
         self.session = session
         self.engine = engine
         self.gate = gate
         self.auth = auth
+        self.events = events
         self.status = UnlockStatus()
+        self._pacer = Pacer()
         self._task: asyncio.Task[None] | None = None
         # start() awaits the engine before creating the task; without the
         # lock, concurrent callers could all pass the `running` check.
@@ -141,10 +156,13 @@ class UnlockManager:
         try:
             if expected and not await self.engine.missing_images(expected):
                 self.status = UnlockStatus(UnlockState.READY)
+                self._publish()
                 return self.status
         except EngineError as exc:
             self.status = UnlockStatus(UnlockState.ERROR, error=exc.detail)
             log.error("unlock: %s", exc.detail)
+            metrics.unlock("error")
+            self._publish()
             return self.status
         if not settings.images_path.is_file():
             raise NotFound(f"image archive not found: {settings.images_path}")
@@ -153,15 +171,24 @@ class UnlockManager:
             request.email, request.password, request.client, request.route
         )
         self.status = UnlockStatus(UnlockState.AUTHENTICATING, bytes_total=total)
+        self._publish()
         self._task = asyncio.create_task(self._run(request, attempt), name="unlock")
         return self.status
+
+    def _publish(self) -> None:
+        if self.events is not None:
+            self.events.publish(self.status.event())
+        self._pacer.sent()
 
     def _set(self, state: UnlockState) -> None:
         log.info("unlock: %s", state.value)
         self.status.state = state
+        self._publish()
 
     def _progress(self, n: int) -> None:
         self.status.bytes_done += n
+        if self._pacer.due():
+            self._publish()
 
     async def _run(self, request: UnlockRequest, attempt: LoginAttempt) -> None:
         settings = self.session.settings
@@ -191,6 +218,7 @@ class UnlockManager:
             if missing:
                 raise NotFound(f"archive loaded but images missing: {', '.join(missing)}")
             self._set(UnlockState.READY)
+            metrics.unlock("ready")
         except EdgeloaderError as exc:
             await self._fail(exc.detail, before)
         except Exception as exc:
@@ -212,6 +240,8 @@ class UnlockManager:
         log.error("unlock failed: %s", message)
         self.status.error = message
         self.status.state = UnlockState.ERROR
+        metrics.unlock("error")
+        self._publish()
         if before is None:
             return
         try:

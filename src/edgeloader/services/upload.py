@@ -30,7 +30,7 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from edgeloader import crypto
+from edgeloader import crypto, metrics
 from edgeloader.errors import CdnError
 from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
@@ -94,6 +94,7 @@ async def upload_resource(
     finishing.add_done_callback(_FINISHING.discard)
     # A cancelled caller stops waiting here; the publishing goes on.
     await asyncio.shield(finishing)
+    metrics.upload_bytes(counted)
     log.info(
         "uploaded %s/%s: %d plaintext bytes, small %d + big %d",
         folder,

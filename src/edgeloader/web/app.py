@@ -13,7 +13,9 @@ from aiohttp import web
 from edgeloader import hardware
 from edgeloader.auth.service import open_auth
 from edgeloader.config import Settings
+from edgeloader.events import EventBus
 from edgeloader.functions.service import open_functions
+from edgeloader.metrics import Metrics
 from edgeloader.services.cache import ModelCache
 from edgeloader.services.manifest import ReleaseGate
 from edgeloader.services.session import DeviceSession
@@ -21,9 +23,11 @@ from edgeloader.services.unlock import UnlockManager
 from edgeloader.upstream.engine import Engine
 from edgeloader.upstream.resource_api import ResourceApiClient
 from edgeloader.web.auth_routes import auth_routes
+from edgeloader.web.event_routes import event_routes
 from edgeloader.web.function_routes import function_routes
 from edgeloader.web.guards import audit_middleware, auth_middleware
-from edgeloader.web.middlewares import error_middleware
+from edgeloader.web.metrics_routes import metrics_routes
+from edgeloader.web.middlewares import context_middleware, echo_request_id, error_middleware
 from edgeloader.web.routes import routes
 from edgeloader.web.state import SERVICES, SETTINGS, Services
 
@@ -36,18 +40,29 @@ MAX_JSON_BODY = 64 * 1024
 
 def create_app(settings: Settings, *, fingerprint: str | None = None) -> web.Application:
     """Builds the loader. ``fingerprint`` overrides the device's own (tests)."""
-    # Outermost first: audit sees final statuses, errors become JSON, then auth.
+    # Outermost first: the request's id and metrics, audit sees final
+    # statuses, errors become JSON, then auth.
     app = web.Application(
-        middlewares=[audit_middleware, error_middleware, auth_middleware],
+        middlewares=[context_middleware, audit_middleware, error_middleware, auth_middleware],
         client_max_size=MAX_JSON_BODY,
     )
     app[SETTINGS] = settings
     app.add_routes(routes)
     app.add_routes(auth_routes)
     app.add_routes(function_routes)
+    app.add_routes(metrics_routes)
+    app.add_routes(event_routes)
 
+    app.on_response_prepare.append(echo_request_id)
     app.cleanup_ctx.append(_services(settings, fingerprint))
+    app.on_shutdown.append(_end_event_streams)
     return app
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    """Open event streams end before the server waits for its handlers."""
+    if SERVICES in app:
+        app[SERVICES].events.close()
 
 
 def _services(
@@ -57,9 +72,12 @@ def _services(
         # Each resource is closed by the stack, in reverse order of opening,
         # also when a later one fails to open.
         async with contextlib.AsyncExitStack() as stack:
+            metrics = Metrics()
+            events = EventBus(settings.events_queue, settings.events_max_streams)
+            stack.callback(events.close)
             gate = ReleaseGate.from_settings(settings.publisher_key, settings.state_dir)
             device = fingerprint if fingerprint else await asyncio.to_thread(hardware.fingerprint)
-            auth = await stack.enter_async_context(open_auth(settings, device))
+            auth = await stack.enter_async_context(open_auth(settings, device, events))
             http = await stack.enter_async_context(aiohttp.ClientSession(raise_for_status=False))
             api = ResourceApiClient(
                 settings.resource_api_url,
@@ -71,16 +89,16 @@ def _services(
             stack.push_async_callback(session.close)
             engine = Engine(settings.docker_host)
             stack.push_async_callback(engine.close)
-            unlock = UnlockManager(session, engine, gate, auth)
+            unlock = UnlockManager(session, engine, gate, auth, events)
             stack.push_async_callback(unlock.close)
             functions = await stack.enter_async_context(
-                open_functions(settings, engine, auth.auditor)
+                open_functions(settings, engine, auth.auditor, events)
             )
             cache = ModelCache(settings.cache_dir) if settings.cache_dir else None
             if cache is not None:
                 await asyncio.to_thread(cache.remove_partials)
             app[SERVICES] = Services(
-                settings, session, cache, engine, unlock, auth, gate, functions
+                settings, session, cache, engine, unlock, auth, gate, functions, metrics, events
             )
             yield
 

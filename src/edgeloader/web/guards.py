@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from edgeloader.auth.service import API_KEY_PREFIX
 from edgeloader.auth.tokens import Claims
 from edgeloader.errors import Forbidden, NotAuthenticated
 from edgeloader.web.state import services
@@ -53,6 +54,14 @@ def optional_token(handler: F) -> F:
     is still 401): ``POST /login`` lets an admin's token change the device's
     upstream user."""
     handler.__dict__["edgeloader_optional_token"] = True
+    return handler
+
+
+def key_bearer(handler: F) -> F:
+    """The route also takes an API key (``elk_…``) as the bearer itself, not
+    only an access token: ``/metrics``, since a scraper sends one static
+    token. The key is checked (and throttled) on every call."""
+    handler.__dict__["edgeloader_key_bearer"] = True
     return handler
 
 
@@ -106,7 +115,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if svc.settings.auth_mode == "compat" and _mark(request, "edgeloader_azaion"):
         return await handler(request)
-    claims = await svc.auth.authenticate(_bearer(request))
+    token = _bearer(request)
+    if _mark(request, "edgeloader_key_bearer") and token.startswith(API_KEY_PREFIX + "_"):
+        claims = await svc.auth.authenticate_api_key(
+            token, client_address(request), f"{request.method} {request.path}"
+        )
+    else:
+        claims = await svc.auth.authenticate(token)
     request[PRINCIPAL] = claims
     allowed: frozenset[str] | None = _mark(request, "edgeloader_roles")
     if allowed is not None and claims.role not in allowed:
@@ -115,6 +130,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             f"allowed: {', '.join(sorted(allowed))}"
         )
     return await handler(request)
+
+
+def bearer(request: web.Request) -> str:
+    """The request's bearer token, or NotAuthenticated."""
+    return _bearer(request)
 
 
 def _bearer(request: web.Request) -> str:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from edgeloader.auth.service import AuthService
 from edgeloader.config import Settings
+from edgeloader.events import EventBus
 from edgeloader.functions.service import FunctionService
+from edgeloader.metrics import Metrics
 from edgeloader.services.cache import ModelCache
 from edgeloader.services.manifest import ReleaseGate
 from edgeloader.services.session import DeviceSession
@@ -28,6 +30,8 @@ class Services:
     auth: AuthService
     gate: ReleaseGate
     functions: FunctionService
+    metrics: Metrics = field(default_factory=Metrics)
+    events: EventBus = field(default_factory=EventBus)
 
 
 SETTINGS = web.AppKey("settings", Settings)

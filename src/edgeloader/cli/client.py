@@ -248,7 +248,7 @@ class Client:
                 data=body() if body is not None else None,
                 headers=headers,
             ) as resp:
-                if resp.status == 401:
+                if resp.status == 401 and auth:
                     detail = await error_detail(resp)
                     if detail.startswith(DEVICE_NOT_LOGGED_IN):
                         raise ApiError(

@@ -43,6 +43,10 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _MIB = 1024 * 1024
+# name, percentage, bar, bytes done / total, elapsed < ETA, rate
+_BAR = (
+    "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}iB/{total_fmt}iB [{elapsed}<{remaining}, {rate_fmt}]"
+)
 # Bars are updated from the one thread that does the work: no monitor thread.
 tqdm.monitor_interval = 0
 
@@ -158,6 +162,7 @@ class Progress:
                 mininterval=0.1,
                 miniters=1,
                 leave=True,
+                bar_format=_BAR if total else None,
             )
 
     def advance(self, n: int) -> None:
@@ -169,6 +174,7 @@ class Progress:
             self.total = total
             if self._bar is not None:
                 self._bar.total = total
+                self._bar.bar_format = _BAR
         step_from, self.done = self.done, done
         if not self._enabled:
             return

@@ -7,7 +7,11 @@ progress.
   arguments or configuration), 130 interrupted.
 - A password is never an argument: it comes from stdin, an environment
   variable named by the command, or a prompt on a terminal.
-- Progress shows in place on a terminal, as plain lines otherwise.
+- Progress (:class:`Progress`, the one renderer) is a bar with bytes, rate
+  and ETA on a terminal (tqdm), plain lines every 5% otherwise.
+- A client command's results (:class:`Console`) are plain lines on stdout,
+  or with ``--json`` one JSON document per result; notes and progress go
+  to stderr, and ``--json`` silences them.
 """
 
 from __future__ import annotations

@@ -308,7 +308,7 @@ def check_engine_tmpdir(env: Mapping[str, str]) -> Check:
         "engine tmpdir",
         WARN,
         f"{where} on {mount[1]}: the engine spools each loaded archive there, "
-        "decrypted; give it a tmpfs",
+        "decrypted; give it a tmpfs (docs/deployment.md)",
     )
 
 

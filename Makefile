@@ -95,6 +95,17 @@ bench: bench-crypto bench-service bench-functions  ## All benchmarks
 wheel: $(DEPS_STAMP)  ## Build a release wheel into dist/
 	$(BIN)/maturin build --release --locked -o dist
 
+# ARM64: the aarch64 wheel cross-built here, its tests run under qemu-user
+# (docs/deployment.md). Both install what they need when run as root.
+.PHONY: wheel-arm64 test-arm64
+ARM64_MANYLINUX ?= manylinux_2_31
+
+wheel-arm64:  ## Cross-build the aarch64 abi3 wheel into dist/ (manylinux_2_31, checked)
+	ARM64_MANYLINUX=$(ARM64_MANYLINUX) PYTHON=$(PYTHON) bash scripts/cross-arm64.sh
+
+test-arm64: wheel-arm64  ## The core's Python tests on aarch64 under qemu-aarch64-static
+	PYTHON=$(PYTHON) bash scripts/test-arm64.sh
+
 lock:  ## Re-resolve requirements/dev.lock from requirements/dev.in
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet -r requirements/dev.in

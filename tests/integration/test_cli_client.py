@@ -379,6 +379,46 @@ async def test_plain_progress_lines_off_a_terminal(
     assert result.json()["bytes"] == 4 * MiB
 
 
+# Runs the CLI and reports its peak resident size (VmHWM, KiB) on stderr's last line.
+_MEASURED = (
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+    "    print('peak', status.split()[0], file=sys.stderr)\n"
+    "atexit.register(peak)\n"
+    "sys.argv = ['edgeloader', *sys.argv[1:]]\n"
+    "runpy.run_module('edgeloader', run_name='__main__')\n"
+)
+
+
+async def _peak_kib(cli: Cli, *args: str) -> int:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _MEASURED, *args,
+        cwd=REPO_ROOT, env=cli.env(),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return int(err.decode().splitlines()[-1].split()[1])
+
+
+async def test_memory_does_not_grow_with_the_file(admin: Cli, stack: Stack, tmp_path: Path) -> None:
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(pattern(1 * MiB))
+    big.write_bytes(pattern(64 * MiB))
+    peaks = {}
+    for path in (small, big):
+        up = await _peak_kib(admin, "upload", str(path), "--folder", stack.bucket)
+        down = await _peak_kib(
+            admin, "load", path.name, "--folder", stack.bucket, "-o", str(tmp_path / "out")
+        )
+        assert (tmp_path / "out").stat().st_size == path.stat().st_size
+        peaks[path.name] = (up, down)
+    # 64 times the data, the same few MiB of buffers.
+    for before, after in zip(peaks["small.bin"], peaks["big.bin"], strict=True):
+        assert after - before < 16 * 1024, peaks
+
+
 def _run_in_pty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Runs the CLI with a pseudo-terminal as stdin, stdout and stderr."""
     import subprocess
@@ -608,6 +648,24 @@ async def test_fn_deploy_invoke_runs_logs(fn_admin: Cli, tmp_path: Path) -> None
     assert as_json["stdout"] == "out:hello\n"
     listing = await fn_admin.ok("fn", "list")
     assert listing.text.startswith(f"greet  v2  {FN_IMAGE}  updated ")
+
+
+async def test_fn_deploy_builds_from_a_folder(fn_admin: Cli, tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
+        f'FROM {FN_IMAGE}\nCOPY app.sh /app.sh\nCMD ["sh", "/app.sh"]\n'
+    )
+    (context / "app.sh").write_text("echo '\"built\"' > result.json\n")
+    built = await fn_admin.ok("fn", "deploy", "built", "--context", str(context), "--timeout", "10")
+    assert built.text.startswith("deployed built version 1 (image localhost/edgeloader-fn-built:1")
+    run = (await fn_admin.ok("fn", "invoke", "built", "--json")).json()
+    assert run["result"] == "built"
+    no_dockerfile = tmp_path / "empty"
+    no_dockerfile.mkdir()
+    result = await fn_admin.run("fn", "deploy", "x", "--context", str(no_dockerfile))
+    assert result.code == 2
+    assert "no Dockerfile" in result.one_error_line()
 
 
 async def test_fn_failures_are_one_line(fn_admin: Cli) -> None:

@@ -15,6 +15,7 @@ from edgeloader.cli.commands.doctor import (
     check_state_dir,
     locate_service,
 )
+from tests.support.harness.net import dead_url
 
 TCP_HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
@@ -152,3 +153,14 @@ def test_a_service_elsewhere_is_not_looked_for_here() -> None:
     assert local.is_local_host("127.0.0.1")
     assert local.is_local_host("localhost")
     assert not local.is_local_host("192.0.2.10")
+
+
+def test_settings_come_from_this_shell_only_when_it_has_them() -> None:
+    url = dead_url()  # this machine, but nothing listens there
+    side = locate_service(url, own_env={"RESOURCE_API_URL": "http://api", "HOME": "/h"})
+    assert side.on_this_machine
+    assert side.env == {"RESOURCE_API_URL": "http://api", "HOME": "/h"}
+    assert side.source.endswith("here: using this shell's environment")
+    side = locate_service(url, own_env={"HOME": "/h"})
+    assert side.env is None
+    assert side.source.endswith("nor has this shell: settings unknown")

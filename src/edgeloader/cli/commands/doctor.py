@@ -50,6 +50,8 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 #: podman's spool folder when its TMPDIR is unset.
 DEFAULT_ENGINE_TMPDIR = "/var/tmp"  # noqa: S108 - podman's default, only reported
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+#: The one setting every service has in its environment (or none of them).
+REQUIRED = "RESOURCE_API_URL"
 
 
 class DoctorFailed(EdgeloaderError):
@@ -132,25 +134,34 @@ async def check_session(client: Client) -> list[Check]:
 # -- where the service runs ----------------------------------------------------
 
 
-def locate_service(url: str) -> ServiceSide:
+def locate_service(url: str, own_env: Mapping[str, str] | None = None) -> ServiceSide:
+    """Where the service runs and the settings its local checks use: its
+    process's environment, else this shell's. A service whose environment
+    has no ``RESOURCE_API_URL`` (the one required setting) got its settings
+    another way; when this shell has none either, they are unknown."""
+    shell = os.environ if own_env is None else own_env
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     if not local.is_local_host(host):
         return ServiceSide(False, None, None, "the service is not on this machine")
     found = local.process(local.tcp_listeners(port))
-    if found is not None and found.env is not None:
+    if found is not None and found.env is not None and found.env.get(REQUIRED):
         return ServiceSide(True, found, found.env, f"the environment of pid {found.pid}")
-    why = (
-        f"process {found.pid}'s environment is not readable (run as its user or root)"
-        if found is not None
-        else f"no process listens on port {port} here"
-    )
-    return ServiceSide(True, found, dict(os.environ), f"{why}: using this shell's environment")
+    if found is None:
+        why = f"no process listens on port {port} here"
+    elif found.env is None:
+        why = f"process {found.pid}'s environment is not readable (run as its user or root)"
+    else:
+        why = f"process {found.pid}'s environment has no {REQUIRED}"
+    if shell.get(REQUIRED):
+        return ServiceSide(True, found, dict(shell), f"{why}: using this shell's environment")
+    return ServiceSide(True, found, None, f"{why}, nor has this shell: settings unknown")
 
 
 def _remote(name: str, side: ServiceSide) -> Check:
-    return Check(name, WARN, "unknown: the service is not on this machine")
+    why = "the service is not on this machine" if not side.on_this_machine else "see settings"
+    return Check(name, WARN, f"unknown: {why}")
 
 
 async def check_resource_api(env: Mapping[str, str]) -> Check:
@@ -321,7 +332,7 @@ async def run_checks(client: Client) -> list[Check]:
     if checks[0].verdict == OK:
         checks += await check_session(client)
     if side.env is None:
-        checks.append(Check("settings", WARN, f"{side.source}: its local checks are unknown"))
+        checks.append(Check("settings", WARN, f"{side.source}: the local checks are unknown"))
     elif side.process is not None and side.process.env is not None:
         checks.append(Check("settings", OK, f"read from {side.process.name}, {side.source}"))
     else:

@@ -163,4 +163,4 @@ def test_settings_come_from_this_shell_only_when_it_has_them() -> None:
     assert side.source.endswith("here: using this shell's environment")
     side = locate_service(url, own_env={"HOME": "/h"})
     assert side.env is None
-    assert side.source.endswith("nor has this shell: settings unknown")
+    assert side.source.endswith("nor has this shell: its settings are unknown")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import io
 import json
 import os
 import sqlite3
@@ -128,6 +129,14 @@ def read_line(label: str, *, missing: str, default: str = "", stdin: TextIO | No
     return value
 
 
+def _columns(stream: TextIO) -> int | None:
+    """The terminal's width, or None when it reports none."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
 class Progress:
     """Progress of work measured in bytes, the one renderer of every command.
 
@@ -155,6 +164,8 @@ class Progress:
         self._bar: tqdm[NoReturn] | None = None
         self.done = 0
         if self._enabled and self._tty:
+            # A terminal that reports no size (some pseudo-terminals) is taken as 80x24.
+            width = _columns(self._stream)
             self._bar = tqdm(
                 total=total,
                 desc=verb,
@@ -162,7 +173,9 @@ class Progress:
                 unit_scale=True,
                 unit_divisor=1024,
                 file=self._stream,
-                dynamic_ncols=True,
+                dynamic_ncols=width is not None,
+                ncols=None if width is not None else 80,
+                nrows=None if width is not None else 24,
                 mininterval=0.1,
                 miniters=1,
                 leave=True,

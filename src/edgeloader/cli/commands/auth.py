@@ -54,11 +54,17 @@ def add_credential_options(parser: argparse.ArgumentParser) -> None:
 
 
 def read_credentials(args: argparse.Namespace, default_email: str = "") -> tuple[str, str]:
-    """Email (``--email``, a prompt, or ``default_email``) and password
-    (stdin's first line with ``--password-stdin``, else a prompt)."""
-    email = args.email or read_line(
-        "Email", default=default_email, missing="no email: pass --email or run on a terminal"
-    )
+    """Email (``--email``, else a prompt, else ``default_email``) and password
+    (stdin's first line with ``--password-stdin``, else a prompt). With
+    ``--password-stdin`` stdin is the password's alone: a known email is
+    not asked for."""
+    email = args.email
+    if not email and args.password_stdin and default_email:
+        email = default_email
+    if not email:
+        email = read_line(
+            "Email", default=default_email, missing="no email: pass --email or run on a terminal"
+        )
     return email, read_password(from_stdin=args.password_stdin)
 
 

@@ -156,7 +156,7 @@ def locate_service(url: str, own_env: Mapping[str, str] | None = None) -> Servic
         why = f"process {found.pid}'s environment has no {REQUIRED}"
     if shell.get(REQUIRED):
         return ServiceSide(True, found, dict(shell), f"{why}: using this shell's environment")
-    return ServiceSide(True, found, None, f"{why}, nor has this shell: settings unknown")
+    return ServiceSide(True, found, None, f"{why}, nor has this shell: its settings are unknown")
 
 
 def _remote(name: str, side: ServiceSide) -> Check:
@@ -332,7 +332,7 @@ async def run_checks(client: Client) -> list[Check]:
     if checks[0].verdict == OK:
         checks += await check_session(client)
     if side.env is None:
-        checks.append(Check("settings", WARN, f"{side.source}: the local checks are unknown"))
+        checks.append(Check("settings", WARN, side.source))
     elif side.process is not None and side.process.env is not None:
         checks.append(Check("settings", OK, f"read from {side.process.name}, {side.source}"))
     else:

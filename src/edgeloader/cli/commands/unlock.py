@@ -61,7 +61,8 @@ class _View:
             self.state = state
             if not self.out.json_mode and state not in FINAL_STATES:  # the result says those
                 (self.progress.note if self.progress else self.out.note)(f"unlock: {state}")
-        if isinstance(done, int) and isinstance(total, int) and total > 0 and done > 0:
+        started = state == "decrypting" or (isinstance(done, int) and done > 0)
+        if isinstance(done, int) and isinstance(total, int) and total > 0 and started:
             if self.progress is None:
                 self.progress = self.out.progress("unlock", total)
             self.progress.update_to(done, total)

@@ -79,6 +79,49 @@ class FunctionSettings:
 
 
 @dataclass(frozen=True)
+class DownloadSettings:
+    """``EDGELOADER_DOWNLOAD_*``: how big parts are read from the CDN, by
+    loads and pre-staging alike (docs/architecture.md, "Parallel ranged reads")."""
+
+    connections: int = 4  # ranged reads at once per object; 1: every object as one stream
+    part_size: int = 8 * MiB  # rounded to the format's unit (16 B in v1, whole chunks in v2)
+    parallel_min: int = 16 * MiB  # smaller objects are read as one stream
+    inflight_max: int = 64 * MiB  # CDN bytes in memory, all reads together
+    max_rate: int | None = None  # bytes/s over all CDN reads; None: no cap
+    stall_timeout: float = 30.0  # a read that receives nothing this long is dropped and resumed
+    retries: int = 5  # per part, once the object's first answer has arrived
+    retry_backoff: float = 0.5  # the first wait between tries; it doubles up to 8 s
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DownloadSettings:
+        part_size = _integer(
+            env, "EDGELOADER_DOWNLOAD_PART_SIZE", cls.part_size, 64 * 1024, 1024 * MiB
+        )
+        inflight = _integer(
+            env, "EDGELOADER_DOWNLOAD_INFLIGHT_MAX", cls.inflight_max, 4 * MiB, 64 * 1024 * MiB
+        )
+        if inflight < part_size:
+            raise ConfigError(
+                "EDGELOADER_DOWNLOAD_INFLIGHT_MAX must be at least EDGELOADER_DOWNLOAD_PART_SIZE"
+            )
+        rate = env.get("EDGELOADER_DOWNLOAD_MAX_RATE", "").strip()
+        return cls(
+            connections=_integer(env, "EDGELOADER_DOWNLOAD_CONNECTIONS", cls.connections, 1, 64),
+            part_size=part_size,
+            parallel_min=_integer(
+                env, "EDGELOADER_DOWNLOAD_PARALLEL_MIN", cls.parallel_min, 0, 1 << 62
+            ),
+            inflight_max=inflight,
+            max_rate=(
+                _integer(env, "EDGELOADER_DOWNLOAD_MAX_RATE", 0, 1024, 1 << 62) if rate else None
+            ),
+            stall_timeout=_seconds(env, "EDGELOADER_DOWNLOAD_STALL_TIMEOUT", cls.stall_timeout),
+            retries=_integer(env, "EDGELOADER_DOWNLOAD_RETRIES", cls.retries, 0, 100),
+            retry_backoff=_seconds(env, "EDGELOADER_DOWNLOAD_RETRY_BACKOFF", cls.retry_backoff),
+        )
+
+
+@dataclass(frozen=True)
 class AuthLimits:
     """Bounds of the login throttle and the audit (docs/security.md).
 
@@ -137,6 +180,7 @@ class Settings:
     cdn_connect_timeout: float = 10.0
     functions: FunctionSettings = field(default_factory=FunctionSettings)
     auth_limits: AuthLimits = field(default_factory=AuthLimits)
+    downloads: DownloadSettings = field(default_factory=DownloadSettings)
     # Connections (web/server.py): None means half of what the descriptor limit leaves.
     max_connections: int | None = None
     header_timeout: float = 15.0
@@ -195,6 +239,7 @@ class Settings:
             ),
             functions=FunctionSettings.from_env(env),
             auth_limits=AuthLimits.from_env(env),
+            downloads=DownloadSettings.from_env(env),
         )
         return settings
 

@@ -188,3 +188,15 @@ class TooManyStreams(TooManyAttempts):
 
     def __init__(self, detail: str | None = None, *, retry_after: int = 5) -> None:
         super().__init__(detail or self.default_detail(), retry_after=retry_after)
+
+
+class ObjectChanged(CdnError):
+    """The object changed on the CDN during the read.
+
+    A read pinned to one version (``If-Match`` on its ETag) found another:
+    the load stops rather than mix two versions.
+    """
+
+
+class CdnReadFailed(CdnError):
+    """A CDN read failed after its retries."""

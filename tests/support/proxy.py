@@ -1,16 +1,51 @@
-"""A TCP proxy on loopback that cuts each connection after a byte budget,
-to make an upstream go away in the middle of a stream."""
+"""A TCP proxy on loopback between the loader and an upstream, to make the
+upstream misbehave in the middle of a stream. Byte counts are of what the
+proxy forwarded to the loader, all connections together.
+
+- ``budget``: after that many bytes the upstream is gone: the connection
+  that crosses it is cut there, and every later one at once;
+- ``cut_at``: byte counts at which the connection that crosses each one is
+  cut (the upstream stays: later connections pass);
+- ``stall_at``: from that byte count on nothing more is forwarded, on any
+  connection, old or new; connections stay open, silent, forever;
+- ``rate``: bytes per second, per connection (a capped link).
+
+``bytes_down`` counts what was forwarded; ``connections`` what was
+accepted; ``peak_streams`` the most connections open at once that had each
+forwarded at least ``STREAM`` bytes (a body, not a short answer whose
+connection is closing); ``cuts`` the connections cut.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
+
+_READ = 16 * 1024
+STREAM = 64 * 1024
 
 
 class CuttingProxy:
-    def __init__(self, target_host: str, target_port: int, budget: int) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        budget: int | None = None,
+        *,
+        cut_at: Iterable[int] = (),
+        stall_at: int | None = None,
+        rate: int | None = None,
+    ) -> None:
         self.target = (target_host, target_port)
         self.budget = budget
+        self.cut_at = sorted(cut_at)
+        self.stall_at = stall_at
+        self.rate = rate
+        self.bytes_down = 0
+        self.connections = 0
+        self.streams = 0
+        self.peak_streams = 0
         self.cuts = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -37,29 +72,75 @@ class CuttingProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.connections += 1
+        forwarded = [0]
         try:
+            if self.budget is not None and self.bytes_down >= self.budget:
+                self.cuts += 1
+                return
             up_reader, up_writer = await asyncio.open_connection(*self.target)
-            upstream = asyncio.create_task(self._pipe(reader, up_writer, None))
-            await self._pipe(up_reader, writer, self.budget)
+            upstream = asyncio.create_task(self._pipe_up(reader, up_writer))
+            await self._pipe_down(up_reader, writer, forwarded)
             upstream.cancel()
             up_writer.close()
         except (OSError, asyncio.CancelledError):
             pass
         finally:
+            if forwarded[0] >= STREAM:
+                self.streams -= 1
             writer.transport.abort()
             self._tasks.discard(task)
 
-    async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, budget: int | None
-    ) -> None:
-        sent = 0
+    @staticmethod
+    async def _pipe_up(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
-            while data := await src.read(64 * 1024):
-                if budget is not None and sent + len(data) > budget:
-                    dst.write(data[: budget - sent])
-                    await dst.drain()
-                    self.cuts += 1
-                    return
+            while data := await src.read(_READ):
                 dst.write(data)
                 await dst.drain()
-                sent += len(data)
+
+    def _limit(self) -> tuple[int | None, str]:
+        """The next byte count at which something happens, and what."""
+        events = []
+        if self.budget is not None:
+            events.append((self.budget, "cut"))
+        if self.cut_at:
+            events.append((self.cut_at[0], "cut"))
+        if self.stall_at is not None:
+            events.append((self.stall_at, "stall"))
+        return min(events) if events else (None, "")
+
+    async def _pipe_down(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, forwarded: list[int]
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                limit, action = self._limit()
+                if limit is not None and self.bytes_down >= limit and action == "stall":
+                    await asyncio.Event().wait()  # silent until the test ends
+                data = await src.read(_READ)
+                if not data:
+                    return
+                limit, action = self._limit()
+                if limit is not None and self.bytes_down + len(data) >= limit:
+                    data = data[: limit - self.bytes_down]
+                    await self._send(dst, data, forwarded)
+                    if action == "stall":
+                        continue
+                    if self.cut_at and self.cut_at[0] == limit:
+                        self.cut_at.pop(0)
+                    self.cuts += 1
+                    return
+                await self._send(dst, data, forwarded)
+
+    async def _send(self, dst: asyncio.StreamWriter, data: bytes, forwarded: list[int]) -> None:
+        if not data:
+            return
+        dst.write(data)
+        await dst.drain()
+        self.bytes_down += len(data)
+        if forwarded[0] < STREAM <= forwarded[0] + len(data):
+            self.streams += 1
+            self.peak_streams = max(self.peak_streams, self.streams)
+        forwarded[0] += len(data)
+        if self.rate:
+            await asyncio.sleep(len(data) / self.rate)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from edgeloader import crypto, metrics
 from edgeloader.errors import CdnError, DecryptionError
 from edgeloader.services.cache import CacheEntry, CacheWriter, EntryCheck, ModelCache
+from edgeloader.services.download import Alignment, Download, Transfers
 from edgeloader.services.manifest import Artifact, CiphertextHash, ReleaseGate
 from edgeloader.services.session import DeviceSession
 
@@ -48,7 +50,9 @@ class _Ciphertext:
     big_size: int
     big_head: bytes
     big: AsyncIterator[bytes]
-    close: Callable[[], None]
+    # Idempotent, and never suspends: it runs in the clean-up of a load
+    # whose handler may be cancelled.
+    close: Callable[[], Awaitable[None]]
 
     @property
     def size(self) -> int:
@@ -103,22 +107,34 @@ async def _from_cdn(
     if small is None:
         small = await session.fetch_small(folder, crypto.small_name(name))
     cdn = await session.cdn()
+    settings = session.settings
+    transfers = Transfers.of(session, settings.downloads, settings.chunk_size)
     tail = b""
+    size = etag = None
     if crypto.detect_format(small[: crypto.FORMAT_PREFIX]) == 1:
-        tail = (await cdn.tail(folder, key, crypto.V1_TAIL))[1]
-    body = await cdn.get(folder, key)
-    chunks = body.chunks(session.settings.chunk_size)
-    ct = _Ciphertext(small, body.size, b"", chunks, body.close)
+        # The tail gives the size, and the version the body is pinned to.
+        found, tail = await cdn.tail(folder, key, crypto.V1_TAIL)
+        size, etag = found.total, found.etag or None
+    download = Download(
+        cdn, transfers, folder, key, alignment=Alignment.after(small), size=size, etag=etag
+    )
+
+    async def close() -> None:
+        download.close()
+
     try:
+        await download.open()
+        chunks = download.chunks()
+        ct = _Ciphertext(small, download.size or 0, b"", chunks, close)
         # v2 needs the header, which a tiny resource's small part may not hold whole.
-        if len(small) < crypto.V2_HEADER_SIZE and body.size:
+        if len(small) < crypto.V2_HEADER_SIZE and ct.big_size:
             ct.big_head = await anext(chunks, b"")
         length = _check(ct, tail, artifact)
+        writer = await asyncio.to_thread(cache.writer, folder, name, small) if cache else None
     except BaseException:
-        body.close()
+        download.close()
         raise
-    writer = await asyncio.to_thread(cache.writer, folder, name, small) if cache else None
-    return PlaintextStream(length, _decrypt(ct, length, writer, artifact), "cdn")
+    return PlaintextStream(length, _Closing(_decrypt(ct, length, writer, artifact), ct), "cdn")
 
 
 async def _from_file(
@@ -134,6 +150,9 @@ async def _from_file(
         handle.seek(0)
         return size, handle.read(crypto.V2_HEADER_SIZE), tail
 
+    async def close() -> None:
+        handle.close()
+
     try:
         size, head, tail = await asyncio.to_thread(read_ends)
         handle.seek(0)
@@ -142,13 +161,39 @@ async def _from_file(
             while data := await asyncio.to_thread(handle.read, chunk_size):
                 yield data
 
-        ct = _Ciphertext(small, size, b"", chunks(), handle.close)
+        ct = _Ciphertext(small, size, b"", chunks(), close)
         length = _check(ct, tail, artifact, head=head)
     except BaseException:
         handle.close()
         raise
     check = EntryCheck(entry)
-    return PlaintextStream(length, _decrypt(ct, length, None, artifact, check), "cache")
+    return PlaintextStream(
+        length, _Closing(_decrypt(ct, length, None, artifact, check), ct), "cache"
+    )
+
+
+class _Closing(AsyncGenerator[bytes, None]):
+    """A load's plaintext: closing it releases its source even when it was
+    never iterated (an async generator that never started skips its
+    ``finally``, which would leave the CDN reads running)."""
+
+    def __init__(self, inner: AsyncGenerator[bytes, None], ct: _Ciphertext) -> None:
+        self._inner = inner
+        self._ct = ct
+
+    async def asend(self, value: None) -> bytes:
+        return await self._inner.asend(value)
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None, /) -> bytes:
+        if val is None and tb is None:
+            return await self._inner.athrow(typ)
+        return await self._inner.athrow(typ, val, tb)
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            await self._ct.close()
 
 
 def _check(ct: _Ciphertext, tail: bytes, artifact: Artifact | None, head: bytes = b"") -> int:
@@ -228,5 +273,5 @@ async def _decrypt(
     finally:
         if writer is not None and not committed:
             writer.abort()
-        ct.close()
+        await ct.close()
         metrics.load_bytes("cache" if entry is not None else "cdn", sent)

@@ -1,7 +1,9 @@
 """Client of the S3-compatible CDN that serves the big parts (aiobotocore).
 
-Reads use the downloader credentials and stream in ``chunk_size`` pieces
-(aiobotocore's default of 1 KiB would cost a Python iteration per KiB).
+Reads use the downloader credentials. Loads read ranges
+(:meth:`Cdn.open_range`, whose answers are checked against the range asked
+for and can be pinned to one version of the object with ``If-Match``);
+``services/download.py`` decides which ranges, in parallel and resumed.
 Writes use the uploader credentials and a multipart upload, so memory stays
 at one part whatever the object's size.
 """
@@ -22,11 +24,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from edgeloader.config import CdnOverrides
-from edgeloader.errors import CdnError, ConfigError, NotFound
+from edgeloader.errors import CdnError, ConfigError, NotFound, ObjectChanged
 
 log = logging.getLogger(__name__)
 
 _MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+# ``If-Match`` failed: the object is not the one a read started on.
+_CHANGED_CODES = {"PreconditionFailed", "412"}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 # S3 refuses multipart parts under 5 MiB, except the last.
 MIN_PART_SIZE = 5 << 20
 # S3 copies an object in one request only up to 5 GiB; beyond, in parts.
@@ -91,6 +96,8 @@ def _mapped(what: str) -> Any:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in _MISSING_CODES:
             raise NotFound(f"{what}: not found on the CDN") from None
+        if code in _CHANGED_CODES:
+            raise ObjectChanged(f"{what}: the object changed on the CDN") from None
         raise CdnError(f"CDN refused {what}: {code or exc}") from exc
     except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         # The endpoint and the exception go to the log only.
@@ -110,6 +117,30 @@ class CdnObject:
         with _mapped(self._what):
             async for chunk in self._body.iter_chunks(chunk_size):
                 yield chunk
+
+    def close(self) -> None:
+        """Releases the connection; stops an unfinished read."""
+        self._body.close()
+
+
+class CdnRange:
+    """A ranged read in progress: ``length`` bytes from ``start`` of an
+    object of ``total`` bytes whose version is ``etag``."""
+
+    def __init__(self, what: str, start: int, length: int, total: int, etag: str, body: Any):
+        self.what = what
+        self.start = start
+        self.length = length
+        self.total = total
+        self.etag = etag
+        self._body = body
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (what has arrived); b"" at the end. A cut
+        connection is a :class:`CdnError`."""
+        with _mapped(self.what):
+            data: bytes = await self._body.read(size)
+        return data
 
     def close(self) -> None:
         """Releases the connection; stops an unfinished read."""
@@ -159,27 +190,68 @@ class Cdn:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    async def tail(self, bucket: str, key: str, length: int) -> tuple[int, bytes]:
-        """The object's size and its last ``length`` bytes (all of it if shorter).
+    async def tail(self, bucket: str, key: str, length: int) -> tuple[CdnRange, bytes]:
+        """The object's last ``length`` bytes (all of it if shorter), with
+        the read that gave them (its ``total`` size and ``etag``).
 
         Only a 206 answer of at most ``length`` bytes is read: a CDN that
         ignores ``Range`` would otherwise send the whole object here.
         """
-        what = f"read of {bucket}/{key}"
-        with _mapped(what):
-            resp = await self._reader.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{length}")
-            async with resp["Body"] as body:
-                status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                content_range = resp.get("ContentRange") or ""
-                match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", content_range)
-                sent = int(resp.get("ContentLength") or 0)
-                if status != 206 or match is None or sent > length:
-                    body.close()
-                    raise CdnError(f"the CDN ignored a ranged read of {bucket}/{key}")
-                data: bytes = await body.read()
-        if len(data) != sent:
+        found = await self.open_range(bucket, key, suffix=length)
+        data = b""
+        try:
+            while len(data) <= found.length and (more := await found.read(length + 1)):
+                data += more
+        finally:
+            found.close()
+        if len(data) != found.length:
             raise CdnError(f"the CDN cut a ranged read of {bucket}/{key}")
-        return int(match.group(3)), data
+        return found, data
+
+    async def open_range(
+        self,
+        bucket: str,
+        key: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        suffix: int | None = None,
+        if_match: str | None = None,
+    ) -> CdnRange:
+        """Starts a ranged read: bytes ``start`` to ``end`` (inclusive; None:
+        to the end), or the last ``suffix`` bytes. With ``if_match`` (an
+        ETag) a changed object is :class:`ObjectChanged`. The caller must
+        ``close()`` the answer.
+
+        Anything but a 206 whose ``Content-Range`` is the range asked for is
+        refused unread: a CDN that ignored ``Range`` would send the whole
+        object, and one that answered another range would shift every byte.
+        """
+        what = f"read of {bucket}/{key}"
+        wanted = f"-{suffix}" if suffix is not None else f"{start}-{'' if end is None else end}"
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={wanted}"}
+        if if_match is not None:
+            params["IfMatch"] = if_match
+        with _mapped(what):
+            resp = await self._reader.get_object(**params)
+        body = resp["Body"]
+        status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        match = _CONTENT_RANGE.fullmatch(resp.get("ContentRange") or "")
+        sent = int(resp.get("ContentLength") or 0)
+        if status != 206 or match is None:
+            body.close()
+            raise CdnError(f"the CDN ignored a ranged read of {bucket}/{key}")
+        first, last, total = (int(g) for g in match.groups())
+        expected_first = max(total - suffix, 0) if suffix is not None else start
+        if (
+            first != expected_first
+            or (end is not None and last > end)
+            or (suffix is not None and last != total - 1)
+            or sent != last - first + 1
+        ):
+            body.close()
+            raise CdnError(f"the CDN answered another range of {bucket}/{key}")
+        return CdnRange(what, first, sent, total, str(resp.get("ETag") or ""), body)
 
     async def get(self, bucket: str, key: str) -> CdnObject:
         """Starts a read of the whole object; the caller must ``close()`` it."""

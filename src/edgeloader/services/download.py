@@ -1,0 +1,439 @@
+"""Reading one CDN object as a stream of bytes in order: parallel ranged
+reads, resumed where they stopped, pinned to one version of the object.
+
+- **Parts.** The object is read in parts of ``part_size`` (rounded to the
+  format's unit: 16-byte blocks in v1, whole chunks in v2, in the
+  ciphertext's coordinates). A reader's *current* part streams at the
+  reader's pace through a window of two chunks; the parts after it are read
+  ahead whole into memory, at most ``connections`` parts from the current
+  one (the reorder buffer).
+- **When parallel pays.** Objects under ``parallel_min`` are one read. For
+  larger ones the number of parts in flight starts at one and grows by one
+  (up to ``connections``) each time the reader finds no bytes waiting while
+  its current part is being received: the link, not the reader, is the
+  bottleneck. When one connection outruns the reader (a fast link), bytes
+  are always waiting and it stays at one or two.
+- **Memory.** Every part claims its bytes from the process's one
+  :class:`~edgeloader.services.budget.ByteBudget` before its request, and a
+  part holds a connection only while it receives: a part read ahead never
+  waits for the reader, so no read waits for a connection that another
+  read of the same object holds.
+- **Never hang, resume.** Every wait for bytes is bounded by
+  ``stall_timeout``. A part whose connection drops or stalls is requested
+  again from its first missing byte, ``If-Match`` the ETag of the first
+  answer, up to ``retries`` times (an attempt that received at least a
+  chunk costs nothing), waiting ``retry_backoff`` doubling to 8 s. When a
+  part's retries are spent the read fails with :class:`CdnReadFailed`. A
+  changed object (412, another ETag or size, gone) is
+  :class:`ObjectChanged` at once: two versions are never mixed.
+- A failure before the object's first answer is not retried: nothing has
+  been promised to anyone yet, so it surfaces at once (a clean 502).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from edgeloader import crypto
+from edgeloader.config import DownloadSettings
+from edgeloader.errors import CdnError, CdnReadFailed, NotFound, ObjectChanged
+from edgeloader.services.budget import ByteBudget, Claim, TokenBucket
+from edgeloader.upstream.cdn import Cdn, CdnRange
+
+__all__ = ["Alignment", "Download", "Transfers"]
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 8.0
+_V2_TAG = 16
+_V2_CHUNK_LOG2 = range(16, 25)
+_jitter = random.Random()  # noqa: S311 - spreads retries out, nothing secret
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Where parts may start, in the object's coordinates: ``offset + k·unit``."""
+
+    unit: int = 1
+    offset: int = 0
+
+    @classmethod
+    def after(cls, small: bytes) -> Alignment:
+        """Boundaries for a big part that follows ``small`` in a resource's
+        ciphertext: whole 16-byte blocks in v1, whole chunks in v2."""
+        n = len(small)
+        if n >= crypto.FORMAT_PREFIX and crypto.detect_format(small[: crypto.FORMAT_PREFIX]) == 2:
+            if n < crypto.V2_HEADER_SIZE or small[6] not in _V2_CHUNK_LOG2:
+                return cls()  # a tiny (or malformed) resource: one part anyway
+            chunk = (1 << small[6]) + _V2_TAG
+            return cls(chunk, (crypto.V2_HEADER_SIZE - n) % chunk)
+        return cls(crypto.BLOCK_SIZE, -n % crypto.BLOCK_SIZE)
+
+    def up(self, position: int) -> int:
+        """The first boundary at or after ``position``."""
+        steps = -(-(position - self.offset) // self.unit)
+        return self.offset + steps * self.unit
+
+    def round(self, size: int) -> int:
+        """``size`` as a whole number of units, at least one."""
+        return max(1, round(size / self.unit)) * self.unit
+
+
+class Transfers:
+    """What every CDN read of one app shares: the settings, the budget of
+    bytes in memory and the rate cap."""
+
+    def __init__(self, settings: DownloadSettings, chunk_size: int) -> None:
+        self.settings = settings
+        self.chunk_size = chunk_size
+        self.budget = ByteBudget(max(settings.inflight_max, 2 * chunk_size))
+        self.rate = TokenBucket(settings.max_rate) if settings.max_rate else None
+
+    @classmethod
+    def of(cls, owner: object, settings: DownloadSettings, chunk_size: int) -> Transfers:
+        """The one instance of ``owner`` (the app's device session), made on
+        first use: the load and pre-staging services reach it without
+        another argument through every caller."""
+        found = _SHARED.get(owner)
+        if found is None:
+            found = _SHARED[owner] = cls(settings, chunk_size)
+        return found
+
+
+_SHARED: weakref.WeakKeyDictionary[object, Transfers] = weakref.WeakKeyDictionary()
+
+
+class _Part:
+    def __init__(self, start: int, end: int | None, request_end: int | None) -> None:
+        self.start = start
+        self.end = end  # exclusive; None until the object's size is known
+        self.request_end = request_end  # what the first request asks for (None: to the end)
+        self.received = 0
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.held = 0  # bytes received and not yet released by the reader
+        self.streamed = False
+        self.claim: Claim | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.done = False
+        self.error: BaseException | None = None
+        self.arrived = asyncio.Event()
+        self.room = asyncio.Event()
+
+    def span(self) -> str:
+        end = "end" if self.end is None else str(self.end - 1)
+        return f"bytes {self.start}-{end}"
+
+
+class Download:
+    """One object from byte ``start``: ``await open()``, then iterate
+    ``chunks()``; always ``close()`` (or ``await aclose()``), which stops
+    every request.
+
+    ``size`` and ``etag``, when known (a v1 tail read, a resumed
+    pre-staging), pin the read from its first request.
+    """
+
+    def __init__(
+        self,
+        cdn: Cdn,
+        transfers: Transfers,
+        bucket: str,
+        key: str,
+        *,
+        alignment: Alignment | None = None,
+        start: int = 0,
+        size: int | None = None,
+        etag: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.start = start
+        self.size = size
+        self.etag = etag
+        self.received = 0  # bytes received over the network, retries included
+        self._cdn = cdn
+        self._settings = transfers.settings
+        self._chunk = transfers.chunk_size
+        self._budget = transfers.budget
+        self._rate = transfers.rate
+        self._alignment = alignment or Alignment()
+        self._part_size = self._alignment.round(self._settings.part_size)
+        self._parts: list[_Part] = []
+        self._current = 0  # the part the reader is on
+        self._next = 0  # the first part not started
+        self._width = 1
+        self._yielded = False
+        self._closing = False
+        self._fatal: BaseException | None = None
+        self._opened: asyncio.Future[None] | None = None
+
+    @property
+    def what(self) -> str:
+        return f"read of {self.bucket}/{self.key}"
+
+    @property
+    def parts(self) -> int:
+        return len(self._parts)
+
+    @property
+    def width(self) -> int:
+        """Parts read at once so far (grows while the link is the bottleneck)."""
+        return self._width
+
+    async def open(self) -> None:
+        """Starts reading; returns once the object's first answer arrived
+        (its size and ETag are then known), or raises its error."""
+        if self.size is not None and self.start >= self.size:
+            return
+        self._opened = asyncio.get_running_loop().create_future()
+        first = self._first_part()
+        self._parts.append(first)
+        if self.size is not None:
+            self._plan_rest(first)
+        self._fill()
+        await asyncio.shield(self._opened)
+
+    def _first_part(self) -> _Part:
+        s = self._settings
+        if self.size is not None:
+            if s.connections == 1 or self.size - self.start < s.parallel_min:
+                end = self.size
+            else:
+                end = min(self._alignment.up(self.start + self._part_size), self.size)
+            return _Part(self.start, end, end)
+        if s.connections == 1:
+            return _Part(self.start, None, None)
+        # The size comes with the first answer: ask for enough that an
+        # object below ``parallel_min`` is one request.
+        first = max(self._part_size, self._alignment.round(s.parallel_min))
+        return _Part(self.start, None, self._alignment.up(self.start + first))
+
+    def _plan_rest(self, first: _Part) -> None:
+        assert self.size is not None
+        assert first.end is not None
+        s = self._settings
+        position = first.end
+        if position < self.size and self.size - self.start < s.parallel_min:
+            self._parts.append(_Part(position, self.size, self.size))
+            return
+        while position < self.size:
+            end = min(position + self._part_size, self.size)
+            self._parts.append(_Part(position, end, end))
+            position = end
+
+    def _fill(self) -> None:
+        """Starts parts up to ``width`` from the current one."""
+        while (
+            not self._closing
+            and self._next < len(self._parts)
+            and self._next < self._current + self._width
+        ):
+            part = self._parts[self._next]
+            part.streamed = self._next == self._current
+            if part.streamed:
+                part.claim = self._budget.claim(2 * self._chunk, urgent=True)
+            else:
+                assert part.end is not None
+                part.claim = self._budget.claim(part.end - part.start)
+            part.task = asyncio.create_task(self._fetch(part))
+            self._next += 1
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The object's bytes in order, from ``start``."""
+        while self._current < len(self._parts):
+            part = self._parts[self._current]
+            if part.claim is None:
+                self._fill()
+            assert part.claim is not None
+            while True:
+                if self._fatal is not None:
+                    raise self._fatal
+                if part.chunks:
+                    data = part.chunks.popleft()
+                    yield data
+                    self._yielded = True
+                    part.held -= len(data)
+                    if not part.streamed:
+                        part.claim.release(len(data))
+                    part.room.set()
+                    continue
+                if part.error is not None:
+                    raise part.error
+                if part.done:
+                    break
+                if part.claim.granted and self._yielded:
+                    self._widen()
+                part.claim.hurry()
+                part.arrived.clear()
+                await part.arrived.wait()
+            part.claim.close()
+            self._current += 1
+            self._fill()
+
+    def _widen(self) -> None:
+        if self._width < self._settings.connections and len(self._parts) > 1:
+            self._width += 1
+            self._fill()
+
+    def close(self) -> None:
+        """Stops every request and gives back every byte of the budget, at
+        once: the requests end in the background as soon as they run again.
+        (Nothing here waits, so a caller being cancelled still gets through.)"""
+        self._closing = True
+        for part in self._parts:
+            if part.task is not None:
+                part.task.cancel()
+            if part.claim is not None:
+                part.claim.close()
+            part.chunks.clear()
+        if self._opened is not None:
+            if not self._opened.done():
+                self._opened.cancel()
+            elif not self._opened.cancelled():
+                self._opened.exception()  # raised by open(), or never awaited
+
+    async def aclose(self) -> None:
+        """:meth:`close`, then waits until every request has ended."""
+        self.close()
+        tasks = [p.task for p in self._parts if p.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- one part -----------------------------------------------------------------------
+
+    async def _fetch(self, part: _Part) -> None:
+        assert part.claim is not None
+        try:
+            await part.claim.wait()
+            await self._read_part(part)
+            part.done = True
+        except asyncio.CancelledError:
+            raise
+        except ObjectChanged as exc:
+            self._fail(exc)
+        except Exception as exc:
+            part.error = exc
+            if self._opened is not None and not self._opened.done():
+                self._opened.set_exception(exc)
+        finally:
+            part.arrived.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        """A failure of the whole read: every waiting reader sees it."""
+        if self._fatal is None:
+            log.error("%s stopped: %s", self.what, exc)
+        self._fatal = exc
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_exception(exc)
+        for part in self._parts:
+            part.arrived.set()
+
+    async def _read_part(self, part: _Part) -> None:
+        s = self._settings
+        failures = 0
+        while part.end is None or part.start + part.received < part.end:
+            before = part.received
+            try:
+                await self._attempt(part)
+            except ObjectChanged:
+                raise
+            except NotFound as exc:
+                if self._opened is not None and not self._opened.done():
+                    raise
+                raise ObjectChanged(f"{self.what}: the object disappeared from the CDN") from exc
+            except (CdnError, TimeoutError) as exc:
+                reason = self._reason(exc)
+                if self._opened is not None and not self._opened.done():
+                    raise exc if isinstance(exc, CdnError) else CdnError(reason) from exc
+                progressed = part.received - before >= self._chunk
+                if not progressed:
+                    failures += 1
+                where = f"{part.span()} at byte {part.start + part.received}"
+                if failures > s.retries:
+                    log.error(
+                        "%s gave up on %s after %d failed tries: %s",
+                        self.what,
+                        where,
+                        failures,
+                        reason,
+                    )
+                    raise CdnReadFailed(
+                        f"CDN {self.what} gave up on {part.span()} after {failures} failed "
+                        f"tries: {reason}"
+                    ) from exc
+                delay = s.retry_backoff * (1 if progressed else 2 ** (failures - 1))
+                delay = min(delay, MAX_BACKOFF) * _jitter.uniform(0.5, 1.0)
+                log.warning(
+                    "%s: %s (%s); retry %d of %d in %.1f s",
+                    self.what,
+                    reason,
+                    where,
+                    failures,
+                    s.retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError):
+            return f"stalled: no bytes for {self._settings.stall_timeout:g} s"
+        return exc.detail if isinstance(exc, CdnError) else repr(exc)
+
+    async def _attempt(self, part: _Part) -> None:
+        """One request for the rest of ``part``, read to its end."""
+        stall = self._settings.stall_timeout
+        position = part.start + part.received
+        end = part.end if part.end is not None else part.request_end
+        found: CdnRange | None = None
+        try:
+            async with asyncio.timeout(stall):
+                found = await self._cdn.open_range(
+                    self.bucket,
+                    self.key,
+                    position,
+                    None if end is None else end - 1,
+                    if_match=self.etag,
+                )
+            self._accept(part, found)
+            assert part.end is not None
+            while (position := part.start + part.received) < part.end:
+                async with asyncio.timeout(stall):
+                    data = await found.read(self._chunk)
+                if not data:
+                    raise CdnError(f"the CDN ended a {self.what} early")
+                data = data[: part.end - position]
+                part.chunks.append(data)
+                part.received += len(data)
+                part.held += len(data)
+                self.received += len(data)
+                part.arrived.set()
+                if self._rate is not None:
+                    await self._rate.take(len(data))
+                while part.streamed and part.held >= self._chunk and not self._closing:
+                    part.room.clear()
+                    await part.room.wait()
+        finally:
+            if found is not None:
+                found.close()
+
+    def _accept(self, part: _Part, found: CdnRange) -> None:
+        """Checks an answer against the version being read; the first one
+        sets it (and the size, and with it the parts)."""
+        if self.etag is None:
+            self.etag = found.etag
+        elif found.etag and found.etag != self.etag:
+            raise ObjectChanged(f"{self.what}: the object changed on the CDN (another ETag)")
+        if self.size is None:
+            self.size = found.total
+            part.end = found.start + found.length
+            self._plan_rest(part)
+        elif found.total != self.size:
+            raise ObjectChanged(f"{self.what}: the object changed on the CDN (another size)")
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_result(None)
+            self._fill()

@@ -263,3 +263,12 @@ async def test_an_engine_that_is_not_there_is_unreachable(tmp_path: Path) -> Non
             await engine.missing_images(("a:b",))
     finally:
         await engine.close()
+
+
+async def test_no_engine_at_all_is_a_clear_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setattr("os.path.exists", lambda path: False)  # no default socket either
+    engine = Engine(None)
+    with pytest.raises(EngineError, match="no container engine"):
+        await engine.image_ids()
+    await engine.close()

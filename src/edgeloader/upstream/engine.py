@@ -126,7 +126,15 @@ class Engine:
         # Created lazily: aiodocker needs a running loop, and a box without
         # an engine should still serve models.
         if self._docker is None:
-            self._docker = aiodocker.Docker(url=self.docker_host)
+            try:
+                self._docker = aiodocker.Docker(url=self.docker_host)
+            except (AssertionError, ValueError):
+                # aiodocker asserts when neither DOCKER_HOST nor a default
+                # socket exists: a box without an engine, not a bug.
+                raise EngineError(
+                    "no container engine: set DOCKER_HOST (none is set, and no default "
+                    "socket exists)"
+                ) from None
         return self._docker
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from edgeloader.auth.store import AuthStore
 from edgeloader.config import CdnOverrides, DownloadSettings
+from edgeloader.web.state import SERVICES
 from tests.integration.conftest import ADMIN, Stack, pattern, s3_client
 from tests.integration.test_integrity import cached_entries, publish_v2
 from tests.support.harness.loader import start_loader_process
@@ -62,6 +63,12 @@ async def proxied(
         await stack.start_loader(settings)
         await stack.login()
         yield cutting
+
+
+def cdn_read_metric(stack: Stack, name: str, **labels: str) -> float:
+    """A series of the last loader started (in this process)."""
+    registry = stack.runners[-1].app[SERVICES].metrics.registry
+    return registry.get_sample_value(name, labels) or 0.0
 
 
 async def load_outcomes(stack: Stack) -> list[str]:
@@ -151,6 +158,9 @@ async def test_a_stalled_cdn_cuts_the_body_and_the_audit_says_why(stack: Stack, 
     outcome = (await load_outcomes(stack))[-1]
     assert outcome.startswith("failed mid-stream: CDN read of"), outcome
     assert "after 3 failed tries: stalled: no bytes for 0.5 s" in outcome
+    failures = "edgeloader_cdn_read_failures_total"
+    assert cdn_read_metric(stack, failures, reason="retries-spent") >= 1
+    assert cdn_read_metric(stack, "edgeloader_cdn_read_retries_total") >= 2
 
 
 async def test_an_object_replaced_mid_load_aborts_it(stack: Stack) -> None:
@@ -179,6 +189,8 @@ async def test_an_object_replaced_mid_load_aborts_it(stack: Stack) -> None:
     assert cached_entries(stack, "m.bin") == []
     outcome = (await load_outcomes(stack))[-1]
     assert "the object changed on the CDN" in outcome, outcome
+    failures = "edgeloader_cdn_read_failures_total"
+    assert cdn_read_metric(stack, failures, reason="object-changed") == 1
 
 
 def _republish_big(stack: Stack, name: str) -> None:

@@ -40,7 +40,9 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from edgeloader import crypto
+from prometheus_client import CollectorRegistry, Counter
+
+from edgeloader import crypto, metrics
 from edgeloader.config import DownloadSettings
 from edgeloader.errors import CdnError, CdnReadFailed, NotFound, ObjectChanged
 from edgeloader.services.budget import ByteBudget, Claim, TokenBucket
@@ -107,6 +109,37 @@ class Transfers:
 
 
 _SHARED: weakref.WeakKeyDictionary[object, Transfers] = weakref.WeakKeyDictionary()
+
+
+class _Series:
+    """This module's series, in the registry of the metrics bound to the
+    current context (made there on first use)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.retries = Counter(
+            "edgeloader_cdn_read_retries",
+            "Parts of CDN reads requested again after a drop or a stall",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "edgeloader_cdn_read_failures",
+            "CDN reads that failed once started, by reason (retries-spent, object-changed)",
+            ["reason"],
+            registry=registry,
+        )
+
+
+_SERIES: weakref.WeakKeyDictionary[metrics.Metrics, _Series] = weakref.WeakKeyDictionary()
+
+
+def _series() -> _Series | None:
+    bound = metrics.current()
+    if bound is None:
+        return None
+    found = _SERIES.get(bound)
+    if found is None:
+        found = _SERIES[bound] = _Series(bound.registry)
+    return found
 
 
 class _Part:
@@ -327,6 +360,8 @@ class Download:
         """A failure of the whole read: every waiting reader sees it."""
         if self._fatal is None:
             log.error("%s stopped: %s", self.what, exc)
+            if (series := _series()) is not None:
+                series.failures.labels("object-changed").inc()
         self._fatal = exc
         if self._opened is not None and not self._opened.done():
             self._opened.set_exception(exc)
@@ -362,6 +397,8 @@ class Download:
                         failures,
                         reason,
                     )
+                    if (series := _series()) is not None:
+                        series.failures.labels("retries-spent").inc()
                     raise CdnReadFailed(
                         f"CDN {self.what} gave up on {part.span()} after {failures} failed "
                         f"tries: {reason}"
@@ -377,6 +414,8 @@ class Download:
                     s.retries,
                     delay,
                 )
+                if (series := _series()) is not None:
+                    series.retries.inc()
                 await asyncio.sleep(delay)
 
     def _reason(self, exc: BaseException) -> str:

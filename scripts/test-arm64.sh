@@ -79,13 +79,13 @@ LOCK=$ROOT/requirements/dev.lock
 want="$(sha256sum "$LOCK" | cut -c1-16) ${PY_PACKAGES[*]}"
 if [ "$(cat "$SITE/.installed" 2>/dev/null)" != "$want" ]; then
     pip_target=(--python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none
-        --only-binary=:all: --disable-pip-version-check --root-user-action=ignore --platform manylinux2014_aarch64)
+        --only-binary=:all: --disable-pip-version-check --platform manylinux2014_aarch64)
     for minor in $(seq 17 31); do pip_target+=(--platform "manylinux_2_${minor}_aarch64"); done
     log "fetching ${PY_PACKAGES[*]} (aarch64 wheels)"
     "$PYTHON" -m pip download --quiet "${pip_target[@]}" -c "$LOCK" -d "$WHEELS" \
         "${PY_PACKAGES[@]}"
     rm -rf "$SITE"
-    "$PYTHON" -m pip install --quiet "${pip_target[@]}" --no-index --find-links "$WHEELS" \
+    "$PYTHON" -m pip install --quiet --root-user-action=ignore "${pip_target[@]}" --no-index --find-links "$WHEELS" \
         -c "$LOCK" --target "$SITE" "${PY_PACKAGES[@]}"
     echo "$want" >"$SITE/.installed"
 fi

@@ -104,7 +104,7 @@ wheel-arm64:  ## Cross-build the aarch64 abi3 wheel into dist/ (manylinux_2_31, 
 	ARM64_MANYLINUX=$(ARM64_MANYLINUX) PYTHON=$(PYTHON) bash scripts/cross-arm64.sh
 
 test-arm64: wheel-arm64  ## The core's Python tests on aarch64 under qemu-aarch64-static
-	PYTHON=$(PYTHON) bash scripts/test-arm64.sh
+	ARM64_MANYLINUX=$(ARM64_MANYLINUX) PYTHON=$(PYTHON) bash scripts/test-arm64.sh
 
 lock:  ## Re-resolve requirements/dev.lock from requirements/dev.in
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

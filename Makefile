@@ -17,7 +17,7 @@ RUST_SOURCES := $(shell find rust_core/src -name '*.rs') rust_core/Cargo.toml Ca
 	engine dev lock wheel clean help
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t18
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t18
 
 $(DEPS_STAMP): requirements/dev.lock publisher/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11 is required" >&2; exit 1; }
@@ -60,7 +60,7 @@ test-python: dev engine  ## pytest: unit and integration tests (S3 via moto, eng
 	$(BIN)/pytest
 
 # The stages of `make test`, in order; each one's time is printed.
-TEST_STAGES := dev engine lint test-rust fuzz test-python
+TEST_STAGES := dev engine lint test-rust fuzz test-arm64 test-python
 
 test:  ## Everything CI runs, printing each stage's time
 	@set -e; all=$$(date +%s); \

@@ -330,9 +330,7 @@ async def test_the_budget_bounds_what_all_reads_hold() -> None:
     await asyncio.gather(*(d.open() for d in downloads[:2]))
     await asyncio.sleep(0.05)
     assert shared.budget.used <= 256 * KiB
-    results = await asyncio.gather(
-        *(_drain(d) for d in downloads), return_exceptions=True
-    )
+    results = await asyncio.gather(*(_drain(d) for d in downloads), return_exceptions=True)
     assert [r == c.data for r, c in zip(results, cdns, strict=True)] == [True] * 6
     assert shared.budget.used == 0
 

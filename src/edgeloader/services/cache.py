@@ -13,6 +13,10 @@ complete, successful read. The cache never follows a symbolic link: a
 folder or entry that is one is treated as absent and never written
 through. Anything in the cache that is not a well-formed entry (a
 directory, a stray ``.partial`` left by a killed process) is removed.
+
+The one exception is pre-staging's ``{tag}.prefetch`` (:class:`PartialEntry`):
+a big part being downloaded in the background, kept across restarts so
+that the download resumes (``services/prefetch.py`` keeps its journal).
 """
 
 from __future__ import annotations
@@ -25,16 +29,19 @@ import os
 import re
 import shutil
 import stat
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeloader import crypto
 from edgeloader.errors import DecryptionError
-from edgeloader.storage.files import AtomicFile
+from edgeloader.storage.files import AtomicFile, fsync_dir
 
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".big"
+_PREFETCH = ".prefetch"
 _ENTRY = re.compile(r"^(?P<tag>[0-9a-f]{32})-(?P<sha256>[0-9a-f]{64})\.big$")
 
 
@@ -105,8 +112,7 @@ class ModelCache:
                     self.discard(Path(item.path))
         return min(found, key=lambda e: e.path.name) if found else None
 
-    def writer(self, folder: str, name: str, small_ciphertext: bytes) -> CacheWriter | None:
-        """A writer for a new entry; None when the folder is not safe to write."""
+    def _writable_dir(self, folder: str, name: str) -> Path | None:
         directory = self.root / folder / name
         try:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -116,7 +122,28 @@ class ModelCache:
         if self._dir(folder, name) is None:
             log.warning("cache folder %s is not a plain folder; not caching", directory)
             return None
-        return CacheWriter(directory, cache_tag(small_ciphertext))
+        return directory
+
+    def writer(self, folder: str, name: str, small_ciphertext: bytes) -> CacheWriter | None:
+        """A writer for a new entry; None when the folder is not safe to write."""
+        directory = self._writable_dir(folder, name)
+        return CacheWriter(directory, cache_tag(small_ciphertext)) if directory else None
+
+    def partial(self, folder: str, name: str, tag: str) -> PartialEntry | None:
+        """The pre-staged big part of the resource whose small part has
+        ``tag``; None when the folder is not safe to write. Partial files
+        of other tags (an older publication) are removed."""
+        directory = self._writable_dir(folder, name)
+        if directory is None:
+            return None
+        entry = PartialEntry(directory, tag)
+        stale: list[Path] = []
+        with contextlib.suppress(OSError), os.scandir(directory) as items:
+            stale = [Path(i.path) for i in items if i.name.endswith(_PREFETCH)]
+        for path in stale:
+            if path != entry.path:
+                self.discard(path)
+        return entry
 
     @staticmethod
     def discard(path: Path) -> None:
@@ -182,3 +209,85 @@ class CacheWriter:
     def abort(self) -> None:
         """Removes the temporary file; the previous entry, if any, stays."""
         self._file.abort()
+
+
+class PartialEntry:
+    """A big part written in the background across restarts:
+    ``{tag}.prefetch`` in the entry's folder. The caller keeps, durably,
+    how many of its bytes are good (:meth:`sync` first); :meth:`open`
+    drops anything after that, and :meth:`commit` turns the file into the
+    entry ``{tag}-{sha256}.big``."""
+
+    def __init__(self, directory: Path, tag: str) -> None:
+        self.directory = directory
+        self.tag = tag
+        self.path = directory / f"{tag}{_PREFETCH}"
+        self.size = 0
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def open(self, keep: int) -> int:
+        """Opens (or creates) the file and cuts it to at most ``keep``
+        bytes, the part known to be good; returns its size."""
+        with self._lock:
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(self.path, flags, 0o600)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(f"{self.path} is not a regular file")
+                size = min(os.fstat(fd).st_size, keep)
+                os.ftruncate(fd, size)
+                os.lseek(fd, size, os.SEEK_SET)
+                os.fsync(fd)
+                fsync_dir(self.directory)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd, self.size = fd, size
+            return size
+
+    def write(self, data: bytes | memoryview) -> None:
+        with self._lock:
+            if self._fd is None:
+                raise ValueError(f"{self.path} is not open")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            self.size += len(data)
+
+    def sync(self) -> None:
+        """Makes every byte written so far durable."""
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def chunks(self, chunk_size: int) -> Iterator[bytes]:
+        """The file's bytes, read again from the start (blocking)."""
+        with self.path.open("rb") as handle:
+            while data := handle.read(chunk_size):
+                yield data
+
+    def commit(self, sha256: str) -> CacheEntry:
+        """The file becomes the entry (whose bytes have ``sha256``); other
+        entries of the resource are dropped."""
+        self.sync()
+        self.close()
+        final = self.directory / f"{self.tag}-{sha256}{_SUFFIX}"
+        os.replace(self.path, final)
+        fsync_dir(self.directory)
+        with os.scandir(self.directory) as items:
+            others = [Path(i.path) for i in items if i.name.endswith(_SUFFIX)]
+        for other in others:
+            if other != final:
+                ModelCache.discard(other)
+        return CacheEntry(final, self.tag, sha256)
+
+    def discard(self) -> None:
+        self.close()
+        ModelCache.discard(self.path)

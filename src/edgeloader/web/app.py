@@ -18,6 +18,7 @@ from edgeloader.functions.service import open_functions
 from edgeloader.metrics import Metrics
 from edgeloader.services.cache import ModelCache
 from edgeloader.services.manifest import ReleaseGate
+from edgeloader.services.prefetch import PrefetchService
 from edgeloader.services.session import DeviceSession
 from edgeloader.services.unlock import UnlockManager
 from edgeloader.upstream.engine import Engine
@@ -28,6 +29,7 @@ from edgeloader.web.function_routes import function_routes
 from edgeloader.web.guards import audit_middleware, auth_middleware
 from edgeloader.web.metrics_routes import metrics_routes
 from edgeloader.web.middlewares import context_middleware, echo_request_id, error_middleware
+from edgeloader.web.prefetch_routes import prefetch_routes
 from edgeloader.web.routes import routes
 from edgeloader.web.state import SERVICES, SETTINGS, Services
 
@@ -52,6 +54,7 @@ def create_app(settings: Settings, *, fingerprint: str | None = None) -> web.App
     app.add_routes(function_routes)
     app.add_routes(metrics_routes)
     app.add_routes(event_routes)
+    app.add_routes(prefetch_routes)
 
     app.on_response_prepare.append(echo_request_id)
     app.cleanup_ctx.append(_services(settings, fingerprint))
@@ -97,8 +100,21 @@ def _services(
             cache = ModelCache(settings.cache_dir) if settings.cache_dir else None
             if cache is not None:
                 await asyncio.to_thread(cache.remove_partials)
+            prefetch = await stack.enter_async_context(
+                PrefetchService(settings, session, cache, gate, events)
+            )
             app[SERVICES] = Services(
-                settings, session, cache, engine, unlock, auth, gate, functions, metrics, events
+                settings,
+                session,
+                cache,
+                engine,
+                unlock,
+                auth,
+                gate,
+                functions,
+                metrics,
+                events,
+                prefetch=prefetch,
             )
             yield
 

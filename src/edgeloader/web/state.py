@@ -13,6 +13,7 @@ from edgeloader.functions.service import FunctionService
 from edgeloader.metrics import Metrics
 from edgeloader.services.cache import ModelCache
 from edgeloader.services.manifest import ReleaseGate
+from edgeloader.services.prefetch import PrefetchService
 from edgeloader.services.session import DeviceSession
 from edgeloader.services.unlock import UnlockManager
 from edgeloader.upstream.engine import Engine
@@ -32,6 +33,7 @@ class Services:
     functions: FunctionService
     metrics: Metrics = field(default_factory=Metrics)
     events: EventBus = field(default_factory=EventBus)
+    prefetch: PrefetchService | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -4,8 +4,10 @@ The plaintext length is known before the first byte is sent. For format v2
 it follows from the header and the ciphertext's size alone; for v1 the last
 two ciphertext blocks, read up front with a ranged request, reveal the
 padding. Then the small part and the big part's chunks run through one
-streaming decryptor, and plaintext leaves as it is produced; memory stays
-at one chunk.
+streaming decryptor, and plaintext leaves as it is produced. The big part
+arrives in order from ``services/download.py`` (parallel ranged reads,
+resumed after a drop, pinned to one version of the object), which keeps
+memory within the process's budget of CDN bytes.
 
 With a trusted publisher (``services/manifest.py``) the manifest is checked
 first, the format and size before any byte, and the ciphertext's SHA-256
@@ -96,8 +98,9 @@ async def _from_cdn(
     small: bytes | None,
     artifact: Artifact | None,
 ) -> PlaintextStream:
-    """The small part first, then (v1 only) the big part's last blocks, then
-    the big part's body, decrypted as it arrives.
+    """The small part first, then (v1 only) the big part's last blocks (its
+    size and ETag pin the reads that follow), then the big part's body,
+    decrypted as it arrives.
 
     A load never waits for a CDN connection while it holds one: with many
     concurrent loads the connection pool would otherwise fill with bodies

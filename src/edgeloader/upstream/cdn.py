@@ -37,6 +37,11 @@ MIN_PART_SIZE = 5 << 20
 # S3 copies an object in one request only up to 5 GiB; beyond, in parts.
 MAX_SINGLE_COPY = 5 << 30
 COPY_PART_SIZE = 1 << 30
+# Connections per client. A load's current part holds one at its client's
+# pace (aiobotocore's default of 10 would let ten slow clients hold them
+# all); how much is read at once is bounded by the budget of CDN bytes
+# (services/download.py), not by this.
+MAX_POOL = 32
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ class Cdn:
             read_timeout=60,
             retries={"max_attempts": 2, "mode": "standard"},
             s3={"addressing_style": "path"},
+            max_pool_connections=MAX_POOL,
         )
         self._stack = contextlib.AsyncExitStack()
         self._reader: Any = None

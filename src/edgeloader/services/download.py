@@ -46,13 +46,15 @@ from edgeloader import crypto, metrics
 from edgeloader.config import DownloadSettings
 from edgeloader.errors import CdnError, CdnReadFailed, NotFound, ObjectChanged
 from edgeloader.services.budget import ByteBudget, Claim, TokenBucket
-from edgeloader.upstream.cdn import Cdn, CdnRange
+from edgeloader.upstream.cdn import MAX_POOL, Cdn, CdnRange
 
 __all__ = ["Alignment", "Download", "Transfers"]
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 8.0
+# Below the CDN client's pool: the rest is for the short reads (v1 tails).
+CONNECTION_SLOTS = MAX_POOL - 4
 _V2_TAG = 16
 _V2_CHUNK_LOG2 = range(16, 25)
 _jitter = random.Random()  # noqa: S311 - spreads retries out, nothing secret
@@ -96,6 +98,9 @@ class Transfers:
         self.chunk_size = chunk_size
         self.budget = ByteBudget(max(settings.inflight_max, 2 * chunk_size))
         self.rate = TokenBucket(settings.max_rate) if settings.max_rate else None
+        # Reads wait for a connection here, not in the client's pool, so
+        # that the stall timeout counts only the CDN's silence.
+        self.slots = asyncio.Semaphore(CONNECTION_SLOTS)
 
     @classmethod
     def of(cls, owner: object, settings: DownloadSettings, chunk_size: int) -> Transfers:
@@ -195,6 +200,7 @@ class Download:
         self._chunk = transfers.chunk_size
         self._budget = transfers.budget
         self._rate = transfers.rate
+        self._slots = transfers.slots
         self._alignment = alignment or Alignment()
         self._part_size = self._alignment.round(self._settings.part_size)
         self._parts: list[_Part] = []
@@ -425,6 +431,10 @@ class Download:
 
     async def _attempt(self, part: _Part) -> None:
         """One request for the rest of ``part``, read to its end."""
+        async with self._slots:
+            await self._request(part)
+
+    async def _request(self, part: _Part) -> None:
         stall = self._settings.stall_timeout
         position = part.start + part.received
         end = part.end if part.end is not None else part.request_end

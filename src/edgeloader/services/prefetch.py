@@ -204,7 +204,7 @@ class PrefetchService:
         self.events = events
         self._journal: _Journal | None = None
         self._jobs: dict[tuple[str, str], _Job] = {}
-        self._closing = False
+        self._starting = asyncio.Lock()
 
     async def open(self) -> None:
         if self.cache is None:
@@ -215,7 +215,6 @@ class PrefetchService:
             self._spawn(_Job(row))
 
     async def close(self) -> None:
-        self._closing = True
         tasks = [job.task for job in self._jobs.values() if job.task is not None]
         for task in tasks:
             task.cancel()
@@ -238,14 +237,15 @@ class PrefetchService:
     async def start(self, folder: str, name: str) -> PrefetchStatus:
         """Starts pre-staging ``folder/name`` (or says how the running one is)."""
         journal = self._require_journal()
-        job = self._jobs.get((folder, name))
-        if job is not None and job.task is not None and not job.task.done():
-            return job.status
-        row = await asyncio.to_thread(journal.get, folder, name)
-        row = replace(row, state=RUNNING, error=None) if row else _Row(folder, name, RUNNING)
-        await asyncio.to_thread(journal.save, row)
-        job = _Job(row)
-        self._spawn(job)
+        async with self._starting:  # two callers at once start one job
+            job = self._jobs.get((folder, name))
+            if job is not None and job.task is not None and not job.task.done():
+                return job.status
+            row = await asyncio.to_thread(journal.get, folder, name)
+            row = replace(row, state=RUNNING, error=None) if row else _Row(folder, name, RUNNING)
+            await asyncio.to_thread(journal.save, row)
+            job = _Job(row)
+            self._spawn(job)
         log.info("pre-staging %s/%s", folder, name)
         return job.status
 

@@ -412,13 +412,13 @@ class Download:
                 delay = s.retry_backoff * (1 if progressed else 2 ** (failures - 1))
                 delay = min(delay, MAX_BACKOFF) * _jitter.uniform(0.5, 1.0)
                 log.warning(
-                    "%s: %s (%s); retry %d of %d in %.1f s",
+                    "%s: %s (%s); trying again in %.1f s (%d of %d failed tries)",
                     self.what,
                     reason,
                     where,
+                    delay,
                     failures,
                     s.retries,
-                    delay,
                 )
                 if (series := _series()) is not None:
                     series.retries.inc()

@@ -113,7 +113,7 @@ async def test_a_capped_link_is_read_over_several_connections(stack: Stack, fmt:
     publish(stack, fmt, "m.bin", data)
     peaks = {}
     for mode, downloads in MODES.items():
-        async with proxied(stack, downloads, cache=False, rate=4 * MiB) as proxy:
+        async with proxied(stack, downloads, cache=False, rate=4 * MiB, latency=0.02) as proxy:
             status, length, body, cut = await stack.load_until_cut("m.bin")
             assert (status, length, body, cut) == (200, len(data), data, False), mode
             peaks[mode] = proxy.peak_streams

@@ -8,7 +8,9 @@ proxy forwarded to the loader, all connections together.
   cut (the upstream stays: later connections pass);
 - ``stall_at``: from that byte count on nothing more is forwarded, on any
   connection, old or new; connections stay open, silent, forever;
-- ``rate``: bytes per second, per connection (a capped link).
+- ``rate``: bytes per second, per connection (a capped link);
+- ``latency``: seconds added to every byte on its way to the loader (a
+  delay line: the rate is unchanged, each answer comes that much later).
 
 ``bytes_down`` counts what was forwarded; ``connections`` what was
 accepted; ``peak_streams`` the most connections open at once that had each
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from typing import Protocol
 
 _READ = 16 * 1024
 STREAM = 64 * 1024
@@ -36,12 +39,14 @@ class CuttingProxy:
         cut_at: Iterable[int] = (),
         stall_at: int | None = None,
         rate: int | None = None,
+        latency: float = 0.0,
     ) -> None:
         self.target = (target_host, target_port)
         self.budget = budget
         self.cut_at = sorted(cut_at)
         self.stall_at = stall_at
         self.rate = rate
+        self.latency = latency
         self.bytes_down = 0
         self.connections = 0
         self.streams = 0
@@ -80,9 +85,16 @@ class CuttingProxy:
                 return
             up_reader, up_writer = await asyncio.open_connection(*self.target)
             upstream = asyncio.create_task(self._pipe_up(reader, up_writer))
-            await self._pipe_down(up_reader, writer, forwarded)
-            upstream.cancel()
-            up_writer.close()
+            source: _Readable = up_reader
+            if self.latency:
+                source = delayed = _DelayLine(up_reader, self.latency)
+            try:
+                await self._pipe_down(source, writer, forwarded)
+            finally:
+                if self.latency:
+                    delayed.close()
+                upstream.cancel()
+                up_writer.close()
         except (OSError, asyncio.CancelledError):
             pass
         finally:
@@ -110,7 +122,7 @@ class CuttingProxy:
         return min(events) if events else (None, "")
 
     async def _pipe_down(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, forwarded: list[int]
+        self, src: _Readable, dst: asyncio.StreamWriter, forwarded: list[int]
     ) -> None:
         with contextlib.suppress(OSError):
             while True:
@@ -144,3 +156,34 @@ class CuttingProxy:
         forwarded[0] += len(data)
         if self.rate:
             await asyncio.sleep(len(data) / self.rate)
+
+
+class _Readable(Protocol):
+    async def read(self, n: int = -1, /) -> bytes: ...
+
+
+class _DelayLine:
+    """The bytes of ``src``, each handed out ``latency`` seconds after it
+    arrived (a bounded queue keeps the upstream's flow control)."""
+
+    def __init__(self, src: asyncio.StreamReader, latency: float) -> None:
+        self._latency = latency
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=256)
+        self._task = asyncio.create_task(self._fill(src))
+
+    async def _fill(self, src: asyncio.StreamReader) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(_READ):
+                await self._queue.put((self._loop.time(), data))
+        await self._queue.put((self._loop.time(), b""))
+
+    async def read(self, n: int = -1, /) -> bytes:
+        stamp, data = await self._queue.get()
+        wait = stamp + self._latency - self._loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return data
+
+    def close(self) -> None:
+        self._task.cancel()

@@ -29,6 +29,7 @@ from edgeloader.web.function_routes import function_routes
 from edgeloader.web.guards import audit_middleware, auth_middleware
 from edgeloader.web.metrics_routes import metrics_routes
 from edgeloader.web.middlewares import context_middleware, echo_request_id, error_middleware
+from edgeloader.web.openapi import openapi_routes
 from edgeloader.web.prefetch_routes import prefetch_routes
 from edgeloader.web.routes import routes
 from edgeloader.web.state import SERVICES, SETTINGS, Services
@@ -55,6 +56,7 @@ def create_app(settings: Settings, *, fingerprint: str | None = None) -> web.App
     app.add_routes(metrics_routes)
     app.add_routes(event_routes)
     app.add_routes(prefetch_routes)
+    app.add_routes(openapi_routes)
 
     app.on_response_prepare.append(echo_request_id)
     app.cleanup_ctx.append(_services(settings, fingerprint))

@@ -18,6 +18,7 @@ from aiohttp import web
 from edgeloader.errors import NotAuthenticated
 from edgeloader.events import END, Event
 from edgeloader.web.guards import bearer, require_principal
+from edgeloader.web.openapi import Reply, documented
 from edgeloader.web.state import Services, services
 
 event_routes = web.RouteTableDef()
@@ -43,6 +44,21 @@ async def _token_ended(svc: Services, token: str, expires_at: float) -> str | No
 
 
 @event_routes.get("/api/events")
+@documented(
+    "A Server-Sent Events stream of the box's changes",
+    tag="observability",
+    answers={
+        200: Reply(
+            "`event: TYPE` and one `data:` line of JSON per message (unlock, run, "
+            "prefetch, security, dropped, end), with `: heartbeat` comments; "
+            "docs/events.md",
+            media_type="text/event-stream",
+            schema={"type": "string"},
+        )
+    },
+    errors={429: "too many streams are open, with Retry-After"},
+    description="Needs an access token (not an API key); the events follow the role.",
+)
 async def events(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     claims = require_principal(request)

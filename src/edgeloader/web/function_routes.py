@@ -8,7 +8,6 @@ updates, builds, deletes and invocations itself, with their durations.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,14 +18,37 @@ from edgeloader.functions.service import Caller, FunctionService
 from edgeloader.functions.spec import function_name
 from edgeloader.roles import ADMINS
 from edgeloader.web.guards import require_principal, roles
-from edgeloader.web.routes import json_body
+from edgeloader.web.models.base import AnyJson, JsonObject, parse_json, read_json, read_query
+from edgeloader.web.models.functions import (
+    NAME_SCHEMA,
+    BuildForm,
+    Deleted,
+    Executions,
+    ExecutionsQuery,
+    FunctionDeploy,
+    FunctionRecord,
+    FunctionRecords,
+    FunctionUpdate,
+    InvokeQuery,
+    RunAccepted,
+    RunOutput,
+    RunRecord,
+    RunRecords,
+    RunsQuery,
+    RunStats,
+)
+from edgeloader.web.openapi import Body, Param, Reply, documented
 from edgeloader.web.state import services
 
 function_routes = web.RouteTableDef()
 MAX_SPEC_PART = 64 * 1024
 # Room for the multipart framing around a build context.
 MULTIPART_SLACK = 1 << 20
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+
+NAME = Param("the function's name", {"type": "string", **NAME_SCHEMA})
+RUN_ID = Param("the run's id")
+UNSAFE = "an unsafe function name"
+ENGINE = "the container engine failed or is unreachable"
 
 
 def _functions(request: web.Request) -> FunctionService:
@@ -40,19 +62,41 @@ def _caller(request: web.Request) -> Caller:
 
 @function_routes.post("/api/functions")
 @roles(*ADMINS)
+@documented(
+    "Deploy a function from an image in the engine",
+    tag="functions",
+    body=FunctionDeploy,
+    answers={201: FunctionRecord},
+    errors={
+        400: UNSAFE,
+        404: "the image is not in the engine",
+        409: "the name is taken",
+        422: "a bad or unknown field",
+        502: ENGINE,
+    },
+)
 async def deploy(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    # The service checks the fields (and audits a refused deploy).
+    body = (await read_json(request, JsonObject)).root
     record = await _functions(request).deploy(body, _caller(request))
     return web.json_response(record.as_json(), status=201)
 
 
 @function_routes.get("/api/functions")
+@documented("List the functions", tag="functions", answers={200: FunctionRecords})
 async def list_functions(request: web.Request) -> web.Response:
     records = await _functions(request).all()
     return web.json_response({"functions": [r.as_json() for r in records]})
 
 
 @function_routes.get("/api/functions/{name}")
+@documented(
+    "A function's record",
+    tag="functions",
+    path={"name": NAME},
+    answers={200: FunctionRecord},
+    errors={400: UNSAFE, 404: "no such function"},
+)
 async def get_function(request: web.Request) -> web.Response:
     record = await _functions(request).get(request.match_info["name"])
     return web.json_response(record.as_json())
@@ -60,22 +104,62 @@ async def get_function(request: web.Request) -> web.Response:
 
 @function_routes.put("/api/functions/{name}")
 @roles(*ADMINS)
+@documented(
+    "Update a function: a new version",
+    tag="functions",
+    path={"name": NAME},
+    body=FunctionUpdate,
+    answers={200: FunctionRecord},
+    errors={
+        400: UNSAFE,
+        404: "no such function, or the image is not in the engine",
+        422: "a bad or unknown field",
+        502: ENGINE,
+    },
+)
 async def update(request: web.Request) -> web.Response:
     function_name(request.match_info["name"])
-    body = await json_body(request)
+    body = (await read_json(request, JsonObject)).root
     record = await _functions(request).update(request.match_info["name"], body, _caller(request))
     return web.json_response(record.as_json())
 
 
 @function_routes.delete("/api/functions/{name}")
 @roles(*ADMINS)
+@documented(
+    "Delete a function; runs admitted finish and records stay",
+    tag="functions",
+    path={"name": NAME},
+    answers={200: Deleted},
+    errors={400: UNSAFE, 404: "no such function"},
+)
 async def delete(request: web.Request) -> web.Response:
     await _functions(request).delete(request.match_info["name"], _caller(request))
-    return web.json_response({"status": "deleted"})
+    return Deleted().response()
 
 
 @function_routes.post("/api/functions/{name}/build")
 @roles(*ADMINS)
+@documented(
+    "Build a function's image from a context and deploy it",
+    tag="functions",
+    path={"name": NAME},
+    body=Body(
+        BuildForm, "multipart/form-data", encoding={"spec": {"contentType": "application/json"}}
+    ),
+    answers={
+        201: Reply("A new function", FunctionRecord),
+        200: Reply("A new version of the function", FunctionRecord),
+    },
+    errors={
+        400: UNSAFE,
+        413: "the context is larger than EDGELOADER_BUILD_CONTEXT_MAX, or `spec` than 64 KiB",
+        422: "not multipart, an unknown or repeated field, no context, not a tar, no "
+        "Dockerfile, a base image not in the engine, a bad `spec`, or a failed build "
+        "(with the engine's last lines)",
+        502: ENGINE,
+    },
+)
 async def build(request: web.Request) -> web.Response:
     name = function_name(request.match_info["name"])
     functions = _functions(request)
@@ -105,52 +189,109 @@ async def build(request: web.Request) -> web.Response:
 
 
 @function_routes.post("/api/functions/{name}/invoke")
+@documented(
+    "Invoke a function",
+    tag="functions",
+    path={"name": NAME},
+    query=InvokeQuery,
+    body=Body(AnyJson, required=False, description="any JSON, `{}` when empty"),
+    answers={
+        200: Reply("The run's record once it has ended, whatever its status", RunRecord),
+        202: Reply("Accepted (`async=true`): the run goes on", RunAccepted),
+    },
+    errors={
+        400: UNSAFE,
+        404: "no such function",
+        413: "the body is larger than EDGELOADER_INVOKE_BODY_MAX",
+        429: "the function's queue is full, with Retry-After",
+    },
+)
 async def invoke(request: web.Request) -> web.Response:
     function_name(request.match_info["name"])
-    asynchronous = _flag(request.query.get("async", ""), "async")
+    asynchronous = read_query(request, InvokeQuery).asynchronous
     functions = _functions(request)
     body = await _raw_body(request, functions.settings.request_max)
     run = await functions.invoke(
         request.match_info["name"], body, _caller(request), wait=not asynchronous
     )
     if asynchronous:
-        return web.json_response({"runId": run.run_id}, status=202)
+        return RunAccepted(run_id=run.run_id).response(202)
     return web.json_response(run.as_json())
 
 
 @function_routes.get("/api/functions/{name}/stats")
+@documented(
+    "A function's run statistics",
+    tag="functions",
+    path={"name": NAME},
+    answers={200: RunStats},
+    errors={400: UNSAFE, 404: "no such function"},
+)
 async def stats(request: web.Request) -> web.Response:
     result = await _functions(request).stats(request.match_info["name"])
     return web.json_response(result.as_json())
 
 
 @function_routes.get("/api/functions/{name}/executions")
+@documented(
+    "A function's runs, newest first",
+    tag="functions",
+    path={"name": NAME},
+    query=ExecutionsQuery,
+    answers={200: Executions},
+    errors={400: UNSAFE},
+)
 async def executions(request: web.Request) -> web.Response:
-    limit = _integer(request, "limit", 20)
-    offset = _integer(request, "offset", 0)
-    runs, total = await _functions(request).executions(request.match_info["name"], limit, offset)
+    query = read_query(request, ExecutionsQuery)
+    runs, total = await _functions(request).executions(
+        request.match_info["name"], query.limit, query.offset
+    )
     return web.json_response({"executions": [r.as_json() for r in runs], "total": total})
 
 
 @function_routes.get("/api/runs")
+@documented(
+    "Runs, newest first",
+    tag="runs",
+    query=RunsQuery,
+    answers={200: RunRecords},
+    errors={400: "an unsafe function name"},
+)
 async def list_runs(request: web.Request) -> web.Response:
-    function = request.query.get("function") or None
+    query = read_query(request, RunsQuery)
     runs = await _functions(request).runs(
-        function=function_name(function) if function is not None else None,
-        status=request.query.get("status") or None,
-        since=_epoch(request, "since"),
-        limit=_integer(request, "limit", 100),
+        function=function_name(query.function) if query.function is not None else None,
+        status=query.status,
+        since=query.since,
+        limit=query.limit,
     )
     return web.json_response({"runs": [r.as_json() for r in runs]})
 
 
 @function_routes.get("/api/runs/{run_id}")
+@documented(
+    "A run's record",
+    tag="runs",
+    path={"run_id": RUN_ID},
+    answers={200: RunRecord},
+    errors={404: "no such run"},
+)
 async def get_run(request: web.Request) -> web.Response:
     run = await _functions(request).run(request.match_info["run_id"])
     return web.json_response(run.as_json())
 
 
 @function_routes.get("/api/runs/{run_id}/logs")
+@documented(
+    "A run's output: stdout, stderr and its logs.json",
+    tag="runs",
+    path={"run_id": RUN_ID},
+    answers={200: RunOutput},
+    errors={
+        404: "no such run, or no output kept (never started, or past retention)",
+        409: "the run has not ended",
+    },
+)
 async def run_logs(request: web.Request) -> web.Response:
     output = await _functions(request).output(request.match_info["run_id"])
     return web.json_response(output.as_json())
@@ -183,34 +324,4 @@ async def _small_part(part: BodyPartReader) -> bytes:
 
 
 def _spec_part(data: bytes) -> dict[str, Any]:
-    try:
-        spec = json.loads(data)
-    except ValueError:
-        raise ValidationFailed("multipart field 'spec' must be JSON") from None
-    if not isinstance(spec, dict):
-        raise ValidationFailed("multipart field 'spec' must be a JSON object")
-    return spec
-
-
-def _flag(value: str, name: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise ValidationFailed(f"query parameter '{name}' must be true or false")
-
-
-def _integer(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name, "")
-    try:
-        return int(raw) if raw else default
-    except ValueError:
-        raise ValidationFailed(f"query parameter '{name}' must be a whole number") from None
-
-
-def _epoch(request: web.Request, name: str) -> float | None:
-    raw = request.query.get(name, "")
-    try:
-        return float(raw) if raw else None
-    except ValueError:
-        raise ValidationFailed(f"query parameter '{name}' must be epoch seconds") from None
+    return parse_json(data, JsonObject, "multipart field 'spec'").root

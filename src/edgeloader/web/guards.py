@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -29,8 +30,9 @@ AUDIT_RESOURCE = web.RequestKey("audit_resource", str)
 AUDIT_BYTES = web.RequestKey("audit_bytes", int)
 AUDIT_OUTCOME = web.RequestKey("audit_outcome", str)
 
-#: Routes anyone may call: health, the ways to obtain tokens, and the keys
-#: that verify them. The Azaion ``/login`` logs the device in, so it is one.
+#: Routes anyone may call: health, the ways to obtain tokens, the keys that
+#: verify them and the API's description. The Azaion ``/login`` logs the
+#: device in, so it is one.
 PUBLIC_PATHS = frozenset(
     {
         "/health",
@@ -39,6 +41,7 @@ PUBLIC_PATHS = frozenset(
         "/api/auth/token",
         "/api/auth/refresh",
         "/api/auth/keys.json",
+        "/openapi.json",
     }
 )
 
@@ -87,6 +90,27 @@ def audited(action: str) -> Callable[[F], F]:
 
 def _mark(request: web.Request, name: str) -> Any:
     return getattr(request.match_info.handler, "__dict__", {}).get(name)
+
+
+@dataclass(frozen=True)
+class RouteMarks:
+    """A handler's marks as the middlewares read them (the OpenAPI document
+    derives each route's security from these)."""
+
+    azaion: bool
+    optional_token: bool
+    key_bearer: bool
+    roles: frozenset[str] | None
+
+
+def route_marks(handler: object) -> RouteMarks:
+    marks = getattr(handler, "__dict__", {})
+    return RouteMarks(
+        azaion=bool(marks.get("edgeloader_azaion")),
+        optional_token=bool(marks.get("edgeloader_optional_token")),
+        key_bearer=bool(marks.get("edgeloader_key_bearer")),
+        roles=marks.get("edgeloader_roles"),
+    )
 
 
 def principal(request: web.Request) -> Claims | None:

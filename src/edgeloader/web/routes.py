@@ -1,7 +1,8 @@
 """Route handlers, drop-in compatible with Azaion.Loader.
 
-Handlers parse and validate the request, call a pipeline and shape the
-answer; the work itself lives in ``edgeloader.services``.
+Handlers parse and validate the request (through the models of
+``web.models``, which also make the OpenAPI document), call a pipeline and
+shape the answer; the work itself lives in ``edgeloader.services``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ from edgeloader.web.guards import (
     principal,
     roles,
 )
+from edgeloader.web.models.azaion import (
+    NAME_SCHEMA,
+    Credentials,
+    Healthy,
+    LoadBody,
+    LoggedIn,
+    ServiceStatus,
+    UnlockProgress,
+    UnlockStarted,
+    Uploaded,
+    UploadForm,
+    UploadQuery,
+)
+from edgeloader.web.models.base import JsonObject, read_json, read_query
+from edgeloader.web.openapi import Body, Param, Reply, documented
 from edgeloader.web.state import services
 
 log = logging.getLogger(__name__)
@@ -43,18 +59,14 @@ routes = web.RouteTableDef()
 DEFAULT_FOLDER = "models"
 
 
+FILENAME = Param("the resource's name", {"type": "string", **NAME_SCHEMA})
+THROTTLED = "too many failed attempts (counted with the login routes), with Retry-After"
+
+
 async def json_body(request: web.Request, *required: str) -> dict[str, Any]:
-    """A JSON object with string values for ``required``, else 422."""
-    try:
-        body = await request.json()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge("request body too large") from None
-    except ValueError:
-        raise ValidationFailed("request body must be JSON") from None
-    except RecursionError:
-        raise ValidationFailed("request body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise ValidationFailed("request body must be a JSON object")
+    """A JSON object with non-empty strings for ``required``, else 422.
+    A route with a model of its body reads it with ``read_json`` instead."""
+    body = (await read_json(request, JsonObject)).root
     for name in required:
         if not isinstance(body.get(name), str) or not body[name]:
             raise ValidationFailed(f"field '{name}' is required and must be a string")
@@ -62,31 +74,44 @@ async def json_body(request: web.Request, *required: str) -> dict[str, Any]:
 
 
 @routes.get("/health")
+@documented("Liveness", tag="azaion", answers={200: Healthy})
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "healthy"})
+    return Healthy().response()
 
 
 @routes.get("/status")
 @azaion
+@documented("The service's state", tag="azaion", answers={200: ServiceStatus})
 async def status(request: web.Request) -> web.Response:
     svc = services(request)
     cache_dir = svc.settings.cache_dir
-    return web.json_response(
-        {
-            "status": "healthy",
-            "authenticated": svc.session.api.authenticated,
-            "modelCacheDir": str(cache_dir) if cache_dir else None,
-        }
-    )
+    return ServiceStatus(
+        authenticated=svc.session.api.authenticated,
+        model_cache_dir=str(cache_dir) if cache_dir else None,
+    ).response()
 
 
 @routes.post("/login")
 @optional_token
+@documented(
+    "Log the device in upstream",
+    tag="azaion",
+    body=Credentials,
+    answers={200: LoggedIn},
+    errors={
+        401: "invalid email or password",
+        403: "changing the device's user needs an Admin or ApiAdmin token or user",
+        429: THROTTLED,
+        502: "the Resource API is unreachable or failing",
+    },
+    description="The device keeps the credentials and its upstream token. In `required` "
+    "mode the answer also carries the caller's token pair.",
+)
 async def login(request: web.Request) -> web.Response:
     """Logs the device in upstream; in ``required`` mode also answers with
     a token pair for the caller."""
-    body = await json_body(request, "email", "password")
-    email, password = body["email"], body["password"]
+    body = await read_json(request, Credentials)
+    email, password = body.email, body.password
     svc = services(request)
     caller = principal(request)
     pair = await svc.auth.login(
@@ -97,18 +122,40 @@ async def login(request: web.Request) -> web.Response:
         lambda: svc.session.login(email, password, caller_role=caller.role if caller else None),
         issue=svc.settings.auth_mode == "required",
     )
-    return web.json_response({"status": "ok", **(pair.as_json() if pair else {})})
+    return LoggedIn.model_validate(pair.as_json() if pair else {}).response()
 
 
 @routes.post("/load/{filename}")
 @azaion
 @audited("load")
+@documented(
+    "Load a resource, decrypted, as a stream",
+    tag="azaion",
+    body=LoadBody,
+    path={"filename": FILENAME},
+    answers={
+        200: Reply(
+            "The plaintext, streamed with an exact Content-Length; a failure after the "
+            "headers cuts the connection (a body shorter than Content-Length)",
+            media_type="application/octet-stream",
+            schema={"type": "string", "format": "binary"},
+            headers={"Content-Disposition": 'attachment; filename="NAME"'},
+        )
+    },
+    errors={
+        400: "an unsafe name or folder, or a body filename that differs from the path's",
+        401: "the device is not logged in upstream",
+        404: "no such resource",
+        502: "the Resource API or the CDN failed, `decryption failed`, or "
+        "`integrity: <reason>` under a signed release manifest",
+    },
+)
 async def load_resource(request: web.Request) -> web.StreamResponse:
     name = safe_name(request.match_info["filename"], "filename")
-    body = await json_body(request)
-    if body.get("filename") not in (None, "", name):
+    body = await read_json(request, LoadBody)
+    if body.filename not in (None, "", name):
         raise InvalidRequest("filename in the path and in the body differ")
-    folder = safe_folder(body.get("folder") or DEFAULT_FOLDER)
+    folder = safe_folder(body.folder or DEFAULT_FOLDER)
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
     svc = services(request)
     try:
@@ -175,12 +222,31 @@ async def _part_chunks(part: BodyPartReader, chunk_size: int, limit: int) -> Asy
 @azaion
 @roles(*UPLOADERS)
 @audited("upload")
+@documented(
+    "Upload a resource: encrypted, split and published",
+    tag="azaion",
+    body=Body(UploadForm, "multipart/form-data"),
+    query=UploadQuery,
+    path={"filename": FILENAME},
+    answers={200: Uploaded},
+    errors={
+        400: "an unsafe name or folder, or a malformed multipart body",
+        401: "the device is not logged in upstream",
+        404: "the folder does not exist on the CDN",
+        413: "larger than the upload limit",
+        422: "not multipart, no file field `data` (or two), or a `folder` field after "
+        "the file that differs from the one used",
+        502: "the CDN or the Resource API failed",
+    },
+    description="On a box that trusts a publisher, what it uploads is loadable only once "
+    "a signed release manifest lists it.",
+)
 async def upload_resource(request: web.Request) -> web.Response:
     name = safe_name(request.match_info["filename"], "filename")
     svc = services(request)
     if not request.content_type.startswith("multipart/"):
         raise ValidationFailed("upload must be multipart/form-data with a file field 'data'")
-    folder = safe_folder(request.query.get("folder") or DEFAULT_FOLDER)
+    folder = safe_folder(read_query(request, UploadQuery).folder or DEFAULT_FOLDER)
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
     with _multipart_errors():
         reader = await request.multipart()
@@ -221,40 +287,47 @@ async def upload_resource(request: web.Request) -> web.Response:
         before_publish=rest_of_form,
     )
     request[AUDIT_BYTES] = done.plaintext_bytes
-    return web.json_response(
-        {"status": "ok", "filename": name, "folder": folder, "size": done.plaintext_bytes}
-    )
+    return Uploaded(filename=name, folder=folder, size=done.plaintext_bytes).response()
 
 
 @routes.post("/unlock")
 @azaion
 @roles(*ADMINS, Role.COMPANION_PC)
 @audited("unlock")
+@documented(
+    "Start the unlock of the service images",
+    tag="azaion",
+    body=Credentials,
+    answers={200: UnlockStarted},
+    errors={404: "the image archive is missing", 429: THROTTLED},
+    description="Runs in the background: follow it with GET /unlock/status or the event "
+    "stream. `ready` at once when every expected image is in the engine, and the current "
+    "state while one runs, both without looking at the credentials.",
+)
 async def unlock(request: web.Request) -> web.Response:
-    body = await json_body(request, "email", "password")
+    body = await read_json(request, Credentials)
     svc = services(request)
     request[AUDIT_RESOURCE] = str(svc.settings.images_path)
     caller = principal(request)
     status = await svc.unlock.start(
         UnlockRequest(
-            body["email"],
-            body["password"],
+            body.email,
+            body.password,
             client_address(request),
             caller.role if caller else None,
         )
     )
-    return web.json_response({"state": status.state.value})
+    return UnlockStarted(state=status.state).response()
 
 
 @routes.get("/unlock/status")
 @azaion
+@documented("The unlock's progress", tag="azaion", answers={200: UnlockProgress})
 async def unlock_status(request: web.Request) -> web.Response:
     status = services(request).unlock.status
-    return web.json_response(
-        {
-            "state": status.state.value,
-            "error": status.error,
-            "bytesDone": status.bytes_done,
-            "bytesTotal": status.bytes_total,
-        }
-    )
+    return UnlockProgress(
+        state=status.state,
+        error=status.error,
+        bytes_done=status.bytes_done,
+        bytes_total=status.bytes_total,
+    ).response()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic.config import JsonDict
+from pydantic import Field, WithJsonSchema
+from pydantic.config import JsonDict, JsonValue
 
 from edgeloader.functions.records import RunStatus
 from edgeloader.functions.spec import (
@@ -21,6 +21,7 @@ from edgeloader.functions.spec import (
     MAX_ENV_ITEMS,
     MAX_STRING,
     NAME,
+    RESERVED_ENV,
 )
 from edgeloader.web.models.base import Answer, OneOf, Query, StrictBody
 
@@ -31,7 +32,20 @@ NAME_SCHEMA: JsonDict = {
 }
 MAX_OFFSET = 2**31 - 1
 _TEXT: JsonDict = {"pattern": "^[^\\x00]*$"}
-_ENV_VALUE: JsonDict = {"pattern": "^[^\\x00\\r\\n]*$"}
+_ENV_SCHEMA: JsonDict = {
+    "type": "object",
+    "maxProperties": MAX_ENV_ITEMS,
+    "propertyNames": {
+        "pattern": f"^{ENV_NAME.pattern}$",
+        "maxLength": MAX_STRING,
+        "not": {"enum": list[JsonValue](sorted(RESERVED_ENV))},
+    },
+    "additionalProperties": {
+        "type": "string",
+        "maxLength": MAX_STRING,
+        "pattern": "^[^\\x00\\r\\n]*$",
+    },
+}
 
 
 class Limits(StrictBody):
@@ -48,15 +62,8 @@ class FunctionSettings(StrictBody):
     command: list[Annotated[str, Field(max_length=MAX_STRING, json_schema_extra=_TEXT)]] | None = (
         Field(None, min_length=1, max_length=MAX_COMMAND_ITEMS, description="the image's own")
     )
-    env: (
-        dict[
-            Annotated[str, Field(max_length=MAX_STRING, pattern=f"^{ENV_NAME.pattern}$")],
-            Annotated[str, Field(max_length=MAX_STRING, json_schema_extra=_ENV_VALUE)],
-        ]
-        | None
-    ) = Field(
+    env: Annotated[dict[str, str], WithJsonSchema(_ENV_SCHEMA)] | None = Field(
         None,
-        max_length=MAX_ENV_ITEMS,
         description="never returned; EDGELOADER_RUN_ID and EDGELOADER_FUNCTION are the loader's",
     )
     limits: Limits | None = None

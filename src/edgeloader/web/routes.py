@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -50,7 +49,7 @@ from edgeloader.web.models.azaion import (
     UploadForm,
     UploadQuery,
 )
-from edgeloader.web.models.base import JsonObject, read_json, read_query
+from edgeloader.web.models.base import read_json, read_query
 from edgeloader.web.openapi import Body, Param, Reply, documented
 from edgeloader.web.state import services
 
@@ -61,16 +60,6 @@ DEFAULT_FOLDER = "models"
 
 FILENAME = Param("the resource's name", {"type": "string", **NAME_SCHEMA})
 THROTTLED = "too many failed attempts (counted with the login routes), with Retry-After"
-
-
-async def json_body(request: web.Request, *required: str) -> dict[str, Any]:
-    """A JSON object with non-empty strings for ``required``, else 422.
-    A route with a model of its body reads it with ``read_json`` instead."""
-    body = (await read_json(request, JsonObject)).root
-    for name in required:
-        if not isinstance(body.get(name), str) or not body[name]:
-            raise ValidationFailed(f"field '{name}' is required and must be a string")
-    return body
 
 
 @routes.get("/health")

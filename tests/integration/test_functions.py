@@ -411,6 +411,12 @@ async def test_bad_input_gets_a_clear_4xx(make_api: Callable[..., Awaitable[Api]
         "POST", "/api/functions", api.admin, json={"name": "ghost", "image": "localhost/no:1"}
     )
     assert (status, body) == (404, {"detail": "image localhost/no:1 is not in the engine"})
+    # A name the engine refuses outright is the caller's mistake, not the engine's failure.
+    status, body, _ = await api.call(
+        "POST", "/api/functions", api.admin, json={"name": "ghost", "image": "localhost/No:1"}
+    )
+    assert status == 422, body
+    assert "image" in body["detail"]
 
     for limits, field in [
         ({"memoryMb": 8}, "limits.memoryMb"),

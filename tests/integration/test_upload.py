@@ -145,3 +145,10 @@ async def test_publisher_cli_path_cleans_up_too(stack: Stack, tmp_path: Path) ->
     assert done.plaintext_bytes == 100_000
     await stack.login()
     assert await stack.load("ok.bin") == (200, source.read_bytes())
+
+
+async def test_upload_to_a_folder_without_a_bucket_names_the_upload(stack: Stack) -> None:
+    await stack.login()
+    status, body = await upload(stack, "x.bin", form(b"data", "no-such-bucket-here"))
+    assert status == 404
+    assert "upload of no-such-bucket-here" in str(body["detail"])

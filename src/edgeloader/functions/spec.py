@@ -18,7 +18,21 @@ from edgeloader.errors import UnsafeName, ValidationFailed
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A repository, an optional tag and an optional digest; no spaces or shell.
-IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}")
+# An image reference as the engines parse it: an optional registry (with a
+# port), lower-case path components, an optional tag and digest; or an ID.
+_DOMAIN = (
+    r"(?:localhost|[A-Za-z0-9-]+:[0-9]+"
+    r"|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+    r"(?::[0-9]+)?)"
+)
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE = re.compile(
+    rf"(?:(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?"
+    r"|sha256:[0-9a-f]{64}|[0-9a-f]{12,64})"
+)
+MAX_IMAGE = 255
 # Set by the loader for every run; a function may not define them.
 RESERVED_ENV = frozenset({"EDGELOADER_RUN_ID", "EDGELOADER_FUNCTION"})
 MAX_COMMAND_ITEMS = 256
@@ -90,7 +104,7 @@ def parse_spec(
     image = ""
     if with_image:
         image = body.get("image")  # type: ignore[assignment]
-        if not isinstance(image, str) or not IMAGE.fullmatch(image):
+        if not isinstance(image, str) or len(image) > MAX_IMAGE or not IMAGE.fullmatch(image):
             raise ValidationFailed("field 'image' is required: an image reference")
     return FunctionSpec(
         image=image,

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from edgeloader import crypto, metrics
-from edgeloader.errors import CdnError
+from edgeloader.errors import CdnError, EdgeloaderError
 from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
 
@@ -138,8 +138,9 @@ async def _publish(
 
 
 async def _discard(cdn: Cdn, folder: str, key: str) -> None:
-    """Removes a staged big part (best effort: the first error matters more)."""
+    """Removes a staged big part (best effort: the first error matters more,
+    and it must not be hidden by this one, e.g. a bucket that is missing)."""
     try:
         await cdn.delete(folder, key)
-    except CdnError:
+    except EdgeloaderError:
         log.warning("could not remove staged %s/%s", folder, key, exc_info=True)

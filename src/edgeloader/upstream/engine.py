@@ -37,7 +37,13 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from edgeloader.errors import BuildFailed, EdgeloaderError, EngineError, NotFound
+from edgeloader.errors import (
+    BuildFailed,
+    EdgeloaderError,
+    EngineError,
+    NotFound,
+    ValidationFailed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +154,12 @@ class Engine:
         what: str,
         *,
         missing: str | None = None,
+        invalid: str | None = None,
         ignore: Collection[int] = (),
         refused: type[EdgeloaderError] = EngineError,
     ) -> Iterator[None]:
-        """Maps lower layers' errors to ours; ``missing`` words a 404.
+        """Maps lower layers' errors to ours; ``missing`` words a 404, and
+        ``invalid`` a 400 (the caller's input was refused: a 422, not a 502).
 
         An engine answer whose status is in ``ignore`` is no error (the
         block ends there); any other refusal becomes ``refused``.
@@ -172,6 +180,8 @@ class Engine:
                 return
             if exc.status == 404 and missing is not None:
                 raise NotFound(missing) from None
+            if exc.status == 400 and invalid is not None:
+                raise ValidationFailed(f"{invalid}: {exc.message}") from None
             raise refused(f"{what} failed: {exc.message}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             cause = _find_cause(exc)
@@ -208,7 +218,11 @@ class Engine:
 
     async def inspect_image(self, ref: str) -> dict[str, Any]:
         """The engine's record of an image; :class:`NotFound` if it has none."""
-        with self._mapped("image inspect", missing=f"image {ref} is not in the engine"):
+        with self._mapped(
+            "image inspect",
+            missing=f"image {ref} is not in the engine",
+            invalid=f"image {ref!r} is not a reference the engine accepts",
+        ):
             info: dict[str, Any] = await self.docker.images.inspect(ref)
         return info
 

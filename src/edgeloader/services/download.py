@@ -53,6 +53,11 @@ __all__ = ["Alignment", "Download", "Transfers"]
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 8.0
+# The most one read of a body returns. Each piece goes on, decrypted, to a
+# client that may be slow, where it waits as plaintext and as a copy in the
+# socket's buffer: outside the budget, so kept small (it costs nothing in
+# speed: the HTTP client rarely holds more than this at once).
+READ_SIZE = 128 * 1024
 # Below the CDN client's pool: the rest is for the short reads (v1 tails).
 CONNECTION_SLOTS = MAX_POOL - 4
 _V2_TAG = 16
@@ -452,7 +457,7 @@ class Download:
             assert part.end is not None
             while (position := part.start + part.received) < part.end:
                 async with asyncio.timeout(stall):
-                    data = await found.read(self._chunk)
+                    data = await found.read(READ_SIZE)
                 if not data:
                     raise CdnError(f"the CDN ended a {self.what} early")
                 data = data[: part.end - position]

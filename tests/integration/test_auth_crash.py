@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,39 +21,39 @@ import aiohttp
 
 from edgeloader.auth.service import secret_hash
 from edgeloader.auth.store import DB_FILE, ApiKeyRecord, AuthStore
+from tests.support.harness.net import free_port
 
 KEY_ID, SECRET = "00112233aabbccdd", "crash-test-secret"
 API_KEY = f"elk_{KEY_ID}_{SECRET}"
 AGENTS = 8
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_loader(state: Path, port: int) -> subprocess.Popen[bytes]:
+def start_loader(state: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "RESOURCE_API_URL": "http://127.0.0.1:9",  # never called by these routes
         "EDGELOADER_STATE_DIR": str(state),
         "EDGELOADER_AUTH": "required",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "edgeloader", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # The log goes to a file: a pipe nobody reads fills up and blocks the loader.
+    with log.open("ab") as out:
+        argv = ["-m", "edgeloader", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
 
 
 async def wait_healthy(
-    http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]
+    http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes], log: Path
 ) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        if proc.poll() is not None:
+            tail = await asyncio.to_thread(log.read_text, errors="replace")
+            raise AssertionError(f"the loader exited:\n{tail[-3000:]}")
         with contextlib.suppress(aiohttp.ClientError):
             async with http.get(f"{url}/health") as resp:
                 if resp.status == 200:
@@ -72,14 +71,15 @@ async def test_kill_during_refresh_burst_leaves_a_consistent_store(tmp_path: Pat
     )
     store.close()
     port = free_port()
+    log = tmp_path / "loader.log"
     url = f"http://127.0.0.1:{port}"
     refreshes = 0
     enough = asyncio.Event()
 
     async with aiohttp.ClientSession() as http:
-        proc = start_loader(state, port)
+        proc = start_loader(state, port, log)
         try:
-            await wait_healthy(http, url, proc)
+            await wait_healthy(http, url, proc, log)
 
             async def agent() -> None:
                 nonlocal refreshes
@@ -118,9 +118,9 @@ async def test_kill_during_refresh_burst_leaves_a_consistent_store(tmp_path: Pat
         assert families == (AGENTS,)
         assert len(live) == AGENTS
 
-        proc = start_loader(state, port)
+        proc = start_loader(state, port, log)
         try:
-            await wait_healthy(http, url, proc)
+            await wait_healthy(http, url, proc, log)
             async with http.post(f"{url}/api/auth/token", json={"apiKey": API_KEY}) as r:
                 assert r.status == 200
                 pair = await r.json()

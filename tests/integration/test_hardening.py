@@ -479,7 +479,7 @@ async def test_an_upload_finishes_when_the_client_leaves_during_the_small_part_p
     try:
         await stack.start_loader(stack.settings(resource_api_url=proxy_url))
         await stack.login()
-        new = pattern(7 * 1024 * 1024)
+        new = pattern(3 * 1024 * 1024)
         url = f"{stack.loader_url}/upload/m.bin?folder={stack.bucket}"
 
         async def upload_then_leave() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import pytest
 
-from edgeloader.config import CdnOverrides
+from edgeloader.config import CdnOverrides, DownloadSettings
 from tests.integration.conftest import (
     ADMIN,
     FINGERPRINT,
@@ -210,7 +210,11 @@ async def test_cdn_dropping_mid_stream_cuts_the_response_and_caches_nothing(
     stack.publish("m.bin", data)
     host, port = stack.s3_endpoint.removeprefix("http://").split(":")
     async with CuttingProxy(host, int(port), budget=2 * 1024 * 1024) as proxy:
-        await stack.start_loader(stack.settings().with_overrides(cdn=CdnOverrides(host=proxy.url)))
+        # Quick retries: every one meets the same dead proxy, then the body is cut.
+        quick = DownloadSettings(retry_backoff=0.05)
+        await stack.start_loader(
+            stack.settings(downloads=quick).with_overrides(cdn=CdnOverrides(host=proxy.url))
+        )
         await stack.login()
         async with stack.http.post(
             f"{stack.loader_url}/load/m.bin", json={"folder": stack.bucket}

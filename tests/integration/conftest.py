@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +64,11 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodmanService]:
-    with PodmanService(tmp_path_factory.mktemp("podman")) as service:
+def engine() -> Iterator[PodmanService]:
+    """One podman service for the session, in a short-pathed folder: podman's
+    clean-up after a container refuses a run root over 50 characters (and
+    every wait then takes a 20 s fallback)."""
+    with PodmanService(Path(tempfile.mkdtemp(prefix="podman-"))) as service:
         yield service
 
 

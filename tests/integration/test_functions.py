@@ -11,11 +11,9 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import signal
 import tarfile
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -121,27 +119,6 @@ class Api:
 
         await wait_for(done, within)
         return ended
-
-
-@pytest.fixture(scope="session")
-def engine() -> Iterator[PodmanService]:
-    """This module's own podman service, started from its own folder: podman
-    4's container monitor writes a note named ``oom`` into the service's
-    working folder when a container runs out of memory, as one here does.
-    The folder's path is short: podman's clean-up after a container refuses
-    a run root longer than 50 characters."""
-    base = Path(tempfile.mkdtemp(prefix="fn-podman-"))
-    here = Path.cwd()
-    os.chdir(base)
-    try:
-        service = PodmanService(base)
-        service.start()
-    finally:
-        os.chdir(here)
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")

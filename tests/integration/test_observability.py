@@ -13,9 +13,7 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,25 +53,6 @@ CREDS = {"email": ADMIN[0], "password": ADMIN[1]}
 UNLOCK_STATES = ["authenticating", "downloading_key", "decrypting", "loading_images", "ready"]
 
 Key = tuple[str, frozenset[tuple[str, str]]]
-
-
-@pytest.fixture(scope="session")
-def engine() -> Iterator[PodmanService]:
-    """This module's own podman service, in a short-pathed folder: podman's
-    clean-up after a function's container refuses a run root over 50
-    characters (as in test_functions.py)."""
-    base = Path(tempfile.mkdtemp(prefix="obs-podman-"))
-    here = Path.cwd()
-    os.chdir(base)
-    try:
-        service = PodmanService(base)
-        service.start()
-    finally:
-        os.chdir(here)
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 @pytest.fixture(scope="session")

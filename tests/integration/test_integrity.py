@@ -23,10 +23,13 @@ from tests.integration.conftest import ADMIN, Stack, pattern, s3_client
 from tests.integration.test_unlock import (  # noqa: F401 - fixtures used by name
     IMAGES,
     clean_engine,
+    encrypted_archive,
     final_status,
+    flip_byte,
     plain_archive,
     start_unlocker,
     unlock,
+    unlock_outcome,
 )
 from tests.support.podman import PodmanService, image_exists
 from tests.unit.test_v2 import oracle_encrypt
@@ -91,15 +94,9 @@ async def test_v2_tampered_chunk_cuts_the_body_before_that_chunk(stack: Stack) -
 async def test_v2_archive_with_a_flipped_bit_loads_nothing(
     stack: Stack, clean_engine: PodmanService, plain_archive: Path
 ) -> None:
-    fragment = (stack.api_dir / "key_fragment").read_bytes()
-    archive = stack.tmp / "images.enc"
-    await encrypt_archive(plain_archive, archive, fragment, fmt=2)
-    data = bytearray(archive.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    archive.write_bytes(bytes(data))
-    await start_unlocker(stack, clean_engine, archive)
-    await unlock(stack)
-    status = await final_status(stack)
+    archive = await encrypted_archive(stack, plain_archive, fmt=2)
+    flip_byte(archive, archive.stat().st_size // 2)
+    status = await unlock_outcome(stack, clean_engine, archive)
     assert status["state"] == "error"
     assert status["error"] == "decryption failed"
     for ref in IMAGES:
@@ -109,12 +106,8 @@ async def test_v2_archive_with_a_flipped_bit_loads_nothing(
 async def test_v1_archive_still_unlocks(
     stack: Stack, clean_engine: PodmanService, plain_archive: Path
 ) -> None:
-    fragment = (stack.api_dir / "key_fragment").read_bytes()
-    archive = stack.tmp / "images.enc"
-    await encrypt_archive(plain_archive, archive, fragment, fmt=1)
-    await start_unlocker(stack, clean_engine, archive)
-    await unlock(stack)
-    assert (await final_status(stack))["state"] == "ready"
+    archive = await encrypted_archive(stack, plain_archive, fmt=1)
+    assert (await unlock_outcome(stack, clean_engine, archive))["state"] == "ready"
 
 
 # -- the signed release manifest --------------------------------------------------------

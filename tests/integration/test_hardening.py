@@ -516,3 +516,22 @@ async def test_objects_over_the_single_copy_limit_are_copied_in_parts(stack: Sta
         )
     copied = s3_client(stack.s3_endpoint).get_object(Bucket=stack.bucket, Key="dst")
     assert copied["Body"].read() == data
+
+
+async def test_concurrent_overwrites_of_one_name_never_mix(stack: Stack) -> None:
+    """Many uploads of one name at once: the resource ends as exactly one of
+    them, whole, and no staging object is left."""
+    await stack.login()
+    versions = [pattern(300_000 + i) for i in range(20)]
+    url = f"{stack.loader_url}/upload/m.bin?folder={stack.bucket}"
+
+    async def upload(data: bytes) -> int:
+        async with stack.http.post(url, data=upload_form(data)) as resp:
+            return resp.status
+
+    statuses = await asyncio.gather(*(upload(v) for v in versions))
+    assert statuses == [200] * len(versions)
+    status, body = await stack.load("m.bin")
+    assert status == 200
+    assert body in versions
+    assert keys_of(stack, "m.bin") == ["m.bin.big"]

@@ -25,6 +25,7 @@ tell and yields garbage for that window (docs/security.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -40,6 +41,22 @@ log = logging.getLogger(__name__)
 # Publishing steps that must outlive their caller; kept so they are not
 # garbage-collected while they run.
 _FINISHING: set[asyncio.Task[None]] = set()
+# One publish at a time per resource: two overwrites of one name whose small
+# posts and CDN copies interleave would pair one's small part with the
+# other's big part for good. Entries live only while someone holds or waits.
+_PUBLISHING: dict[tuple[str, str], asyncio.Lock] = {}
+
+
+@contextlib.asynccontextmanager
+async def _one_publish_at_a_time(folder: str, name: str) -> AsyncIterator[None]:
+    key = (folder, name)
+    lock = _PUBLISHING.setdefault(key, asyncio.Lock())
+    try:
+        async with lock:
+            yield
+    finally:
+        if not lock.locked() and _PUBLISHING.get(key) is lock:
+            del _PUBLISHING[key]
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,19 @@ async def upload_resource(
 
 
 async def _publish(
+    cdn: Cdn,
+    api: ResourceApiClient,
+    folder: str,
+    name: str,
+    staged: str,
+    small: bytes,
+    big_bytes: int,
+) -> None:
+    async with _one_publish_at_a_time(folder, name):
+        await _publish_locked(cdn, api, folder, name, staged, small, big_bytes)
+
+
+async def _publish_locked(
     cdn: Cdn,
     api: ResourceApiClient,
     folder: str,

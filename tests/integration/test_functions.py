@@ -444,6 +444,12 @@ async def test_bad_input_gets_a_clear_4xx(make_api: Callable[..., Awaitable[Api]
     )
     assert status == 413
     assert "larger than 4096 bytes" in body["detail"]
+    # Within the size limit, but deeper than any JSON parser goes: a 422, not a 500.
+    status, body, _ = await api.call(
+        "POST", "/api/functions/small/invoke", api.admin, data=b"[" * 1500 + b"]" * 1500
+    )
+    assert status == 422, body
+    assert "nested too deeply" in body["detail"]
     status, body, _ = await api.call(
         "POST",
         "/api/functions/big/build",

@@ -489,6 +489,8 @@ def _request_json(body: bytes) -> bytes:
         json.loads(body)
     except ValueError:
         raise ValidationFailed("the invoke body must be JSON") from None
+    except RecursionError:
+        raise ValidationFailed("the invoke body is nested too deeply") from None
     return body
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from edgeloader.roles import Role
+from edgeloader.web.state import SERVICES as SERVICES_KEY
 from edgeloader_publisher.archive import encrypt_archive
 from tests.integration.conftest import ADMIN, Stack
 from tests.support.podman import (
@@ -156,6 +158,30 @@ async def test_corrupted_archive_ends_in_error_and_loads_nothing(
     assert status["error"] == "decryption failed"
     for ref in IMAGES:
         assert not image_exists(clean_engine, ref)
+
+
+async def test_a_failed_run_is_over_when_its_status_says_so(
+    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    """A failed load is cleaned out of the engine before "error" goes out:
+    a caller who sees it and retries at once starts a new run rather than
+    being answered with the old one's state."""
+    archive = await encrypted_archive(stack, plain_archive)
+    flip_byte(archive, -1)
+    await start_unlocker(stack, clean_engine, archive)
+    manager = stack.runners[-1].app[SERVICES_KEY].unlock
+    with manager.events.subscribe(Role.ADMIN) as seen:  # type: ignore[union-attr]
+        await unlock(stack)
+        while (event := await seen.next(within=120)) is not None:
+            if event.data["state"] in ("ready", "error"):
+                break
+        assert event is not None, "the unlock did not end"
+        assert event.data["error"] == "decryption failed", event
+        # The subscriber wakes a loop step after the publish, as any client.
+        assert not manager.running
+    retry = await unlock(stack)
+    assert retry["state"] == "authenticating", retry
+    assert (await final_status(stack))["error"] == "decryption failed"
 
 
 async def test_wrong_fragment_ends_in_error(

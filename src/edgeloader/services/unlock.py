@@ -194,6 +194,7 @@ class UnlockManager:
         settings = self.session.settings
         before: set[str] | None = None
         user: UpstreamUser | None = None
+        error: str | None = None
         try:
             user = await attempt.run(
                 lambda: self.session.sign_in(
@@ -217,17 +218,21 @@ class UnlockManager:
             missing = await self.engine.missing_images(settings.expected_images)
             if missing:
                 raise NotFound(f"archive loaded but images missing: {', '.join(missing)}")
-            self._set(UnlockState.READY)
-            metrics.unlock("ready")
         except EdgeloaderError as exc:
-            await self._fail(exc.detail, before)
+            error = exc.detail
         except Exception as exc:
             log.exception("unlock failed unexpectedly")
-            await self._fail(f"unexpected error: {exc}", before)
+            error = f"unexpected error: {exc}"
         finally:
             await attempt.abandon()  # only if the attempt never ran
             if user is not None:
                 await user.close()
+        if error is not None:
+            log.error("unlock failed: %s", error)
+            await self._remove_partial(before)
+        # The outcome goes out last: a caller who sees "ready" or "error"
+        # may start the next run at once, and must find this one over.
+        self._finish(error)
 
     async def _mark_sent(self, archive: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Passes the archive through; once it is all sent, the engine is
@@ -236,12 +241,19 @@ class UnlockManager:
             yield chunk
         self._set(UnlockState.LOADING_IMAGES)
 
-    async def _fail(self, message: str, before: set[str] | None) -> None:
-        log.error("unlock failed: %s", message)
-        self.status.error = message
-        self.status.state = UnlockState.ERROR
-        metrics.unlock("error")
+    def _finish(self, error: str | None) -> None:
+        if error is None:
+            self.status.state = UnlockState.READY
+            metrics.unlock("ready")
+        else:
+            self.status.error = error
+            self.status.state = UnlockState.ERROR
+            metrics.unlock("error")
+        log.info("unlock: %s", self.status.state.value)
         self._publish()
+
+    async def _remove_partial(self, before: set[str] | None) -> None:
+        """Removes what a failed load left in the engine, if it got that far."""
         if before is None:
             return
         try:

@@ -485,8 +485,12 @@ class PrefetchService:
             await asyncio.to_thread(self._journal.save, job.row)
 
     async def _set(self, job: _Job, state: str, error: str | None) -> None:
-        job.row = replace(job.row, state=state, error=error)
-        await self._save(job)
+        row = replace(job.row, state=state, error=error)
+        if self._journal is not None:
+            await asyncio.to_thread(self._journal.save, row)
+        # Shown only once saved, and nothing is awaited after a final state:
+        # a caller who sees "done" or "failed" finds the job over.
+        job.row = row
         self._publish(job, force=True)
 
     async def _end(self, job: _Job, state: str, error: str | None) -> None:

@@ -104,9 +104,12 @@ def run_event(record: Mapping[str, Any]) -> Event:
     return Event(RUN, {name: record.get(name) for name in RUN_FIELDS})
 
 
-def prefetch_event(folder: str, name: str, state: str, bytes_done: int, bytes_total: int) -> Event:
-    """Pre-staging progress of one resource: the hook for the pre-staging
-    service, which publishes these (paced with a :class:`Pacer` per resource)."""
+def prefetch_event(
+    folder: str, name: str, state: str, bytes_done: int, bytes_total: int, error: str | None
+) -> Event:
+    """Pre-staging progress of one resource, the fields of
+    ``GET /api/prefetch/{folder}/{name}`` (published by the pre-staging
+    service, paced with a :class:`Pacer` per resource)."""
     return Event(
         PREFETCH,
         {
@@ -115,6 +118,7 @@ def prefetch_event(folder: str, name: str, state: str, bytes_done: int, bytes_to
             "state": state,
             "bytesDone": bytes_done,
             "bytesTotal": bytes_total,
+            "error": error,
         },
     )
 

@@ -26,8 +26,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from edgeloader.cli.commands.common import format_bytes
 from edgeloader_publisher.archive import encrypt_archive
-from tests.integration.conftest import ADMIN, OPERATOR, Stack, dead_url, pattern
+from tests.integration.conftest import ADMIN, OPERATOR, Stack, dead_url, pattern, s3_client
 from tests.support.harness.loader import start_loader_process
 from tests.support.harness.processes import REPO_ROOT, clean_env
 from tests.support.podman import (
@@ -377,6 +378,77 @@ async def test_plain_progress_lines_off_a_terminal(
     )
     assert result.err == ""
     assert result.json()["bytes"] == 4 * MiB
+
+
+# -- prefetch ----------------------------------------------------------------------
+
+
+async def test_prefetch_wait_follows_to_done(admin: Cli, stack: Stack) -> None:
+    stack.publish("pre.bin", pattern(2 * MiB + 5))
+    small = stack.api_dir / "resources" / stack.bucket / "pre.bin.small"
+    big = s3_client(stack.s3_endpoint).head_object(Bucket=stack.bucket, Key="pre.bin.big")
+    total = small.stat().st_size + big["ContentLength"]
+    result = await admin.ok("prefetch", "pre.bin", "--folder", stack.bucket, "--wait")
+    size = format_bytes(total)
+    assert result.text == f"prefetch {stack.bucket}/pre.bin: done ({size} in the cache)\n"
+    # Asked again: from the cache at once, one JSON document.
+    again = await admin.ok("prefetch", "pre.bin", "--folder", stack.bucket, "--wait", "--json")
+    assert again.json() == {
+        "folder": stack.bucket,
+        "name": "pre.bin",
+        "state": "done",
+        "bytesDone": total,
+        "bytesTotal": total,
+        "error": None,
+    }
+    assert again.err == ""
+    # Without --wait: the job's state as the service answered it.
+    started = await admin.ok("prefetch", "pre.bin", "--folder", stack.bucket, "--json")
+    assert started.json()["state"] in ("running", "waiting", "verifying", "done")
+
+
+async def test_prefetch_failures_are_one_line(admin: Cli, stack: Stack) -> None:
+    result = await admin.run("prefetch", "absent.bin", "--folder", stack.bucket, "--wait")
+    assert result.code == 1
+    *states, line = result.err.splitlines()
+    assert states == ["prefetch: running"]  # the answer to POST, as with any state
+    assert line.startswith(f"edgeloader: pre-staging of {stack.bucket}/absent.bin failed: ")
+    assert "not found" in line
+    assert result.text == f"prefetch {stack.bucket}/absent.bin: failed ({line.split(': ', 2)[2]})\n"
+    result = await admin.run("prefetch", "m.bin", "--folder", "../etc")
+    assert result.code == 2
+    assert "(HTTP 400)" in result.one_error_line()
+
+
+async def test_prefetch_that_waits_says_why_and_times_out(cli: Cli, stack: Stack) -> None:
+    cli.url = stack.loader_url
+    await cli.login()  # tokens only: the job waits for the device's login
+    stack.publish("m.bin", pattern(1000))
+    args = ("prefetch", "m.bin", "--folder", stack.bucket, "--wait", "--timeout", "1")
+    result = await cli.run(*args)
+    assert result.code == 1
+    assert result.err.splitlines() == [
+        "prefetch: running",  # the answer to POST; the job then finds no login
+        "prefetch: waiting (the device is not logged in upstream)",
+        f"edgeloader: pre-staging of {stack.bucket}/m.bin is still waiting after 1 s",
+    ]
+    await stack.login()  # the device logs in: the same job goes on and ends
+    result = await cli.ok(*args[:-2], "--json")
+    assert result.json()["state"] == "done"
+
+
+async def test_prefetch_without_a_cache_is_one_line(
+    cli: Cli, make_stack: Callable[..., Awaitable[Stack]]
+) -> None:
+    stack = await make_stack()
+    await stack.start_loader(stack.settings(auth_mode="required", cache_dir=None))
+    cli.url = stack.loader_url
+    await cli.login()
+    result = await cli.run("prefetch", "m.bin", "--folder", stack.bucket)
+    assert result.code == 1
+    line = result.one_error_line()
+    assert "EDGELOADER_CACHE_DIR" in line
+    assert line.endswith("(HTTP 409)")
 
 
 # Runs the CLI and reports its peak resident size (VmHWM, KiB) on stderr's last line.

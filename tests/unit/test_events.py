@@ -173,14 +173,15 @@ def test_event_shapes() -> None:
     )
     record = {name: name for name in RUN_FIELDS} | {"result": {"big": "x" * 1000}, "version": 3}
     assert run_event(record) == Event(RUN, {name: name for name in RUN_FIELDS})
-    assert prefetch_event("models", "m.bin", "downloading", 1, 2) == Event(
+    assert prefetch_event("models", "m.bin", "waiting", 1, 2, "the CDN is down") == Event(
         PREFETCH,
         {
             "folder": "models",
             "name": "m.bin",
-            "state": "downloading",
+            "state": "waiting",
             "bytesDone": 1,
             "bytesTotal": 2,
+            "error": "the CDN is down",
         },
     )
     notice = security_event("throttled", subject="user:x", retryAfter=4)

@@ -1,10 +1,11 @@
 """``edgeloader``: the command line of the device.
 
 ``serve`` runs the service; the client commands (``login``, ``load``,
-``upload``, ``unlock``, ``fn``, ``keys``, ``audit``, ``doctor``) talk to a
-running service over its REST API (docs/cli.md). Each subcommand lives in
-its own module and registers itself on the parser;
-:func:`edgeloader.cli.output.run_command` gives all of them one way to fail.
+``upload``, ``prefetch``, ``unlock``, ``fn``, ``keys``, ``audit``,
+``doctor``) talk to a running service over its REST API (docs/cli.md).
+Each subcommand lives in its own module and registers itself on the
+parser; :func:`edgeloader.cli.output.run_command` gives all of them one
+way to fail.
 The publishing tools are a separate program of the publisher distribution.
 """
 

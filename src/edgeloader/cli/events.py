@@ -1,11 +1,14 @@
-"""Following an unlock: the service's event stream, or polling.
+"""Following an unlock or a pre-staging job: the service's event stream,
+or polling.
 
 ``GET /api/events`` is a Server-Sent Events stream; an unlock's progress
 arrives as ``event: unlock`` with ``data: {"state", "error", "bytesDone",
-"bytesTotal"}``. A service without the stream (404, 405, 501, or an answer
+"bytesTotal"}``, a pre-staging job's as ``event: prefetch`` with its folder
+and name too. A service without the stream (404, 405, 501, or an answer
 that is not ``text/event-stream``), one whose stream is not open to the
-caller (403), or a stream that ends before the unlock does, is followed by
-polling ``GET /unlock/status`` instead, the Azaion route every version has.
+caller (403), or a stream that ends before the job does, is followed by
+polling its status route instead (for an unlock ``GET /unlock/status``,
+the Azaion route every version has).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ __all__ = [
     "FINAL_STATES",
     "Event",
     "EventParser",
+    "Followed",
+    "follow",
     "follow_unlock",
     "read_events",
 ]
@@ -82,20 +87,35 @@ async def read_events(content: aiohttp.StreamReader) -> AsyncIterator[Event]:
             yield event
 
 
+@dataclass(frozen=True)
+class Followed:
+    """Something with a status to follow: the event that carries it, the
+    route that answers it, and its final states."""
+
+    event: str
+    path: str
+    final: frozenset[str]
+    #: Whether an event of that name is about this one (a job's name, say).
+    matches: Callable[[Status], bool] = lambda _status: True
+
+
+UNLOCK = Followed("unlock", "/unlock/status", FINAL_STATES)
+
+
 def _status(raw: Any) -> Status | None:
     if isinstance(raw, dict) and isinstance(raw.get("state"), str):
         return raw
     return None
 
 
-async def unlock_status(client: Client) -> Status:
-    status = _status(await client.call("GET", "/unlock/status"))
+async def current_status(client: Client, followed: Followed) -> Status:
+    status = _status(await client.call("GET", followed.path))
     if status is None:
-        raise ServiceUnreachable("GET /unlock/status: the answer has no state")
+        raise ServiceUnreachable(f"GET {followed.path}: the answer has no state")
     return status
 
 
-async def _follow_stream(client: Client, on_status: OnStatus) -> Status | None:
+async def _follow_stream(client: Client, followed: Followed, on_status: OnStatus) -> Status | None:
     """The final status from the event stream, or None to poll instead."""
     headers = {"Accept": "text/event-stream"}
     async with client.request("GET", "/api/events", headers=headers, expect=None) as resp:
@@ -104,43 +124,54 @@ async def _follow_stream(client: Client, on_status: OnStatus) -> Status | None:
         if resp.status != 200:
             await raise_for_answer(resp)
         # The stream may carry only what changes from now on: catch up first.
-        status = await unlock_status(client)
+        status = await current_status(client, followed)
         on_status(status)
-        if status["state"] in FINAL_STATES:
+        if status["state"] in followed.final:
             return status
         async for event in read_events(resp.content):
-            if event.name != "unlock":
+            if event.name != followed.event:
                 continue
             try:
                 status_or_none = _status(json.loads(event.data))
             except ValueError:
                 continue
-            if status_or_none is None:
+            if status_or_none is None or not followed.matches(status_or_none):
                 continue
             on_status(status_or_none)
-            if status_or_none["state"] in FINAL_STATES:
+            if status_or_none["state"] in followed.final:
                 return status_or_none
     return None
 
 
-async def _poll(client: Client, on_status: OnStatus, interval: float) -> Status:
+async def _poll(client: Client, followed: Followed, on_status: OnStatus, interval: float) -> Status:
     while True:
-        status = await unlock_status(client)
+        status = await current_status(client, followed)
         on_status(status)
-        if status["state"] in FINAL_STATES:
+        if status["state"] in followed.final:
             return status
         await asyncio.sleep(interval)
+
+
+async def follow(
+    client: Client,
+    followed: Followed,
+    on_status: OnStatus,
+    *,
+    poll_interval: float = POLL_SECONDS,
+) -> Status:
+    """Calls ``on_status`` with each status until a final state, and returns
+    that last one."""
+    try:
+        final = await _follow_stream(client, followed, on_status)
+    except ServiceUnreachable:
+        final = None  # the stream broke: polling says whether the service is gone
+    if final is not None:
+        return final
+    return await _poll(client, followed, on_status, poll_interval)
 
 
 async def follow_unlock(
     client: Client, on_status: OnStatus, *, poll_interval: float = POLL_SECONDS
 ) -> Status:
-    """Calls ``on_status`` with each status until the unlock is ready or
-    failed, and returns that last one."""
-    try:
-        final = await _follow_stream(client, on_status)
-    except ServiceUnreachable:
-        final = None  # the stream broke: polling says whether the service is gone
-    if final is not None:
-        return final
-    return await _poll(client, on_status, poll_interval)
+    """Follows the unlock until it is ready or failed."""
+    return await follow(client, UNLOCK, on_status, poll_interval=poll_interval)

@@ -514,7 +514,8 @@ class PrefetchService:
         if force:
             job.pacer.sent()
         s = job.status
-        self.events.publish(prefetch_event(s.folder, s.name, s.state, s.bytes_done, s.bytes_total))
+        event = prefetch_event(s.folder, s.name, s.state, s.bytes_done, s.bytes_total, s.error)
+        self.events.publish(event)
 
 
 class _V2Chunks:

@@ -1,4 +1,5 @@
-"""Unlock against podman's Docker-compatible service, started per session."""
+"""Unlock against podman's service, started per session, and the engine's
+image loads it uses."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import asyncio
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edgeloader.errors import EngineError
 from edgeloader.roles import Role
+from edgeloader.storage.files import read_file_chunks
+from edgeloader.upstream.engine import Engine, LoadApi
 from edgeloader.web.state import SERVICES as SERVICES_KEY
 from edgeloader_publisher.archive import encrypt_archive
 from tests.integration.conftest import ADMIN, Stack
@@ -259,3 +263,57 @@ async def test_unlock_writes_no_file_under_tmpdir(
     finally:
         watcher.cancel()
     assert seen == set()
+
+
+# -- the engine's image loads --------------------------------------------------
+
+
+async def chunks_of(path: Path) -> AsyncIterator[bytes]:
+    """The file in small pieces, so that a load streams several."""
+    async for chunk in read_file_chunks(path, 64 * 1024):
+        yield chunk
+
+
+async def garbage() -> AsyncIterator[bytes]:
+    for _ in range(16):
+        yield os.urandom(64 * 1024)
+
+
+async def test_podman_is_detected_as_offering_its_native_load(engine: PodmanService) -> None:
+    client = Engine(engine.docker_host)
+    try:
+        assert await client.load_api() is LoadApi.LIBPOD
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("api", list(LoadApi))
+async def test_each_load_api_loads_every_image(
+    clean_engine: PodmanService, plain_archive: Path, api: LoadApi
+) -> None:
+    """The compatible load is Docker's engine's only one: forced here, it is
+    covered against podman's compatible API."""
+    client = Engine(clean_engine.docker_host)
+    try:
+        messages = await client.load(chunks_of(plain_archive), api)
+    finally:
+        await client.close()
+    assert any(line.startswith("Loaded image") for line in messages), messages
+    for ref in IMAGES:
+        assert image_exists(clean_engine, ref)
+
+
+@pytest.mark.parametrize("api", list(LoadApi))
+async def test_each_load_api_refuses_garbage_with_a_clear_error(
+    clean_engine: PodmanService, api: LoadApi
+) -> None:
+    client = Engine(clean_engine.docker_host)
+    try:
+        with pytest.raises(EngineError, match=r"^image load failed: ") as refused:
+            await client.load(garbage(), api)
+    finally:
+        await client.close()
+    # The engine's own reason is passed on.
+    assert "does not match any of the supported image formats" in refused.value.detail
+    for ref in IMAGES:
+        assert not image_exists(clean_engine, ref)

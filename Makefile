@@ -84,8 +84,17 @@ fuzz:  ## Fuzz the core's readers, FUZZ_SECONDS per target (stable toolchain, no
 bench-crypto: dev  ## Cipher throughput against openssl and cryptography
 	$(BIN)/python bench/bench_crypto.py
 
-bench-service: dev engine  ## P2 (load vs raw S3 GET) and P3 (unlock vs podman load); ARGS=--quick
-	$(BIN)/python -m bench.service $(ARGS)
+# A second S3 server for P2: moto reads a whole object for every ranged GET,
+# s3s-fs (crates.io) seeks its file. Only the service benchmarks need it.
+# 0.14.1: the newest release that builds with rustc 1.95.
+S3S_FS_VERSION := 0.14.1
+S3S_FS := .cache/s3s-fs/bin/s3s-fs
+
+$(S3S_FS):
+	cargo install --locked --quiet s3s-fs@$(S3S_FS_VERSION) --features binary --root .cache/s3s-fs
+
+bench-service: dev engine $(S3S_FS)  ## P2 (load, capped link, 50 loads vs raw S3 GETs) and P3 (unlock vs podman load); ARGS=--quick
+	$(BIN)/python -m bench.service --s3s-fs $(S3S_FS) $(ARGS)
 
 bench-functions: dev engine  ## Function runs (invoke latency, throughput) vs podman run --rm
 	$(BIN)/python -m bench.bench_functions $(ARGS)

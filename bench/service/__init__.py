@@ -1,23 +1,33 @@
 """Service benchmarks, each against a raw baseline measured in the same run.
 
-P2  POST /load through the loader against a raw S3 GET (aiobotocore) of the
-    same big part from the same moto server.
+P2  POST /load through the loader against raw aiobotocore GETs of the same
+    big part from the same S3 server, every consumer hashing what it gets:
+    loopback   one load at a time, on s3s-fs and on moto;
+    capped     through a proxy pacing each connection (20 MB/s, 20 ms);
+    crowd      50 concurrent loads of one resource (aggregate, peak RSS).
 P3  POST /unlock of an encrypted docker-archive into podman against
     `podman load -i` of the plain archive into the same storage.
 
-    make bench-service        (or: python -m bench.service --quick)
+    make bench-service        (or: python -m bench.service --quick --only p2)
 
-moto's S3 server (ThreadedMotoServer), the reference Resource API and the
-loader (`python -m edgeloader serve`) each run as their own process on
-loopback: the loader's peak RSS is its VmHWM, and no client shares a GIL with
-a server. A fresh loader process, in the default auth mode (bearer tokens) and
-without a model cache, is started per P2 size and for P3. Figures
-vary between machines and runs; the ratios are what to compare. MB is 10^6
-bytes, MiB 2^20. Linux only (reads /proc).
+Two S3 servers: moto (ThreadedMotoServer), which reads a whole object for
+every GET, a 32-byte range included, so that parallel ranged reads on it
+measure moto; and s3s-fs (crates.io, installed by `make bench-service` under
+.cache/s3s-fs), which seeks its file. Every figure names its server. moto,
+s3s-fs, the throttling proxy, the reference Resource API and the loader
+(`python -m edgeloader serve`) each run as their own process on loopback:
+the loader's peak RSS is its VmHWM, and no client shares a GIL or an event
+loop with a server. A fresh loader process, in the default auth mode (bearer
+tokens), without a model cache and with the default download settings, is
+started per case. Figures vary between machines and runs; the ratios are
+what to compare. MB is 10^6 bytes, MiB 2^20. Linux only (reads /proc).
 
-Modules: `stack` starts the components (with tests/support/harness), `load`
-is P2, `unlock` is P3, `measure` samples time, CPU, RSS and temp bytes,
-`report` prints the tables, `__main__` parses the options and runs them.
+Modules: `stack` starts the components (with tests/support/harness), `s3s`
+starts s3s-fs, `throttle` the proxy; `load` is P2 on loopback (and the
+publishing and consumers the others share), `capped` the capped link,
+`crowd` the concurrent loads, `unlock` is P3; `measure` samples time, CPU,
+RSS and temp bytes, `report` prints the tables, `__main__` parses the
+options and runs them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m bench.service``: the options, the work folder, then P2 and P3."""
+"""``python -m bench.service``: the options, the work folder, then the parts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 from tests.support.harness.net import HarnessError
@@ -16,41 +17,104 @@ from tests.support.podman import available
 
 from bench import service
 from bench.service import BenchError, MiB, log
-from bench.service.load import bench_p2
-from bench.service.report import print_header, print_p2, print_p3
-from bench.service.stack import start_upstream
+from bench.service.capped import bench_capped
+from bench.service.crowd import bench_crowd
+from bench.service.load import bench_loopback
+from bench.service.report import print_capped, print_crowd, print_header, print_loopback, print_p3
+from bench.service.s3s import DEFAULT_BINARY, s3s_fs_version
+from bench.service.stack import MOTO, S3S_FS, start_upstream
 from bench.service.unlock import bench_p3
 
+PARTS = ("loopback", "capped", "crowd", "p3")
+P2_PARTS = ("loopback", "capped", "crowd")
 
-def check_space(work_dir: Path, p2_sizes: list[int], p3_size: int | None) -> None:
-    # moto keeps the parts and the object; P3 has the rootfs, the plain and
+
+def check_space(args: argparse.Namespace) -> None:
+    # Every P2 object lives on its server (moto spools it to temp files too,
+    # and keeps the upload's parts); P3 has the rootfs, the plain and
     # encrypted archives, the image in storage and the engine's temp copies.
-    need = 3 * sum(p2_sizes) + (6 * p3_size if p3_size else 0) + 512 * MiB
-    free = shutil.disk_usage(work_dir).free
+    p2 = 0
+    if "loopback" in args.only:
+        p2 += 2 * sum(args.p2_sizes) * len(args.loopback_servers)
+    if "capped" in args.only:
+        p2 += args.capped_size
+    if "crowd" in args.only:
+        p2 += args.crowd_size
+    p3 = 6 * args.p3_size if "p3" in args.only else 0
+    need = (3 * p2 + p3 + 512) * MiB
+    free = shutil.disk_usage(args.work_dir).free
     if free < need:
-        raise BenchError(f"{work_dir}: {free / 1e9:.1f} GB free, about {need / 1e9:.1f} GB needed")
+        raise BenchError(
+            f"{args.work_dir}: {free / 1e9:.1f} GB free, about {need / 1e9:.1f} GB needed"
+        )
 
 
 async def bench(args: argparse.Namespace) -> None:
-    p2_sizes = [] if args.only == "p3" else [s * MiB for s in args.p2_sizes]
-    p3_size = None if args.only == "p2" else args.p3_size * MiB
-    if p3_size is not None and not available():
+    parts = args.only
+    if "p3" in parts and not available():
         raise BenchError("P3 needs podman, runc and busybox-static: run `make engine`")
-    check_space(args.work_dir, p2_sizes, p3_size)
+    p2_server = args.p2_server
+    needs_s3s = any(p in parts for p in ("capped", "crowd")) and p2_server == S3S_FS
+    needs_s3s |= "loopback" in parts and S3S_FS in args.loopback_servers
+    check_space(args)
     work = Path(tempfile.mkdtemp(prefix="edgeloader-bench-", dir=args.work_dir))
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, work, ignore_errors=True)
         for sub in ("logs", "tmp"):
             (work / sub).mkdir()
         log(f"work folder {work}")
-        upstream = await start_upstream(work, cleanup)
-        p2 = await bench_p2(upstream, p2_sizes, args.runs, cleanup) if p2_sizes else []
-        p3 = await bench_p3(upstream, p3_size, args.runs, work, cleanup) if p3_size else None
-    print_header()
-    if p2:
-        print_p2(p2, args.runs)
+        s3s_fs = args.s3s_fs if needs_s3s else None
+        upstream = await start_upstream(work, cleanup, s3s_fs)
+        loopback = capped = crowd = p3 = None
+        if "loopback" in parts:
+            sizes = [s * MiB for s in args.p2_sizes]
+            servers = args.loopback_servers
+            loopback = await bench_loopback(upstream, servers, sizes, args.runs, cleanup)
+        if "capped" in parts:
+            rate = int(args.capped_rate * 1e6)
+            latency = args.capped_latency / 1000
+            size = args.capped_size * MiB
+            capped = await bench_capped(
+                upstream, p2_server, size, rate, latency, args.runs, cleanup
+            )
+        if "crowd" in parts:
+            size = args.crowd_size * MiB
+            crowd = await bench_crowd(upstream, p2_server, size, args.crowd, args.runs, cleanup)
+        if "p3" in parts:
+            p3 = await bench_p3(upstream, args.p3_size * MiB, args.runs, work, cleanup)
+    servers = {MOTO: f"moto {version('moto')}, moto's ThreadedMotoServer"}
+    if s3s_fs is not None:
+        servers[S3S_FS] = f"{s3s_fs_version(s3s_fs)}, on {args.work_dir}"
+    print_header(servers)
+    if loopback:
+        print_loopback(loopback, args.runs)
+    if capped is not None:
+        print_capped(capped, args.runs)
+    if crowd is not None:
+        print_crowd(crowd, args.runs)
     if p3 is not None:
         print_p3(p3, args.runs)
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    chosen: list[str] = []
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        if word == "p2":
+            chosen += P2_PARTS
+        elif word in PARTS:
+            chosen.append(word)
+        else:
+            raise argparse.ArgumentTypeError(
+                f"unknown part {word!r}; one of p2, {', '.join(PARTS)}"
+            )
+    return tuple(p for p in PARTS if p in chosen)
+
+
+def _servers(text: str) -> list[str]:
+    servers = [w.strip() for w in text.split(",") if w.strip()]
+    if not servers or any(s not in (S3S_FS, MOTO) for s in servers):
+        raise argparse.ArgumentTypeError(f"expected {S3S_FS} and/or {MOTO}, got {text!r}")
+    return servers
 
 
 def _sizes(text: str) -> list[int]:
@@ -73,21 +137,72 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=doc.split("\n\n", 1)[1],
     )
     parser.add_argument(
+        "--only",
+        type=_parts,
+        default=PARTS,
+        metavar="PART,...",
+        help="parts to run: loopback, capped, crowd (p2: all three), p3 (default: all)",
+    )
+    parser.add_argument(
         "--p2-sizes",
         type=_sizes,
         default=[256, 1024],
         metavar="MiB,...",
-        help="resource sizes for P2 (default: 256,1024)",
+        help="resource sizes for the loopback part (default: 256,1024)",
+    )
+    parser.add_argument(
+        "--loopback-servers",
+        type=_servers,
+        default=[S3S_FS, MOTO],
+        metavar="NAME,...",
+        help=f"S3 servers of the loopback part (default: {S3S_FS},{MOTO})",
+    )
+    parser.add_argument(
+        "--p2-server",
+        choices=(S3S_FS, MOTO),
+        default=S3S_FS,
+        help="S3 server of the capped and crowd parts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--capped-size", type=int, default=256, metavar="MiB", help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--capped-rate",
+        type=float,
+        default=20.0,
+        metavar="MB/s",
+        help="the proxy's rate per connection (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--capped-latency",
+        type=float,
+        default=20.0,
+        metavar="ms",
+        help="the proxy's added delay (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--crowd", type=int, default=50, metavar="N", help="concurrent loads (default: 50)"
+    )
+    parser.add_argument(
+        "--crowd-size", type=int, default=32, metavar="MiB", help="default: %(default)s"
     )
     parser.add_argument(
         "--p3-size", type=int, default=1024, metavar="MiB", help="payload for P3 (default: 1024)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="64 MiB everywhere (overrides the sizes)"
+        "--quick",
+        action="store_true",
+        help="64 MiB for the loopback, capped and P3 parts, 16 MiB per crowd load",
     )
-    parser.add_argument("--only", choices=("p2", "p3"), help="run one benchmark only")
     parser.add_argument(
         "--runs", type=int, default=3, help="measured runs per case, after 1 warm-up (default: 3)"
+    )
+    parser.add_argument(
+        "--s3s-fs",
+        type=Path,
+        default=DEFAULT_BINARY,
+        metavar="PATH",
+        help="the s3s-fs binary (default: .cache/s3s-fs/bin/s3s-fs, from make bench-service)",
     )
     parser.add_argument(
         "--work-dir",
@@ -98,11 +213,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.p2_sizes, args.p3_size = [64], 64
-    if args.runs < 1 or args.p3_size < 1:
-        parser.error("--runs and --p3-size must be positive")
+        args.p2_sizes, args.p3_size, args.capped_size, args.crowd_size = [64], 64, 64, 16
+    numbers = (args.runs, args.p3_size, args.capped_size, args.crowd, args.crowd_size)
+    if min(numbers) < 1 or args.capped_rate <= 0 or args.capped_latency < 0:
+        parser.error("counts, sizes and the rate must be positive")
     # The components run from the repository's folder (tests/support/harness).
     args.work_dir = args.work_dir.absolute()
+    args.s3s_fs = args.s3s_fs.absolute()
     return args
 
 

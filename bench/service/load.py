@@ -1,9 +1,16 @@
-"""P2: POST /load through the loader against a raw S3 GET of the same big
-part from the same moto server."""
+"""P2 on loopback: POST /load through the loader against a raw aiobotocore
+GET of the same big part from the same S3 server. Both consumers hash
+(SHA-256) every byte they receive, so both do the same work per byte; the
+loader's digest must be the published plaintext's.
+
+Also what the capped-link (``capped``) and concurrency (``crowd``) parts
+share: publishing to a given server and the two consumers.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -25,11 +32,12 @@ from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
 from edgeloader_publisher.resource import PUBLISHER_HARDWARE
 
-S3_CONFIG = Config(read_timeout=300, s3={"addressing_style": "path"})
+S3_CONFIG = Config(read_timeout=300, s3={"addressing_style": "path"}, max_pool_connections=64)
 
 
 @dataclass
-class P2Result:
+class LoopbackResult:
+    server: str
     size: int
     loader: list[Transfer]
     loader_v2: list[Transfer]  # the same plaintext published in format v2
@@ -39,101 +47,139 @@ class P2Result:
     peak_rss: int
 
 
-async def publish(upstream: Upstream, name: str, size: int, fmt: int = 1) -> None:
+@dataclass
+class Published:
+    server: str
+    url: str
+    name: str
+    size: int
+    sha256: str  # of the plaintext
+
+    @property
+    def big(self) -> str:
+        return f"{self.name}.big"
+
+
+async def publish(upstream: Upstream, server: str, name: str, size: int, fmt: int = 1) -> Published:
     """Publishes ``size`` bytes in format ``fmt`` through the loader's own
-    upload pipeline (encrypt, split, multipart upload of the big part), one
-    chunk in memory. The plaintext repeats one random MiB; the ciphertext
-    does not repeat."""
+    upload pipeline (encrypt, split, multipart upload of the big part) to
+    the S3 server ``server``, one chunk in memory. The plaintext repeats one
+    random MiB; the ciphertext does not repeat."""
     block = os.urandom(CHUNK)
+    digest = hashlib.sha256()
+    url = upstream.servers[server][1]
 
     async def plaintext() -> AsyncIterator[bytes]:
         for offset in range(0, size, CHUNK):
-            yield block[: min(CHUNK, size - offset)]
+            piece = block[: min(CHUNK, size - offset)]
+            digest.update(piece)
+            yield piece
 
+    log(f"publishing {size // MiB} MiB (v{fmt}) to {server} as {FOLDER}/{name}")
     async with aiohttp.ClientSession() as http:
         api = ResourceApiClient(upstream.api_url, http, timeout=120)
         await api.login(EMAIL, PASSWORD)
         key = crypto.api_key(EMAIL, PASSWORD, PUBLISHER_HARDWARE)
-        config = await fetch_cdn_config(api, key, PUBLISHER_HARDWARE, CdnOverrides())
+        config = await fetch_cdn_config(api, key, PUBLISHER_HARDWARE, CdnOverrides(host=url))
         async with Cdn(config) as cdn:
             staged = await upload_resource(
                 cdn, api, FOLDER, name, plaintext(), part_size=64 * MiB, fmt=fmt
             )
     if staged.plaintext_bytes != size:
         raise BenchError(f"published {staged.plaintext_bytes} bytes of {name}, not {size}")
+    return Published(server, url, name, size, digest.hexdigest())
 
 
 async def via_loader(
-    http: aiohttp.ClientSession, url: str, auth: dict[str, str], name: str, clock: Clock
+    http: aiohttp.ClientSession, url: str, auth: dict[str, str], res: Published, clock: Clock
 ) -> Transfer:
-    """The loader's /load, read in 1 MiB pieces and dropped."""
+    """The loader's /load, read in 1 MiB pieces and hashed; the digest must
+    be the plaintext's."""
     body = {"folder": FOLDER}
-    async with http.post(f"{url}/load/{name}", json=body, headers=auth) as resp:
+    digest = hashlib.sha256()
+    async with http.post(f"{url}/load/{res.name}", json=body, headers=auth) as resp:
         clock.mark_first_byte()
         if resp.status != 200:
-            raise BenchError(f"/load/{name}: HTTP {resp.status}: {await resp.text()}")
+            raise BenchError(f"/load/{res.name}: HTTP {resp.status}: {await resp.text()}")
         expected, done = resp.content_length, 0
         async for chunk in resp.content.iter_chunked(CHUNK):
+            digest.update(chunk)
             done += len(chunk)
-    if done != expected:
-        raise BenchError(f"/load/{name}: {done} bytes of {expected}")
+    if done != expected or digest.hexdigest() != res.sha256:
+        raise BenchError(f"/load/{res.name}: {done} bytes of {expected}, not the plaintext")
     return clock.stop(done)
 
 
-async def via_s3(s3: Any, name: str, clock: Clock) -> Transfer:
-    """A raw GET of the big part, read with iter_chunks(1 MiB) and dropped."""
-    resp = await s3.get_object(Bucket=FOLDER, Key=f"{name}.big")
+async def via_s3(s3: Any, res: Published, clock: Clock, sha256: dict[str, str]) -> Transfer:
+    """A raw GET of the big part, read with iter_chunks(1 MiB) and hashed;
+    the digest must be the same on every GET (``sha256`` keeps the first)."""
+    resp = await s3.get_object(Bucket=FOLDER, Key=res.big)
     clock.mark_first_byte()
     expected, done = int(resp["ContentLength"]), 0
+    digest = hashlib.sha256()
     async with resp["Body"] as body:
         async for chunk in body.iter_chunks(CHUNK):
+            digest.update(chunk)
             done += len(chunk)
-    if done != expected:
-        raise BenchError(f"GET {name}.big: {done} bytes of {expected}")
+    first = sha256.setdefault(res.big, digest.hexdigest())
+    if done != expected or digest.hexdigest() != first:
+        raise BenchError(f"GET {res.big}: {done} bytes of {expected}, or other bytes than before")
     return clock.stop(done)
 
 
-async def tail_get(s3: Any, name: str) -> float:
+async def tail_get(s3: Any, res: Published) -> float:
     """Seconds for the ranged GET the loader makes to learn the plaintext length."""
     start = time.perf_counter()
-    resp = await s3.get_object(Bucket=FOLDER, Key=f"{name}.big", Range="bytes=-32")
+    resp = await s3.get_object(Bucket=FOLDER, Key=res.big, Range="bytes=-32")
     async with resp["Body"] as body:
         await body.read()
     return time.perf_counter() - start
 
 
-async def bench_p2(
-    upstream: Upstream, sizes: list[int], runs: int, cleanup: contextlib.ExitStack
-) -> list[P2Result]:
+async def bench_loopback(
+    upstream: Upstream,
+    servers: list[str],
+    sizes: list[int],
+    runs: int,
+    cleanup: contextlib.ExitStack,
+) -> list[LoopbackResult]:
+    """Each size on each server, with a fresh loader (default settings)
+    reading from that server; raw GET and loads alternate."""
     results = []
-    for size in sizes:
-        name = f"p2-{size // MiB}mib.bin"
-        name_v2 = f"p2-{size // MiB}mib-v2.bin"
-        log(f"P2: publishing {size // MiB} MiB as {FOLDER}/{name} (v1) and {name_v2} (v2)")
-        await publish(upstream, name, size)
-        await publish(upstream, name_v2, size, fmt=2)
-        loader, url = await start_loader(upstream, cleanup, f"p2-{size // MiB}mib")
-        me, moto = os.getpid(), upstream.moto.pid
-        idle_rss = proc_status_bytes(loader.pid, "VmRSS")
-        result = P2Result(size, [], [], [], [], idle_rss, 0)
-        async with (
-            aiohttp.ClientSession(timeout=NO_TIMEOUT) as http,
-            async_s3_client(upstream.s3_url, S3_CONFIG) as s3,
-        ):
-            auth = await login(http, url)
-            for i in range(runs + 1):  # the first round warms up
-                log(f"P2: {size // MiB} MiB, {'warm-up' if i == 0 else f'run {i}/{runs}'}")
-                raw = await via_s3(s3, name, Clock({"moto": moto, "client": me}))
-                pids = {"moto": moto, "loader": loader.pid, "client": me}
-                ours = await via_loader(http, url, auth, name, Clock(pids))
-                ours_v2 = await via_loader(http, url, auth, name_v2, Clock(pids))
-                tail = await tail_get(s3, name)
-                if i > 0:
-                    result.raw.append(raw)
-                    result.loader.append(ours)
-                    result.loader_v2.append(ours_v2)
-                    result.tail.append(tail)
-        result.peak_rss = proc_status_bytes(loader.pid, "VmHWM")
-        loader.stop()
-        results.append(result)
+    for server in servers:
+        for size in sizes:
+            mib = size // MiB
+            res = await publish(upstream, server, f"p2-{server}-{mib}mib.bin", size)
+            res_v2 = await publish(upstream, server, f"p2-{server}-{mib}mib-v2.bin", size, fmt=2)
+            loader, url = await start_loader(
+                upstream, cleanup, f"p2-{server}-{mib}mib", EDGELOADER_CDN_HOST=res.url
+            )
+            pids = {"server": upstream.servers[server][0].pid, "client": os.getpid()}
+            idle_rss = proc_status_bytes(loader.pid, "VmRSS")
+            result = LoopbackResult(server, size, [], [], [], [], idle_rss, 0)
+            raw_digests: dict[str, str] = {}
+            async with (
+                aiohttp.ClientSession(timeout=NO_TIMEOUT) as http,
+                async_s3_client(res.url, S3_CONFIG) as s3,
+            ):
+                auth = await login(http, url)
+                for i in range(runs + 1):  # the first round warms up
+                    log(f"P2 loopback on {server}: {mib} MiB, " + _round(i, runs))
+                    raw = await via_s3(s3, res, Clock(pids), raw_digests)
+                    with_loader = pids | {"loader": loader.pid}
+                    ours = await via_loader(http, url, auth, res, Clock(with_loader))
+                    ours_v2 = await via_loader(http, url, auth, res_v2, Clock(with_loader))
+                    tail = await tail_get(s3, res)
+                    if i > 0:
+                        result.raw.append(raw)
+                        result.loader.append(ours)
+                        result.loader_v2.append(ours_v2)
+                        result.tail.append(tail)
+            result.peak_rss = proc_status_bytes(loader.pid, "VmHWM")
+            loader.stop()
+            results.append(result)
     return results
+
+
+def _round(i: int, runs: int) -> str:
+    return "warm-up" if i == 0 else f"run {i}/{runs}"

@@ -5,79 +5,146 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from importlib.metadata import version
 from typing import TypeVar
 
 from bench.service import MiB
-from bench.service.load import P2Result
+from bench.service.capped import CappedResult
+from bench.service.crowd import CrowdResult
+from bench.service.load import LoopbackResult
 from bench.service.measure import Transfer
 from bench.service.unlock import API, CLI, UNLOCK, P3Result
 
-P2_TARGET_RATIO, P3_TARGET_RATIO, RSS_TARGET_MB = 0.80, 1.15, 150
+P3_TARGET_RATIO, RSS_TARGET_MB = 1.15, 150
+LOOPBACK_TARGET, CAPPED_TARGET = 0.90, 3.0
 
 T = TypeVar("T")
 
 
-def print_header() -> None:
-    print(f"edgeloader service benchmarks; {os.cpu_count()} cores; moto {version('moto')}")
-    print("loader: `python -m edgeloader serve`, default auth (bearer token), no model cache")
+def print_header(servers: dict[str, str]) -> None:
+    print(f"edgeloader service benchmarks; {os.cpu_count()} cores")
+    print("S3 servers: " + "; ".join(f"{name} ({v})" for name, v in servers.items()))
+    print("loader: `python -m edgeloader serve`, default auth (bearer token), no model cache,")
+    print("        default download settings; every consumer hashes (SHA-256) what it receives")
 
 
-def print_p2(results: list[P2Result], runs: int) -> None:
+def print_loopback(results: list[LoopbackResult], runs: int) -> None:
     print()
-    print("P2  POST /load through the loader vs a raw S3 GET of the same big part")
-    print(f"    same moto server; median of {runs} runs after 1 warm-up; raw and loader alternate")
+    print("P2  loopback: POST /load through the loader vs a raw aiobotocore GET of the big part")
+    print(f"    same S3 server; median of {runs} runs after 1 warm-up; raw and loader alternate")
     print(
-        f"{'size':>9} {'loader MB/s':>12} {'raw MB/s':>9} {'ratio':>6}  {'(>=0.80)':<8}"
-        f" {'loader peak RSS':>15}  {'(<=150 MB)':<10} {'idle RSS':>9}"
+        f"{'server':<7} {'size':>9} {'loader MB/s':>12} {'raw MB/s':>9} {'ratio':>6}"
+        f"  {'(>=0.90)':<8} {'loader peak RSS':>15}  {'(<=150 MB)':<10} {'idle RSS':>9}"
     )
     for r in results:
         loader, raw = _median_run(r.loader), _median_run(r.raw)
         ratio = loader.mbps / raw.mbps
         peak_mb = r.peak_rss / 1e6
         print(
-            f"{_mib(r.size):>9} {loader.mbps:>12.0f} {raw.mbps:>9.0f} {ratio:>6.2f}  "
-            f"{_verdict(ratio >= P2_TARGET_RATIO):<8} {peak_mb:>12.0f} MB  "
+            f"{r.server:<7} {_mib(r.size):>9} {loader.mbps:>12.0f} {raw.mbps:>9.0f} {ratio:>6.2f}"
+            f"  {_verdict(ratio >= LOOPBACK_TARGET):<8} {peak_mb:>12.0f} MB  "
             f"{_verdict(peak_mb <= RSS_TARGET_MB):<10} {r.idle_rss / 1e6:>6.0f} MB"
         )
     print()
     print("    the same plaintext published in format v2 (no tail read; every chunk verified):")
     for r in results:
         v1, v2 = _median_run(r.loader), _median_run(r.loader_v2)
+        raw = _median_run(r.raw)
         print(
-            f"{_mib(r.size):>9}  v2 load {v2.mbps:.0f} MB/s vs v1 load {v1.mbps:.0f} MB/s:"
-            f" {v2.mbps / v1.mbps:.2f}x; first byte v2 {v2.first_byte:.2f} s vs v1"
-            f" {v1.first_byte:.2f} s"
+            f"{r.server:<7} {_mib(r.size):>9}  v2 load {v2.mbps:.0f} MB/s:"
+            f" {v2.mbps / raw.mbps:.2f}x raw, {v2.mbps / v1.mbps:.2f}x v1;"
+            f" first byte v2 {v2.first_byte:.2f} s vs v1 {v1.first_byte:.2f} s"
         )
     print()
-    print("    all runs, MB/s (loader | raw):")
+    print("    all runs, MB/s (loader v1 | loader v2 | raw):")
     for r in results:
-        loader_all = " ".join(f"{t.mbps:.0f}" for t in r.loader)
-        raw_all = " ".join(f"{t.mbps:.0f}" for t in r.raw)
-        print(f"{_mib(r.size):>9}  {loader_all} | {raw_all}")
+        print(
+            f"{r.server:<7} {_mib(r.size):>9}  {_all(r.loader)} | {_all(r.loader_v2)}"
+            f" | {_all(r.raw)}"
+        )
     print()
     print("    where the time goes (median runs): before the first byte, then the body;")
     print("    CPU in % of one core over each phase (2 cores = 200%)")
     print(
-        f"{'size':>9} {'path':<7} {'1st byte s':>10} {'moto':>5} {'loader':>7}"
-        f" {'body s':>7} {'body MB/s':>9} {'moto':>5} {'loader':>7} {'client':>7}"
+        f"{'server':<7} {'size':>9} {'path':<7} {'1st byte s':>10} {'server':>6} {'loader':>7}"
+        f" {'body s':>7} {'body MB/s':>9} {'server':>6} {'loader':>7} {'client':>7}"
     )
     for r in results:
         for path, t in (("raw", _median_run(r.raw)), ("loader", _median_run(r.loader))):
             body_s = t.seconds - t.first_byte
             print(
-                f"{_mib(r.size):>9} {path:<7} {t.first_byte:>10.2f}"
-                f" {_cpu(t.cpu_head, 'moto', t.first_byte):>5}"
+                f"{r.server:<7} {_mib(r.size):>9} {path:<7} {t.first_byte:>10.2f}"
+                f" {_cpu(t.cpu_head, 'server', t.first_byte):>6}"
                 f" {_cpu(t.cpu_head, 'loader', t.first_byte):>7} {body_s:>7.2f}"
-                f" {t.body_mbps:>9.0f} {_cpu(t.cpu_body, 'moto', body_s):>5}"
+                f" {t.body_mbps:>9.0f} {_cpu(t.cpu_body, 'server', body_s):>6}"
                 f" {_cpu(t.cpu_body, 'loader', body_s):>7}"
                 f" {_cpu(t.cpu_body, 'client', body_s):>7}"
             )
     for r in results:
         print(
-            f"    {_mib(r.size)}: the 32-byte ranged GET the loader adds (plaintext length) "
-            f"takes {median(r.tail, float):.2f} s alone on this moto"
+            f"    {r.server}, {_mib(r.size)}: the 32-byte ranged GET the loader adds (plaintext"
+            f" length) takes {median(r.tail, float) * 1000:.0f} ms alone"
         )
+
+
+def print_capped(r: CappedResult, runs: int) -> None:
+    loader, raw = _median_run(r.loader), _median_run(r.raw)
+    ratio = loader.mbps / raw.mbps
+    peak_mb = r.peak_rss / 1e6
+    print()
+    print("P2  capped link: POST /load (default settings: parallel ranged reads) vs one raw GET,")
+    print(
+        f"    both through one proxy pacing each connection to {r.rate / 1e6:g} MB/s with"
+        f" {r.latency * 1000:g} ms added; {_mib(r.size)} on {r.server}"
+    )
+    print(f"    median of {runs} runs (after 1 warm-up load); raw and loader alternate")
+    print(
+        f"{'loader MB/s':>12} {'raw MB/s':>9} {'ratio':>6}  {'(>=3.00)':<8}"
+        f" {'loader peak RSS':>15}  {'(<=150 MB)':<10} {'idle RSS':>9}"
+    )
+    print(
+        f"{loader.mbps:>12.1f} {raw.mbps:>9.1f} {ratio:>6.2f}  "
+        f"{_verdict(ratio >= CAPPED_TARGET):<8} {peak_mb:>12.0f} MB  "
+        f"{_verdict(peak_mb <= RSS_TARGET_MB):<10} {r.idle_rss / 1e6:>6.0f} MB"
+    )
+    print(f"    all runs, MB/s (loader | raw): {_all(r.loader, 1)} | {_all(r.raw, 1)}")
+    for path, t in (("raw", raw), ("loader", loader)):
+        body_s = t.seconds - t.first_byte
+        cpu = ", ".join(f"{name} {_cpu(t.cpu_body, name, body_s)}" for name in t.cpu_body)
+        print(
+            f"    {path}, median run: {t.seconds:.2f} s, first byte {t.first_byte:.2f} s;"
+            f" CPU over the body: {cpu}"
+        )
+
+
+def print_crowd(r: CrowdResult, runs: int) -> None:
+    loader = median(r.loader, lambda x: x.mbps)
+    raw = median(r.raw, lambda x: x.mbps)
+    peak_mb = r.peak_rss / 1e6
+    print()
+    print(
+        f"P2  {r.clients} concurrent POST /load of one {_mib(r.size)} resource vs {r.clients}"
+        f" concurrent raw GETs"
+    )
+    print(f"    of its big part, on {r.server}; all loads byte-identical to the plaintext;")
+    print(f"    median of {runs} rounds after 1 warm-up; aggregate = all bytes / round's wall time")
+    print(
+        f"{'loader MB/s':>12} {'raw MB/s':>9} {'ratio':>6} {'loader peak RSS':>16}"
+        f"  {'(<=150 MB)':<10} {'idle RSS':>9}"
+    )
+    print(
+        f"{loader.mbps:>12.0f} {raw.mbps:>9.0f} {loader.mbps / raw.mbps:>6.2f}"
+        f" {peak_mb:>13.0f} MB  {_verdict(peak_mb <= RSS_TARGET_MB):<10}"
+        f" {r.idle_rss / 1e6:>6.0f} MB"
+    )
+    print(
+        "    all rounds, MB/s (loader | raw): "
+        + " ".join(f"{x.mbps:.0f}" for x in r.loader)
+        + " | "
+        + " ".join(f"{x.mbps:.0f}" for x in r.raw)
+    )
+    for path, x in (("raw", raw), ("loader", loader)):
+        cpu = ", ".join(f"{name} {100 * c / x.seconds:.0f}%" for name, c in x.cpu.items())
+        print(f"    {path}, median round: {x.seconds:.2f} s; CPU: {cpu}")
 
 
 def print_p3(result: P3Result, runs: int) -> None:
@@ -122,6 +189,10 @@ def median(items: Sequence[T], key: Callable[[T], float]) -> T:
 
 def _median_run(runs: list[Transfer]) -> Transfer:
     return median(runs, lambda t: t.mbps)
+
+
+def _all(runs: list[Transfer], digits: int = 0) -> str:
+    return " ".join(f"{t.mbps:.{digits}f}" for t in runs)
 
 
 def _cpu(cpu: dict[str, float], name: str, seconds: float) -> str:

@@ -1,5 +1,5 @@
 """The components the benchmarks measure, each in its own process (from
-tests/support/harness): moto, the reference Resource API, loaders."""
+tests/support/harness): moto, s3s-fs, the reference Resource API, loaders."""
 
 from __future__ import annotations
 
@@ -15,27 +15,35 @@ from tests.support.harness.resource_api import User, start_resource_api_process,
 from tests.support.harness.s3 import create_bucket, start_s3_process
 
 from bench.service import BenchError
+from bench.service.s3s import start_s3s_fs
 from edgeloader.roles import Role
 
 EMAIL, PASSWORD = "bench@example.org", "bench-password-1"
 FOLDER = "bench"
+MOTO, S3S_FS = "moto", "s3s-fs"
 
 
 @dataclass
 class Upstream:
-    s3_url: str
+    s3_url: str  # moto's, the one cdn.yaml names
     api_url: str
     api_dir: Path
     moto: Child
     work: Path
+    # Every S3 server with the bucket FOLDER, by name: its process and URL.
+    # A loader reads from another one than cdn.yaml's via EDGELOADER_CDN_HOST.
+    servers: dict[str, tuple[Child, str]]
 
     @property
     def logs(self) -> Path:
         return self.work / "logs"
 
 
-async def start_upstream(work: Path, cleanup: contextlib.ExitStack) -> Upstream:
-    """moto with the bucket ``FOLDER``, then the Resource API with one admin."""
+async def start_upstream(
+    work: Path, cleanup: contextlib.ExitStack, s3s_fs: Path | None = None
+) -> Upstream:
+    """moto with the bucket ``FOLDER``, then the Resource API with one admin;
+    and s3s-fs (the binary ``s3s_fs``) with the same bucket, if given."""
     logs = work / "logs"
     # moto spools big objects to temp files: keep them in the work folder.
     env = clean_env(TMPDIR=str(work / "tmp"))
@@ -45,7 +53,10 @@ async def start_upstream(work: Path, cleanup: contextlib.ExitStack) -> Upstream:
     users = [User(EMAIL, PASSWORD, Role.ADMIN)]
     await asyncio.to_thread(write_api_data, api_dir, s3_url, users)
     _, api_url = await start_resource_api_process(api_dir, env, logs, cleanup)
-    return Upstream(s3_url, api_url, api_dir, moto, work)
+    servers = {MOTO: (moto, s3_url)}
+    if s3s_fs is not None:
+        servers[S3S_FS] = await start_s3s_fs(s3s_fs, work / "s3s-fs", FOLDER, logs, cleanup)
+    return Upstream(s3_url, api_url, api_dir, moto, work, servers)
 
 
 async def start_loader(

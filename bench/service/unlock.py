@@ -1,6 +1,11 @@
 """P3: POST /unlock of an encrypted docker-archive into podman against
 `podman load -i` of the plain archive, and against the plain archive sent to
-the engine's HTTP image load."""
+each of the engine's HTTP image loads (the Docker-compatible one and podman's
+native one).
+
+The engine's processes (service and CLI) get a ``TMPDIR`` on tmpfs, as
+docs/deployment.md tells: podman's API spools every upload there before it
+loads it, and its load unpacks the archive there once more."""
 
 from __future__ import annotations
 
@@ -8,9 +13,11 @@ import asyncio
 import contextlib
 import io
 import os
+import shutil
 import tarfile
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,17 +39,27 @@ IMAGE_REF = f"{IMAGE_REPO}:latest"
 LIBPOD_API = "/v4.0.0/libpod"
 DOCKER_API = "/v1.41"  # what the loader's client (aiodocker) negotiates with podman 4
 POLL_SECONDS = 0.05  # /unlock/status
-CLI, API, UNLOCK = "podman load -i (CLI)", "POST /images/load", "loader /unlock"
+CLI, UNLOCK = "podman load -i (CLI)", "loader /unlock"
+API, LIBPOD = "compat /images/load", "libpod /images/load"  # the engine's two HTTP loads
+API_PATHS = {API: f"{DOCKER_API}/images/load", LIBPOD: f"{LIBPOD_API}/images/load"}
+ENGINE_TMPFS = Path("/dev/shm")  # where the engine's TMPDIR goes, as documented
 
 
 class BenchPodman(PodmanService):
-    """A PodmanService whose processes (service and CLI) use their own TMPDIR,
-    so the bytes the engine buffers there can be watched."""
+    """A PodmanService whose processes (service and CLI) use their own TMPDIR
+    on tmpfs, so the bytes the engine buffers there can be watched."""
 
     def __init__(self, base_dir: Path) -> None:
         super().__init__(base_dir)
-        self.tmpdir = self.base_dir / "tmpdir"
-        self.tmpdir.mkdir(parents=True)
+        if not ENGINE_TMPFS.is_dir():
+            raise BenchError(f"P3 puts the engine's TMPDIR on tmpfs: {ENGINE_TMPFS} is missing")
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="edgeloader-bench-engine-", dir=ENGINE_TMPFS))
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     @property
     def env(self) -> dict[str, str]:
@@ -64,9 +81,11 @@ class P3Run:
 @dataclass
 class P3Result:
     plain_bytes: int
-    runs: dict[str, list[P3Run]]  # per method: CLI, API, UNLOCK
+    runs: dict[str, list[P3Run]]  # per method: CLI, API, LIBPOD, UNLOCK
     peak_rss: int
     podman_version: str
+    api_methods: tuple[str, ...] = (API, LIBPOD)  # the engine's HTTP loads
+    engine_tmpdir: str = str(ENGINE_TMPFS)
 
 
 # -- the image ------------------------------------------------------------------
@@ -141,7 +160,7 @@ async def build_archives(
     return plain, encrypted
 
 
-# -- the three methods ------------------------------------------------------------
+# -- the four methods -------------------------------------------------------------
 
 
 async def podman_load(service: BenchPodman, plain: Path, folders: dict[str, Path]) -> P3Run:
@@ -155,10 +174,10 @@ async def podman_load(service: BenchPodman, plain: Path, folders: dict[str, Path
     return P3Run(seconds, watch.peak_bytes)
 
 
-async def api_load(service: BenchPodman, plain: Path, folders: dict[str, Path]) -> P3Run:
-    """The plain archive through the engine's HTTP image load, the endpoint
-    the loader's client uses, streamed chunked in 1 MiB pieces like the loader
-    does: the engine's own cost of the API path, without any decryption."""
+async def api_load(service: BenchPodman, plain: Path, folders: dict[str, Path], path: str) -> P3Run:
+    """The plain archive through one of the engine's HTTP image loads,
+    streamed chunked in 1 MiB pieces like the loader does: the engine's own
+    cost of that API path, without any decryption."""
     await asyncio.to_thread(remove_image, service, IMAGE_REF)
     phases: dict[str, float] = {}
     start = 0.0
@@ -170,7 +189,7 @@ async def api_load(service: BenchPodman, plain: Path, folders: dict[str, Path]) 
 
     with Watcher(folders) as watch:
         start = time.perf_counter()
-        await post_tar(service, f"{DOCKER_API}/images/load", body(), "image load")
+        await post_tar(service, path, body(), f"image load ({path})")
         seconds = time.perf_counter() - start
     await _check_loaded(service)
     return P3Run(seconds, watch.peak_bytes, phases)
@@ -217,8 +236,8 @@ async def bench_p3(
 ) -> P3Result:
     log("P3: starting a private podman service")
     service = BenchPodman(work / "podman")
+    cleanup.callback(service.stop)  # also removes its TMPDIR on tmpfs
     await asyncio.to_thread(service.start)
-    cleanup.callback(service.stop)
     version = (await asyncio.to_thread(service.run_podman, "--version")).stdout.decode().strip()
     fragment = await asyncio.to_thread((upstream.api_dir / KEY_FRAGMENT_FILE).read_bytes)
     plain, encrypted = await build_archives(service, work, size, fragment)
@@ -239,18 +258,24 @@ async def bench_p3(
         "podman TMPDIR": service.tmpdir,
         "podman image-tmp": service.image_tmp,
     }
-    results: dict[str, list[P3Run]] = {CLI: [], API: [], UNLOCK: []}
     async with aiohttp.ClientSession(timeout=NO_TIMEOUT) as http:
         auth = await login(http, url)
+        methods: dict[str, Callable[[], Awaitable[P3Run]]] = {
+            CLI: lambda: podman_load(service, plain, folders),
+            API: lambda: api_load(service, plain, folders, API_PATHS[API]),
+            LIBPOD: lambda: api_load(service, plain, folders, API_PATHS[LIBPOD]),
+            UNLOCK: lambda: unlock(http, url, auth, service, loader, folders),
+        }
+        results: dict[str, list[P3Run]] = {method: [] for method in methods}
         for i in range(runs + 1):  # the first round warms up
-            log(f"P3: {'warm-up' if i == 0 else f'run {i}/{runs}'}: CLI, API, /unlock")
-            round_ = {
-                CLI: await podman_load(service, plain, folders),
-                API: await api_load(service, plain, folders),
-                UNLOCK: await unlock(http, url, auth, service, loader, folders),
-            }
-            if i > 0:
-                for method, run in round_.items():
+            # Each round starts one method later, so that no method always
+            # follows the same other one.
+            names = list(methods)
+            order = names[i % len(names) :] + names[: i % len(names)]
+            log(f"P3: {'warm-up' if i == 0 else f'run {i}/{runs}'}: {', '.join(order)}")
+            for method in order:
+                run = await methods[method]()
+                if i > 0:
                     results[method].append(run)
     peak_rss = proc_status_bytes(loader.pid, "VmHWM")
     loader.stop()

@@ -32,9 +32,13 @@ from edgeloader.errors import EdgeloaderError, EngineError, NotFound
 from edgeloader.events import Event, EventBus, Pacer, unlock_event
 from edgeloader.services.manifest import ARCHIVE_KEY, Artifact, CiphertextHash, ReleaseGate
 from edgeloader.services.session import DeviceSession, UpstreamUser
+from edgeloader.streams import read_ahead
 from edgeloader.upstream.engine import Engine
 
 log = logging.getLogger(__name__)
+
+#: Plaintext chunks decrypted ahead of the engine: memory is this many chunks.
+READ_AHEAD = 2
 
 
 class UnlockState(enum.StrEnum):
@@ -81,8 +85,11 @@ async def decrypted_archive(
                 progress(len(chunk))
                 yield chunk
 
-        async for plain in crypto.decrypt_stream(key, counted()):
-            yield plain
+        # The next chunks are read and decrypted while the engine takes this one.
+        plain = read_ahead(crypto.decrypt_stream(key, counted()), READ_AHEAD)
+        async with contextlib.aclosing(plain):
+            async for chunk in plain:
+                yield chunk
     finally:
         handle.close()
 

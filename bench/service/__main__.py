@@ -35,7 +35,7 @@ def check_space(args: argparse.Namespace) -> None:
     # encrypted archives, the image in storage and the engine's temp copies.
     p2 = 0
     if "loopback" in args.only:
-        p2 += 2 * sum(args.p2_sizes) * len(args.loopback_servers)
+        p2 += 2 * (sum(args.p2_sizes) + args.moto_size)
     if "capped" in args.only:
         p2 += args.capped_size
     if "crowd" in args.only:
@@ -67,9 +67,13 @@ async def bench(args: argparse.Namespace) -> None:
         upstream = await start_upstream(work, cleanup, s3s_fs)
         loopback = capped = crowd = p3 = None
         if "loopback" in parts:
-            sizes = [s * MiB for s in args.p2_sizes]
-            servers = args.loopback_servers
-            loopback = await bench_loopback(upstream, servers, sizes, args.runs, cleanup)
+            # moto reads the whole object for each ranged GET: one size shows it.
+            cases = [
+                (server, size * MiB)
+                for server in args.loopback_servers
+                for size in (args.p2_sizes if server == S3S_FS else [args.moto_size])
+            ]
+            loopback = await bench_loopback(upstream, cases, args.runs, cleanup)
         if "capped" in parts:
             rate = int(args.capped_rate * 1e6)
             latency = args.capped_latency / 1000
@@ -158,6 +162,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"S3 servers of the loopback part (default: {S3S_FS},{MOTO})",
     )
     parser.add_argument(
+        "--moto-size",
+        type=int,
+        default=256,
+        metavar="MiB",
+        help="the one size of the loopback part on moto (default: %(default)s)",
+    )
+    parser.add_argument(
         "--p2-server",
         choices=(S3S_FS, MOTO),
         default=S3S_FS,
@@ -213,8 +224,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.p2_sizes, args.p3_size, args.capped_size, args.crowd_size = [64], 64, 64, 16
-    numbers = (args.runs, args.p3_size, args.capped_size, args.crowd, args.crowd_size)
+        args.p2_sizes, args.moto_size, args.p3_size = [64], 64, 64
+        args.capped_size, args.crowd_size = 64, 16
+    numbers = [args.runs, args.p3_size, args.moto_size, args.capped_size]
+    numbers += [args.crowd, args.crowd_size]
     if min(numbers) < 1 or args.capped_rate <= 0 or args.capped_latency < 0:
         parser.error("counts, sizes and the rate must be positive")
     # The components run from the repository's folder (tests/support/harness).

@@ -138,46 +138,44 @@ async def tail_get(s3: Any, res: Published) -> float:
 
 async def bench_loopback(
     upstream: Upstream,
-    servers: list[str],
-    sizes: list[int],
+    cases: list[tuple[str, int]],
     runs: int,
     cleanup: contextlib.ExitStack,
 ) -> list[LoopbackResult]:
-    """Each size on each server, with a fresh loader (default settings)
-    reading from that server; raw GET and loads alternate."""
+    """Each (server, size), with a fresh loader (default settings) reading
+    from that server; raw GET and loads alternate."""
     results = []
-    for server in servers:
-        for size in sizes:
-            mib = size // MiB
-            res = await publish(upstream, server, f"p2-{server}-{mib}mib.bin", size)
-            res_v2 = await publish(upstream, server, f"p2-{server}-{mib}mib-v2.bin", size, fmt=2)
-            loader, url = await start_loader(
-                upstream, cleanup, f"p2-{server}-{mib}mib", EDGELOADER_CDN_HOST=res.url
-            )
-            pids = {"server": upstream.servers[server][0].pid, "client": os.getpid()}
-            idle_rss = proc_status_bytes(loader.pid, "VmRSS")
-            result = LoopbackResult(server, size, [], [], [], [], idle_rss, 0)
-            raw_digests: dict[str, str] = {}
-            async with (
-                aiohttp.ClientSession(timeout=NO_TIMEOUT) as http,
-                async_s3_client(res.url, S3_CONFIG) as s3,
-            ):
-                auth = await login(http, url)
-                for i in range(runs + 1):  # the first round warms up
-                    log(f"P2 loopback on {server}: {mib} MiB, " + _round(i, runs))
-                    raw = await via_s3(s3, res, Clock(pids), raw_digests)
-                    with_loader = pids | {"loader": loader.pid}
-                    ours = await via_loader(http, url, auth, res, Clock(with_loader))
-                    ours_v2 = await via_loader(http, url, auth, res_v2, Clock(with_loader))
-                    tail = await tail_get(s3, res)
-                    if i > 0:
-                        result.raw.append(raw)
-                        result.loader.append(ours)
-                        result.loader_v2.append(ours_v2)
-                        result.tail.append(tail)
-            result.peak_rss = proc_status_bytes(loader.pid, "VmHWM")
-            loader.stop()
-            results.append(result)
+    for server, size in cases:
+        mib = size // MiB
+        res = await publish(upstream, server, f"p2-{server}-{mib}mib.bin", size)
+        res_v2 = await publish(upstream, server, f"p2-{server}-{mib}mib-v2.bin", size, fmt=2)
+        loader, url = await start_loader(
+            upstream, cleanup, f"p2-{server}-{mib}mib", EDGELOADER_CDN_HOST=res.url
+        )
+        pids = {"server": upstream.servers[server][0].pid, "client": os.getpid()}
+        idle_rss = proc_status_bytes(loader.pid, "VmRSS")
+        result = LoopbackResult(server, size, [], [], [], [], idle_rss, 0)
+        raw_digests: dict[str, str] = {}
+        async with (
+            aiohttp.ClientSession(timeout=NO_TIMEOUT) as http,
+            async_s3_client(res.url, S3_CONFIG) as s3,
+        ):
+            auth = await login(http, url)
+            for i in range(runs + 1):  # the first round warms up
+                log(f"P2 loopback on {server}: {mib} MiB, " + _round(i, runs))
+                raw = await via_s3(s3, res, Clock(pids), raw_digests)
+                with_loader = pids | {"loader": loader.pid}
+                ours = await via_loader(http, url, auth, res, Clock(with_loader))
+                ours_v2 = await via_loader(http, url, auth, res_v2, Clock(with_loader))
+                tail = await tail_get(s3, res)
+                if i > 0:
+                    result.raw.append(raw)
+                    result.loader.append(ours)
+                    result.loader_v2.append(ours_v2)
+                    result.tail.append(tail)
+        result.peak_rss = proc_status_bytes(loader.pid, "VmHWM")
+        loader.stop()
+        results.append(result)
     return results
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,7 +49,15 @@ async def serve(target: str, rate: int, latency: float, ready: Path) -> None:
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     async with CuttingProxy(host, port, rate=rate, latency=latency) as proxy:
         await asyncio.to_thread(ready.write_text, f"{proxy.url}\n")
-        await asyncio.Event().wait()
+        # How many bodies flow at once, for the log: how wide the loader went.
+        last = None
+        while True:
+            now = (proxy.connections, proxy.streams, proxy.peak_streams, proxy.bytes_down // 10**6)
+            if now != last:
+                conns, streams, peak, mb = now
+                print(f"connections {conns}, bodies now {streams}, at most {peak}, {mb} MB down")
+                last = now
+            await asyncio.sleep(0.5)
 
 
 def main() -> None:
@@ -58,6 +67,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added downstream")
     parser.add_argument("--ready", type=Path, required=True, help="file to write the URL to")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.target, args.rate, args.latency, args.ready))
 

@@ -65,6 +65,7 @@ async def bench(args: argparse.Namespace) -> None:
         log(f"work folder {work}")
         s3s_fs = args.s3s_fs if needs_s3s else None
         upstream = await start_upstream(work, cleanup, s3s_fs)
+        upstream.loader_env.update(args.loader_env)
         loopback = capped = crowd = p3 = None
         if "loopback" in parts:
             # moto reads the whole object for each ranged GET: one size shows it.
@@ -90,6 +91,8 @@ async def bench(args: argparse.Namespace) -> None:
     if s3s_fs is not None:
         servers[S3S_FS] = f"{s3s_fs_version(s3s_fs)}, on {args.work_dir}"
     print_header(servers)
+    if args.loader_env:
+        print("loader settings: " + " ".join(f"{n}={v}" for n, v in args.loader_env))
     if loopback:
         print_loopback(loopback, args.runs)
     if capped is not None:
@@ -112,6 +115,13 @@ def _parts(text: str) -> tuple[str, ...]:
                 f"unknown part {word!r}; one of p2, {', '.join(PARTS)}"
             )
     return tuple(p for p in PARTS if p in chosen)
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("EDGELOADER_"):
+        raise argparse.ArgumentTypeError(f"expected EDGELOADER_NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def _servers(text: str) -> list[str]:
@@ -207,6 +217,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--runs", type=int, default=3, help="measured runs per case, after 1 warm-up (default: 3)"
+    )
+    parser.add_argument(
+        "--loader-env",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every loader (e.g. EDGELOADER_DOWNLOAD_INFLIGHT_MAX=33554432)",
     )
     parser.add_argument(
         "--s3s-fs",

@@ -9,6 +9,7 @@ share: publishing to a given server and the two consumers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -32,6 +33,9 @@ from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
 from edgeloader_publisher.resource import PUBLISHER_HARDWARE
 
+# The loader's request pattern at its widest (services/download.py defaults):
+# what a raw reader gets from the same server when it reads like the loader.
+RANGE_PART, RANGE_WIDTH = 8 * MiB, 4
 S3_CONFIG = Config(read_timeout=300, s3={"addressing_style": "path"}, max_pool_connections=64)
 
 
@@ -42,6 +46,7 @@ class LoopbackResult:
     loader: list[Transfer]
     loader_v2: list[Transfer]  # the same plaintext published in format v2
     raw: list[Transfer]
+    raw_ranges: list[Transfer]  # the loader's pattern: RANGE_WIDTH ranges of RANGE_PART at once
     tail: list[float]  # seconds for a ranged GET of the big part's last 32 bytes
     idle_rss: int
     peak_rss: int
@@ -127,6 +132,37 @@ async def via_s3(s3: Any, res: Published, clock: Clock, sha256: dict[str, str]) 
     return clock.stop(done)
 
 
+async def via_s3_ranges(s3: Any, res: Published, clock: Clock, sha256: dict[str, str]) -> Transfer:
+    """The big part as RANGE_WIDTH ranged GETs of RANGE_PART at once, each
+    read with iter_chunks(1 MiB), hashed in order (parts wait in memory for
+    the ones before them); the digest must be the raw GETs'."""
+    head = await s3.head_object(Bucket=FOLDER, Key=res.big)
+    size = int(head["ContentLength"])
+    slots = asyncio.Semaphore(RANGE_WIDTH)
+    clock.mark_first_byte()
+
+    async def part(start: int) -> list[bytes]:
+        async with slots:
+            end = min(start + RANGE_PART, size) - 1
+            resp = await s3.get_object(Bucket=FOLDER, Key=res.big, Range=f"bytes={start}-{end}")
+            async with resp["Body"] as body:
+                return [chunk async for chunk in body.iter_chunks(CHUNK)]
+
+    digest, done = hashlib.sha256(), 0
+    tasks = [asyncio.create_task(part(start)) for start in range(0, size, RANGE_PART)]
+    try:
+        for task in tasks:
+            for chunk in await task:
+                digest.update(chunk)
+                done += len(chunk)
+    finally:
+        for task in tasks:
+            task.cancel()
+    if done != size or digest.hexdigest() != sha256.get(res.big):
+        raise BenchError(f"ranged GETs of {res.big}: {done} bytes of {size}, or other bytes")
+    return clock.stop(done)
+
+
 async def tail_get(s3: Any, res: Published) -> float:
     """Seconds for the ranged GET the loader makes to learn the plaintext length."""
     start = time.perf_counter()
@@ -154,7 +190,7 @@ async def bench_loopback(
         )
         pids = {"server": upstream.servers[server][0].pid, "client": os.getpid()}
         idle_rss = proc_status_bytes(loader.pid, "VmRSS")
-        result = LoopbackResult(server, size, [], [], [], [], idle_rss, 0)
+        result = LoopbackResult(server, size, [], [], [], [], [], idle_rss, 0)
         raw_digests: dict[str, str] = {}
         async with (
             aiohttp.ClientSession(timeout=NO_TIMEOUT) as http,
@@ -164,12 +200,14 @@ async def bench_loopback(
             for i in range(runs + 1):  # the first round warms up
                 log(f"P2 loopback on {server}: {mib} MiB, " + _round(i, runs))
                 raw = await via_s3(s3, res, Clock(pids), raw_digests)
+                ranges = await via_s3_ranges(s3, res, Clock(pids), raw_digests)
                 with_loader = pids | {"loader": loader.pid}
                 ours = await via_loader(http, url, auth, res, Clock(with_loader))
                 ours_v2 = await via_loader(http, url, auth, res_v2, Clock(with_loader))
                 tail = await tail_get(s3, res)
                 if i > 0:
                     result.raw.append(raw)
+                    result.raw_ranges.append(ranges)
                     result.loader.append(ours)
                     result.loader_v2.append(ours_v2)
                     result.tail.append(tail)

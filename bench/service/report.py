@@ -45,6 +45,17 @@ def print_loopback(results: list[LoopbackResult], runs: int) -> None:
             f"{_verdict(peak_mb <= RSS_TARGET_MB):<10} {r.idle_rss / 1e6:>6.0f} MB"
         )
     print()
+    print(
+        "    raw with the loader's request pattern (4 ranged GETs of 8 MiB at once, hashed"
+        " in order):"
+    )
+    for r in results:
+        loader, ranges = _median_run(r.loader), _median_run(r.raw_ranges)
+        print(
+            f"{r.server:<7} {_mib(r.size):>9}  raw ranges {ranges.mbps:.0f} MB/s"
+            f" ({_all(r.raw_ranges)}); loader v1 vs it: {loader.mbps / ranges.mbps:.2f}x"
+        )
+    print()
     print("    the same plaintext published in format v2 (no tail read; every chunk verified):")
     for r in results:
         v1, v2 = _median_run(r.loader), _median_run(r.loader_v2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -33,6 +33,8 @@ class Upstream:
     # Every S3 server with the bucket FOLDER, by name: its process and URL.
     # A loader reads from another one than cdn.yaml's via EDGELOADER_CDN_HOST.
     servers: dict[str, tuple[Child, str]]
+    # Settings for every loader started here (--loader-env), e.g. a budget.
+    loader_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -65,6 +67,7 @@ async def start_loader(
     """``python -m edgeloader serve`` without a model cache, in the default
     auth mode (agents need a bearer token), with a fresh state folder."""
     state = upstream.work / f"loader-state-{name}"
+    env = upstream.loader_env | env
     return await start_loader_process(upstream.api_url, state, upstream.logs, cleanup, **env)
 
 

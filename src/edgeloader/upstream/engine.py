@@ -90,9 +90,10 @@ class LoadApi(enum.Enum):
     """The engine's endpoint for an image load.
 
     Both of podman's spool the whole upload into the service's ``TMPDIR``
-    and load it only when it is complete; the native one answered a little
-    faster in our measurements (docs/performance.md, P3) and says which
-    images it loaded as a list. Docker's engine has only the compatible one.
+    and load it only when it is complete, equally fast within the noise of
+    our measurements (docs/performance.md, P3); the native one is podman's
+    own and lists the images it loaded. Docker's engine has only the
+    compatible one.
     """
 
     COMPATIBLE = "compatible"  # POST /images/load, Docker's API

@@ -24,7 +24,8 @@ def print_header(servers: dict[str, str]) -> None:
     print(f"edgeloader service benchmarks; {os.cpu_count()} cores")
     print("S3 servers: " + "; ".join(f"{name} ({v})" for name, v in servers.items()))
     print("loader: `python -m edgeloader serve`, default auth (bearer token), no model cache,")
-    print("        default download settings; every consumer hashes (SHA-256) what it receives")
+    print("        download settings: the defaults unless listed below;")
+    print("        every consumer hashes (SHA-256) what it receives and checks it")
 
 
 def print_loopback(results: list[LoopbackResult], runs: int) -> None:
@@ -102,7 +103,7 @@ def print_capped(r: CappedResult, runs: int) -> None:
     ratio = loader.mbps / raw.mbps
     peak_mb = r.peak_rss / 1e6
     print()
-    print("P2  capped link: POST /load (default settings: parallel ranged reads) vs one raw GET,")
+    print("P2  capped link: POST /load (parallel ranged reads) vs one raw GET,")
     print(
         f"    both through one proxy pacing each connection to {r.rate / 1e6:g} MB/s with"
         f" {r.latency * 1000:g} ms added; {_mib(r.size)} on {r.server}"

@@ -19,6 +19,7 @@ from bench.service import NO_TIMEOUT, MiB, log
 from bench.service.load import S3_CONFIG, _round, publish, via_loader, via_s3
 from bench.service.measure import Clock, Transfer, cpu_seconds, proc_status_bytes
 from bench.service.stack import Upstream, login, start_loader
+from edgeloader.config import DownloadSettings
 
 
 @dataclass
@@ -41,6 +42,12 @@ class CrowdResult:
     raw: list[Round]
     idle_rss: int
     peak_rss: int
+    budget: int  # the loader's in-flight CDN bytes, all loads together
+
+    @property
+    def rss_bound(self) -> int:
+        """Idle RSS + the budget + 32 MB: the bound the concurrency test holds."""
+        return self.idle_rss + self.budget + 32_000_000
 
 
 async def bench_crowd(
@@ -61,7 +68,12 @@ async def bench_crowd(
         "loader": loader.pid,
         "client": os.getpid(),
     }
-    result = CrowdResult(server, size, clients, [], [], 0, 0)
+    budget = int(
+        upstream.loader_env.get(
+            "EDGELOADER_DOWNLOAD_INFLIGHT_MAX", str(DownloadSettings().inflight_max)
+        )
+    )
+    result = CrowdResult(server, size, clients, [], [], 0, 0, budget)
     result.idle_rss = proc_status_bytes(loader.pid, "VmRSS")
     raw_digests: dict[str, str] = {}
     connector = aiohttp.TCPConnector(limit=clients)

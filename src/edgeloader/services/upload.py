@@ -133,38 +133,26 @@ async def _publish(
     big_bytes: int,
 ) -> None:
     async with _one_publish_at_a_time(folder, name):
-        await _publish_locked(cdn, api, folder, name, staged, small, big_bytes)
-
-
-async def _publish_locked(
-    cdn: Cdn,
-    api: ResourceApiClient,
-    folder: str,
-    name: str,
-    staged: str,
-    small: bytes,
-    big_bytes: int,
-) -> None:
-    try:
-        await api.upload_part(folder, crypto.small_name(name), small)
-    except BaseException:
+        try:
+            await api.upload_part(folder, crypto.small_name(name), small)
+        except BaseException:
+            await _discard(cdn, folder, staged)
+            raise
+        try:
+            await cdn.copy(folder, staged, crypto.big_name(name), big_bytes)
+        except CdnError:
+            # The new small part is live with the old big part: say so loudly,
+            # and keep the staged object, which an operator can copy in place.
+            log.error(
+                "%s/%s: the small part is published but the big part could not be put "
+                "in place; the new big part stays at %s/%s",
+                folder,
+                name,
+                folder,
+                staged,
+            )
+            raise
         await _discard(cdn, folder, staged)
-        raise
-    try:
-        await cdn.copy(folder, staged, crypto.big_name(name), big_bytes)
-    except CdnError:
-        # The new small part is live with the old big part: say so loudly,
-        # and keep the staged object, which an operator can copy in place.
-        log.error(
-            "%s/%s: the small part is published but the big part could not be put in "
-            "place; the new big part stays at %s/%s",
-            folder,
-            name,
-            folder,
-            staged,
-        )
-        raise
-    await _discard(cdn, folder, staged)
 
 
 async def _discard(cdn: Cdn, folder: str, key: str) -> None:

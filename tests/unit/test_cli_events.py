@@ -14,7 +14,8 @@ from aiohttp import web
 
 from edgeloader.cli.client import Client
 from edgeloader.cli.credentials import CredentialStore
-from edgeloader.cli.events import Event, EventParser, follow_unlock
+from edgeloader.cli.events import UNLOCK, Event, EventParser
+from edgeloader.cli.events import follow as follow_status
 from tests.support.harness.net import serve
 
 Status = dict[str, Any]
@@ -86,8 +87,8 @@ async def follow(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         runners.append(runner)
         seen: list[str] = []
         async with Client(url, CredentialStore(tmp_path)) as client:
-            final = await follow_unlock(
-                client, lambda s: seen.append(s["state"]), poll_interval=0.01
+            final = await follow_status(
+                client, UNLOCK, lambda s: seen.append(s["state"]), poll_interval=0.01
             )
         return final, seen
 

@@ -25,11 +25,11 @@ from edgeloader.cli.client import Client, ServiceUnreachable, raise_for_answer
 
 __all__ = [
     "FINAL_STATES",
+    "UNLOCK",
     "Event",
     "EventParser",
     "Followed",
     "follow",
-    "follow_unlock",
     "read_events",
 ]
 
@@ -168,10 +168,3 @@ async def follow(
     if final is not None:
         return final
     return await _poll(client, followed, on_status, poll_interval)
-
-
-async def follow_unlock(
-    client: Client, on_status: OnStatus, *, poll_interval: float = POLL_SECONDS
-) -> Status:
-    """Follows the unlock until it is ready or failed."""
-    return await follow(client, UNLOCK, on_status, poll_interval=poll_interval)

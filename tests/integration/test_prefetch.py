@@ -157,6 +157,22 @@ async def test_prefetch_then_a_load_with_the_cdn_down(stack: Stack, fmt: int) ->
     assert await stack.load("m.bin") == (200, data)
 
 
+async def test_fifty_requests_at_once_start_one_job(stack: Stack) -> None:
+    data = pattern(2 * MiB + 3)
+    publish(stack, 2, "m.bin", data)
+    api = await start_api(stack)
+    answers = await asyncio.gather(*(api.start(stack.bucket, "m.bin") for _ in range(50)))
+    assert {status for status, _ in answers} == {202}
+    finished = await api.finished(stack.bucket, "m.bin")
+    assert finished["state"] == "done", finished
+    [entry] = cached_entries(stack, "m.bin")
+    assert entry.read_bytes() == big_part(stack, "m.bin")
+    journal = f"file:{stack.tmp / 'state' / JOURNAL_FILE}?mode=ro"
+    with contextlib.closing(sqlite3.connect(journal, uri=True)) as db:
+        assert db.execute("SELECT COUNT(*) FROM prefetch").fetchone() == (1,)
+    assert await stack.load("m.bin") == (200, data)
+
+
 async def test_prefetch_is_audited_and_needs_a_token(stack: Stack) -> None:
     stack.publish("m.bin", pattern(1000))
     api = await start_api(stack)

@@ -317,3 +317,86 @@ async def test_each_load_api_refuses_garbage_with_a_clear_error(
     assert "does not match any of the supported image formats" in refused.value.detail
     for ref in IMAGES:
         assert not image_exists(clean_engine, ref)
+
+
+# -- the engine vanishing mid-load ------------------------------------------------
+
+
+class EngineCutter:
+    """The engine's unix socket behind a TCP port. The first connection that
+    sends more than ``after`` bytes up is closed both ways at that point, as
+    an engine that dies mid-load; every other connection passes."""
+
+    def __init__(self, socket: Path, after: int) -> None:
+        self.socket = socket
+        self.after = after
+        self.cuts = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> EngineCutter:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(self.socket)
+
+        async def up() -> None:
+            sent = 0
+            while data := await reader.read(64 * 1024):
+                sent += len(data)
+                if self.cuts == 0 and sent > self.after:
+                    self.cuts += 1
+                    return
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def down() -> None:
+            while data := await up_reader.read(64 * 1024):
+                writer.write(data)
+                await writer.drain()
+
+        pipes = [asyncio.create_task(up()), asyncio.create_task(down())]
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pipes:
+                task.cancel()
+            for w in (writer, up_writer):
+                w.transport.abort()
+
+
+async def test_an_engine_that_vanishes_mid_load_leaves_nothing_and_a_retry_loads(
+    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+) -> None:
+    archive = await encrypted_archive(stack, plain_archive)
+    after = archive.stat().st_size // 2
+    async with EngineCutter(clean_engine.socket_path, after) as cutter:
+        settings = stack.settings(
+            images_path=archive,
+            api_services=SERVICES,
+            docker_host=f"tcp://127.0.0.1:{cutter.port}",
+        )
+        await stack.start_loader(settings)
+        await unlock(stack)
+        status = await final_status(stack)
+        assert cutter.cuts == 1
+        assert status["state"] == "error"
+        assert status["error"].startswith(("container engine", "image load failed")), status
+        assert "unexpected" not in status["error"]
+        for ref in IMAGES:
+            assert not image_exists(clean_engine, ref)
+
+        retry = await unlock(stack)
+        assert retry["state"] == "authenticating"
+        assert await final_status(stack) == {
+            "state": "ready",
+            "error": None,
+            "bytesDone": archive.stat().st_size,
+            "bytesTotal": archive.stat().st_size,
+        }

@@ -50,10 +50,8 @@ __all__ = [
     "EventBus",
     "Pacer",
     "Subscription",
-    "prefetch_event",
     "run_event",
     "security_event",
-    "unlock_event",
 ]
 
 # Event types, the SSE ``event:`` field.
@@ -91,36 +89,9 @@ class Event:
         return self.audience is None or role in self.audience
 
 
-def unlock_event(state: str, error: str | None, bytes_done: int, bytes_total: int) -> Event:
-    """The fields of ``GET /unlock/status``."""
-    return Event(
-        UNLOCK,
-        {"state": state, "error": error, "bytesDone": bytes_done, "bytesTotal": bytes_total},
-    )
-
-
 def run_event(record: Mapping[str, Any]) -> Event:
     """A run's state from its JSON record (``RUN_FIELDS`` of it)."""
     return Event(RUN, {name: record.get(name) for name in RUN_FIELDS})
-
-
-def prefetch_event(
-    folder: str, name: str, state: str, bytes_done: int, bytes_total: int, error: str | None
-) -> Event:
-    """Pre-staging progress of one resource, the fields of
-    ``GET /api/prefetch/{folder}/{name}`` (published by the pre-staging
-    service, paced with a :class:`Pacer` per resource)."""
-    return Event(
-        PREFETCH,
-        {
-            "folder": folder,
-            "name": name,
-            "state": state,
-            "bytesDone": bytes_done,
-            "bytesTotal": bytes_total,
-            "error": error,
-        },
-    )
 
 
 def security_event(kind: str, **details: Any) -> Event:

@@ -146,7 +146,7 @@ async def test_bad_access_tokens_are_401(client: Client, stack: Stack, case: str
     pair = await client.login()
     claims = jwt.decode(pair["accessToken"], options={"verify_signature": False})
     if case == "expired":
-        token = forged(stack, access=-60).issue("user:x", "Admin").access
+        token = forged(stack, access=-60).issue("user:x", "Admin").access_token
     elif case == "bad signature":
         token = jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA")
     elif case == "alg none":
@@ -275,14 +275,16 @@ async def test_expired_api_key_is_refused(client: Client, stack: Stack) -> None:
     store = AuthStore(state_dir(stack))
     now = time.time()
     store.add_api_key(
-        ApiKeyRecord(
-            "0123456789abcdef",
-            "old",
-            "Operator",
-            secret_hash("s3cret"),
-            now - 7200,
-            now - 3600,
-            None,
+        ApiKeyRecord.from_row(
+            (
+                "0123456789abcdef",
+                "old",
+                "Operator",
+                secret_hash("s3cret"),
+                now - 7200,
+                now - 3600,
+                None,
+            )
         )
     )
     store.close()

@@ -67,7 +67,7 @@ async def test_kill_during_refresh_burst_leaves_a_consistent_store(tmp_path: Pat
     store = AuthStore(state)
     now = time.time()
     store.add_api_key(
-        ApiKeyRecord(KEY_ID, "crash", "Operator", secret_hash(SECRET), now, None, None)
+        ApiKeyRecord.from_row((KEY_ID, "crash", "Operator", secret_hash(SECRET), now, None, None))
     )
     store.close()
     port = free_port()

@@ -21,7 +21,7 @@ from edgeloader.cli.client import (
     ServiceUnreachable,
     SessionEnded,
 )
-from edgeloader.cli.credentials import CredentialStore, TokenPair
+from edgeloader.cli.credentials import CredentialStore, SavedTokens
 from edgeloader.cli.output import UsageError
 from tests.support.harness.net import dead_url, serve
 
@@ -83,7 +83,9 @@ def stored(store: CredentialStore, url: str, answer: dict[str, Any], expires_at:
     with store.locked():
         store.put(
             url,
-            TokenPair(answer["accessToken"], answer["refreshToken"], expires_at, "Admin", "a@b.c"),
+            SavedTokens(
+                answer["accessToken"], answer["refreshToken"], expires_at, "Admin", "a@b.c"
+            ),
         )
 
 
@@ -142,7 +144,7 @@ async def test_a_pair_refreshed_by_another_command_is_taken(
     stale = service.issue()
     newer = service.issue()
     stored(store, service.url, newer, 2e9)
-    stale_pair = TokenPair(stale["accessToken"], stale["refreshToken"], 1.0)
+    stale_pair = SavedTokens(stale["accessToken"], stale["refreshToken"], 1.0)
     async with Client(service.url, store) as client:
         got = await client.refresh(stale_pair)
     assert got.access_token == newer["accessToken"]

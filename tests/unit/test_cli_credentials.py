@@ -13,7 +13,7 @@ import pytest
 
 from edgeloader.cli.credentials import (
     CredentialStore,
-    TokenPair,
+    SavedTokens,
     config_dir,
     normalize_url,
 )
@@ -22,8 +22,8 @@ from edgeloader.errors import ConfigError
 URL = "http://127.0.0.1:8080"
 
 
-def pair(tag: str = "a", expires_at: float = 2e9) -> TokenPair:
-    return TokenPair(f"access-{tag}", f"refresh-{tag}", expires_at, "Admin", "admin@example.org")
+def pair(tag: str = "a", expires_at: float = 2e9) -> SavedTokens:
+    return SavedTokens(f"access-{tag}", f"refresh-{tag}", expires_at, "Admin", "admin@example.org")
 
 
 def test_config_dir_follows_xdg_then_home() -> None:
@@ -129,11 +129,11 @@ def test_the_lock_is_exclusive_across_open_files(tmp_path: Path) -> None:
 
 def test_token_pair_from_an_answer() -> None:
     answer = {"accessToken": "a", "refreshToken": "r", "expiresIn": 900, "role": "Operator"}
-    got = TokenPair.from_answer(answer, user="op@example.org", now=1000.0)
-    assert got == TokenPair("a", "r", 1900.0, "Operator", "op@example.org")
+    got = SavedTokens.from_answer(answer, user="op@example.org", now=1000.0)
+    assert got == SavedTokens("a", "r", 1900.0, "Operator", "op@example.org")
     assert not got.expired(now=1000.0)
     assert got.expired(now=1871.0)  # within the 30 s margin
-    assert TokenPair.from_json(got.as_json()) == got
+    assert SavedTokens.from_json(got.as_json()) == got
     bad_answers: list[object] = [
         {},
         {"accessToken": "a", "refreshToken": "r"},
@@ -142,4 +142,4 @@ def test_token_pair_from_an_answer() -> None:
     ]
     for bad in bad_answers:
         with pytest.raises(ValueError, match=r"token pair|expiresIn"):
-            TokenPair.from_answer(bad)
+            SavedTokens.from_answer(bad)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from edgeloader.cli.client import Client
 from edgeloader.cli.credentials import CredentialStore
-from edgeloader.cli.events import UNLOCK, Event, EventParser
+from edgeloader.cli.events import UNLOCK, EventParser, StreamEvent
 from edgeloader.cli.events import follow as follow_status
 from tests.support.harness.net import serve
 
@@ -40,8 +40,8 @@ def test_the_parser_follows_the_event_stream_format() -> None:
     ]
     events = [e for line in lines if (e := parser.feed(line)) is not None]
     assert events == [
-        Event("unlock", '{"state":\n "ready"}', "7"),
-        Event("message", "plain", "7"),
+        StreamEvent("unlock", '{"state":\n "ready"}', "7"),
+        StreamEvent("message", "plain", "7"),
     ]
 
 

@@ -12,7 +12,6 @@ from edgeloader.errors import TooManyStreams
 from edgeloader.events import (
     DROPPED,
     END,
-    PREFETCH,
     RUN,
     RUN_FIELDS,
     SECURITY,
@@ -21,16 +20,16 @@ from edgeloader.events import (
     EventBus,
     Pacer,
     Subscription,
-    prefetch_event,
     run_event,
     security_event,
-    unlock_event,
 )
 from edgeloader.roles import Role
+from edgeloader.services.prefetch import PrefetchStatus
+from edgeloader.services.unlock import UnlockState, UnlockStatus
 
 
 def progress(n: int) -> Event:
-    return unlock_event("decrypting", None, n, 100)
+    return UnlockStatus(state=UnlockState.DECRYPTING, bytes_done=n, bytes_total=100).event()
 
 
 async def drain(subscription: Subscription) -> list[Event]:
@@ -168,13 +167,21 @@ def test_pacer_lets_one_event_through_per_interval() -> None:
 
 
 def test_event_shapes() -> None:
-    assert unlock_event("ready", None, 10, 10) == Event(
+    ready = UnlockStatus(state=UnlockState.READY, bytes_done=10, bytes_total=10)
+    assert ready.event() == Event(
         UNLOCK, {"state": "ready", "error": None, "bytesDone": 10, "bytesTotal": 10}
     )
     record = {name: name for name in RUN_FIELDS} | {"result": {"big": "x" * 1000}, "version": 3}
     assert run_event(record) == Event(RUN, {name: name for name in RUN_FIELDS})
-    assert prefetch_event("models", "m.bin", "waiting", 1, 2, "the CDN is down") == Event(
-        PREFETCH,
+    waiting = PrefetchStatus(
+        folder="models",
+        name="m.bin",
+        state="waiting",
+        bytes_done=1,
+        bytes_total=2,
+        error="the CDN is down",
+    )
+    assert waiting.wire() == (
         {
             "folder": "models",
             "name": "m.bin",
@@ -182,7 +189,7 @@ def test_event_shapes() -> None:
             "bytesDone": 1,
             "bytesTotal": 2,
             "error": "the CDN is down",
-        },
+        }
     )
     notice = security_event("throttled", subject="user:x", retryAfter=4)
     assert notice.type == SECURITY

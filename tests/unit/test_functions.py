@@ -23,6 +23,18 @@ from edgeloader.functions.store import RunHistory, open_database, percentile_off
 
 IMAGE = "localhost/app:1"
 
+
+def queued(run_id: str, function: str, queued_at: float) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        function=function,
+        version=1,
+        image=IMAGE,
+        status=RunStatus.QUEUED,
+        queued_at=queued_at,
+    )
+
+
 # -- fields -------------------------------------------------------------------------
 
 
@@ -122,13 +134,13 @@ def test_stats_count_every_status_and_time_the_runs_that_ran(tmp_path: Path) -> 
     statuses = [RunStatus.SUCCEEDED] * 3 + [RunStatus.TIMEOUT, RunStatus.OOM]
     for n, (ms, status) in enumerate(zip(durations, statuses, strict=True)):
         run_id = f"{n:032x}"
-        history.add(RunRecord(run_id, "f", 1, IMAGE, RunStatus.QUEUED, queued_at=100.0 + n))
+        history.add(queued(run_id, "f", queued_at=100.0 + n))
         history.started(run_id, 1000.0)
         history.finish(run_id, Outcome(status), 1000.0 + ms / 1000)
-    history.add(RunRecord("f" * 32, "f", 1, IMAGE, RunStatus.QUEUED, queued_at=200.0))
-    history.add(RunRecord("e" * 32, "g", 1, IMAGE, RunStatus.QUEUED, queued_at=300.0))
+    history.add(queued("f" * 32, "f", queued_at=200.0))
+    history.add(queued("e" * 32, "g", queued_at=300.0))
     stats = history.stats("f")
-    assert stats.as_json() == {
+    assert stats.wire() == {
         "runs": 6,
         "succeeded": 3,
         "failed": 0,
@@ -310,7 +322,7 @@ def test_no_result_is_none(folders: RunFolders) -> None:
 def test_retention_picks_folders_of_runs_that_ended_long_enough_ago(tmp_path: Path) -> None:
     history = RunHistory(open_database(tmp_path))
     for run_id, ended in (("a" * 32, 100.0), ("b" * 32, 200.0), ("c" * 32, None)):
-        history.add(RunRecord(run_id, "f", 1, IMAGE, RunStatus.QUEUED, queued_at=50.0))
+        history.add(queued(run_id, "f", queued_at=50.0))
         if ended is not None:
             history.finish(run_id, Outcome(RunStatus.SUCCEEDED), ended)
     assert history.folders_finished_before(150.0) == ["a" * 32]

@@ -44,7 +44,7 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
 
 def bearer(test_client: TestClient[web.Request, web.Application], role: str) -> dict[str, str]:
     pair = test_client.app[SERVICES].auth.tokens.issue(f"user:{role}", role)
-    return {"Authorization": f"Bearer {pair.access}"}
+    return {"Authorization": f"Bearer {pair.access_token}"}
 
 
 async def test_required_mode_checks_token_and_role(client: Client) -> None:

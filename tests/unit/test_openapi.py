@@ -20,9 +20,9 @@ from edgeloader.errors import ValidationFailed
 from edgeloader.web import create_app
 from edgeloader.web.guards import PUBLIC_PATHS, route_marks
 from edgeloader.web.models.auth import AuditQuery, NewKeyBody
-from edgeloader.web.models.azaion import Credentials, LoggedIn
-from edgeloader.web.models.base import parse_json
+from edgeloader.web.models.azaion import CredentialsBody, LoggedIn
 from edgeloader.web.openapi import build_document, documented, undocumented
+from edgeloader.wire import parse_json
 
 METHODS = {"get", "put", "post", "delete", "patch"}
 
@@ -170,7 +170,7 @@ def test_path_parameters_are_all_described(document: dict[str, Any]) -> None:
 
 
 def test_documented_takes_a_bare_model_as_a_json_body() -> None:
-    @documented("x", tag="t", body=Credentials, answers={200: LoggedIn})
+    @documented("x", tag="t", body=CredentialsBody, answers={200: LoggedIn})
     async def handler(request: web.Request) -> web.Response:
         raise AssertionError
 
@@ -213,13 +213,13 @@ async def test_openapi_json_is_public_and_is_the_document(
 )
 def test_a_malformed_body_is_422_naming_the_field(raw: bytes, detail: str) -> None:
     with pytest.raises(ValidationFailed) as caught:
-        parse_json(raw, Credentials)
+        parse_json(raw, CredentialsBody)
     assert caught.value.status == 422
     assert detail in caught.value.detail
 
 
 def test_bodies_ignore_unknown_fields_but_not_wrong_types() -> None:
-    body = parse_json(b'{"email": "a@b", "password": "p", "extra": [1]}', Credentials)
+    body = parse_json(b'{"email": "a@b", "password": "p", "extra": [1]}', CredentialsBody)
     assert (body.email, body.password) == ("a@b", "p")
     with pytest.raises(ValidationFailed, match="validity"):
         parse_json(b'{"name": "k", "role": "Operator", "validity": "2d"}', NewKeyBody)

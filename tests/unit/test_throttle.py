@@ -170,7 +170,7 @@ def test_identity_keys_ignore_spelling_and_addresses_group_ipv6() -> None:
 
 
 def entry(n: int, at: float = 1000.0, subject: str = "user:a") -> AuditEntry:
-    return AuditEntry(at, subject, "Admin", "load", "POST /load/m", f"m{n}", "ok")
+    return AuditEntry.from_row((at, subject, "Admin", "load", "POST /load/m", f"m{n}", "ok", 0, ""))
 
 
 def test_audit_keeps_under_its_byte_limit_dropping_the_oldest(store: AuthStore) -> None:

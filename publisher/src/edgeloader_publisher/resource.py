@@ -17,7 +17,7 @@ import aiohttp
 from edgeloader import crypto
 from edgeloader.config import CdnOverrides
 from edgeloader.services.session import fetch_cdn_config
-from edgeloader.services.upload import Uploaded, upload_resource
+from edgeloader.services.upload import Published, upload_resource
 from edgeloader.storage.files import read_file_chunks
 from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
@@ -47,7 +47,7 @@ async def publish_file(
     name: str,
     progress: Callable[[int], None] | None = None,
     fmt: int = 2,
-) -> Uploaded:
+) -> Published:
     """Logs in and publishes one file in format ``fmt`` (v2 unless a fleet
     still runs Azaion-compatible loaders); ``progress`` gets plaintext bytes read."""
 

@@ -72,7 +72,7 @@ class Auditor:
             entry.resource or entry.route,
             entry.subject,
             entry.outcome,
-            extra={"audit": entry.as_dict()},
+            extra={"audit": entry.wire()},
         )
         if (event := AUTH_EVENTS.get((action, outcome))) is not None:
             metrics.auth_event(event)

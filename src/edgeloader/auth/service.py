@@ -14,14 +14,15 @@ import secrets
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
+
+from pydantic import Field
 
 from edgeloader import metrics
 from edgeloader.auth import signing_key
 from edgeloader.auth.audit import Auditor
 from edgeloader.auth.store import ApiKeyRecord, AuditEntry, AuthStore, RefreshRecord, Rotation
-from edgeloader.auth.throttle import Throttle, ThrottlePolicy, Ticket
+from edgeloader.auth.throttle import Reservation, Throttle, ThrottlePolicy
 from edgeloader.auth.tokens import Claims, TokenPair, Tokens, token_hash
 from edgeloader.config import Settings
 from edgeloader.errors import (
@@ -58,10 +59,10 @@ def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class NewApiKey:
-    record: ApiKeyRecord
-    key: str
+class NewApiKey(ApiKeyRecord):
+    """A key just created: its record and, this once, the key itself."""
+
+    api_key: str = Field(description="the key itself, shown this once")
 
 
 class Verified(Protocol):
@@ -108,7 +109,7 @@ class LoginAttempt:
     attempt that could not be judged (the Resource API failed, the caller
     left) does not count."""
 
-    def __init__(self, service: AuthService, email: str, ticket: Ticket, route: str):
+    def __init__(self, service: AuthService, email: str, ticket: Reservation, route: str):
         self._service = service
         self._ticket = ticket
         self.subject = USER_PREFIX + email
@@ -167,7 +168,7 @@ class AuthService:
 
     async def _reserve(
         self, keys: tuple[str, ...], subject: str, client: str, route: str
-    ) -> Ticket:
+    ) -> Reservation:
         """``throttle.reserve``; a refusal is counted and told to admins."""
         try:
             return await self.throttle.reserve(keys)
@@ -194,7 +195,9 @@ class AuthService:
     @staticmethod
     def _record(pair: TokenPair) -> RefreshRecord:
         c = pair.refresh_claims
-        return RefreshRecord(token_hash(pair.refresh), c.family, c.subject, c.role, c.expires_at)
+        return RefreshRecord(
+            token_hash(pair.refresh_token), c.family, c.subject, c.role, c.expires_at
+        )
 
     async def begin_login(self, email: str, password: str, client: str, route: str) -> LoginAttempt:
         """Reserves one password attempt for ``email`` from ``client``, or
@@ -372,7 +375,7 @@ class AuthService:
             resource=key_id,
             detail=f"{name} as {role}, {validity}",
         )
-        return NewApiKey(record, f"{API_KEY_PREFIX}_{key_id}_{secret}")
+        return NewApiKey(**dict(record), api_key=f"{API_KEY_PREFIX}_{key_id}_{secret}")
 
     async def store_audit(self, since: float, limit: int) -> list[AuditEntry]:
         return await asyncio.to_thread(self.store.audit, since, limit)

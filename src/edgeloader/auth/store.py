@@ -24,9 +24,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from pydantic import ConfigDict, Field
 
 from edgeloader.storage.sqlite import Database
+from edgeloader.wire import Record
 
 DB_FILE = "auth.sqlite3"
 
@@ -146,12 +148,15 @@ class RefreshRecord:
     expires_at: float
 
 
-@dataclass(frozen=True)
-class ApiKeyRecord:
+class ApiKeyRecord(Record):
+    """An API key's record; never its secret (its hash is not shown)."""
+
+    model_config = ConfigDict(frozen=True)
+
     id: str
     name: str
     role: str
-    secret_hash: str
+    secret_hash: str = Field(exclude=True)
     created_at: float
     expires_at: float | None
     revoked_at: float | None
@@ -159,20 +164,12 @@ class ApiKeyRecord:
     def usable(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
-    def public(self) -> dict[str, Any]:
-        """Everything but the secret's hash."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "role": self.role,
-            "createdAt": self.created_at,
-            "expiresAt": self.expires_at,
-            "revokedAt": self.revoked_at,
-        }
 
+class AuditEntry(Record):
+    """One audited action."""
 
-@dataclass(frozen=True)
-class AuditEntry:
+    model_config = ConfigDict(frozen=True)
+
     at: float
     subject: str
     role: str
@@ -182,19 +179,6 @@ class AuditEntry:
     outcome: str
     bytes: int = 0
     detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "subject": self.subject,
-            "role": self.role,
-            "action": self.action,
-            "route": self.route,
-            "resource": self.resource,
-            "outcome": self.outcome,
-            "bytes": self.bytes,
-            "detail": self.detail,
-        }
 
 
 @dataclass(frozen=True)
@@ -382,7 +366,7 @@ class AuthStore:
                 " FROM api_keys WHERE id = ?",
                 (key_id,),
             ).fetchone()
-        return ApiKeyRecord(*row) if row else None
+        return ApiKeyRecord.from_row(row) if row else None
 
     def api_keys(self) -> list[ApiKeyRecord]:
         with self._db.reading() as db:
@@ -390,7 +374,7 @@ class AuthStore:
                 "SELECT id, name, role, secret_hash, created_at, expires_at, revoked_at"
                 " FROM api_keys ORDER BY created_at"
             ).fetchall()
-        return [ApiKeyRecord(*row) for row in rows]
+        return [ApiKeyRecord.from_row(row) for row in rows]
 
     def revoke_api_key(self, key_id: str, now: float) -> bool:
         with self._db.transaction() as db:
@@ -437,4 +421,4 @@ class AuthStore:
                 " FROM audit WHERE at >= ? ORDER BY id LIMIT ?",
                 (since, limit),
             ).fetchall()
-        return [AuditEntry(*row) for row in rows]
+        return [AuditEntry.from_row(row) for row in rows]

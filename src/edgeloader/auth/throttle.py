@@ -7,7 +7,7 @@ many accounts nor many addresses trying one account get far: after
 its last one, or at once when an attempt with it succeeds.
 
 An attempt is *reserved* before the credentials are checked, and settled
-once their outcome is known (``Ticket``). A key never has more attempts in
+once their outcome is known (``Reservation``). A key never has more attempts in
 flight than it has free failures left (one at a time once they are used
 up), so concurrent guesses cannot all pass the check before the first
 failure is recorded; an attempt beyond that waits for the ones in flight to
@@ -84,7 +84,7 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
-class Ticket:
+class Reservation:
     """One reserved attempt; settle it exactly once (later calls do nothing)."""
 
     def __init__(self, throttle: Throttle, digests: tuple[bytes, ...], promised: int) -> None:
@@ -130,7 +130,7 @@ class Throttle:
         self._promised = 0  # entries that attempts in flight may still need
         self._full_logged = -math.inf
 
-    async def reserve(self, keys: Sequence[str]) -> Ticket:
+    async def reserve(self, keys: Sequence[str]) -> Reservation:
         """Reserves one attempt for all ``keys``; raises ``TooManyAttempts``
         while any key must wait, or when the table is full and a key has no
         entry yet. Waits while a key has its share of attempts in flight."""
@@ -157,7 +157,7 @@ class Throttle:
                     raise TooManyAttempts(retry_after=1) from None
             self._pending.update(digests)
             self._promised += new
-            return Ticket(self, digests, new)
+            return Reservation(self, digests, new)
 
     async def _make_room(self, new: int) -> None:
         size = await asyncio.to_thread(self._size)

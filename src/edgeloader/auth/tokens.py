@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
+from pydantic import ConfigDict, Field
 
 from edgeloader.auth.signing_key import SigningKey
 from edgeloader.errors import NotAuthenticated
+from edgeloader.wire import Record
 
 ALGORITHM = "EdDSA"
 TokenType = Literal["access", "refresh"]
@@ -33,21 +35,16 @@ class Claims:
     expires_at: float
 
 
-@dataclass(frozen=True)
-class TokenPair:
-    access: str
-    refresh: str
-    expires_in: int
-    role: str
-    refresh_claims: Claims
+class TokenPair(Record):
+    """An access token and its refresh token, as given to an agent."""
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "accessToken": self.access,
-            "refreshToken": self.refresh,
-            "expiresIn": self.expires_in,
-            "role": self.role,
-        }
+    model_config = ConfigDict(frozen=True)
+
+    access_token: str
+    refresh_token: str = Field(description="single use: each refresh returns a new one")
+    expires_in: int = Field(description="the access token's lifetime in seconds")
+    role: str
+    refresh_claims: Claims = Field(exclude=True)
 
 
 class Tokens:
@@ -88,8 +85,8 @@ class Tokens:
             subject, role, "refresh", secrets.token_hex(16), family, now + self.refresh_ttl
         )
         return TokenPair(
-            access=self._sign(access, now),
-            refresh=self._sign(refresh, now),
+            access_token=self._sign(access, now),
+            refresh_token=self._sign(refresh, now),
             expires_in=int(self.access_ttl),
             role=role,
             refresh_claims=refresh,

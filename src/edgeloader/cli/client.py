@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from edgeloader.cli.credentials import CredentialStore, TokenPair, normalize_url
+from edgeloader.cli.credentials import CredentialStore, SavedTokens, normalize_url
 from edgeloader.cli.output import UsageError
 from edgeloader.errors import EdgeloaderError, NotAuthenticated
 
@@ -122,10 +122,10 @@ class Client:
 
     # -- tokens --------------------------------------------------------------
 
-    def pair(self) -> TokenPair | None:
+    def pair(self) -> SavedTokens | None:
         return self.store.get(self.url)
 
-    async def save_pair(self, pair: TokenPair) -> None:
+    async def save_pair(self, pair: SavedTokens) -> None:
         def save() -> None:
             with self.store.locked():
                 self.store.put(self.url, pair)
@@ -139,7 +139,7 @@ class Client:
 
         return await asyncio.to_thread(forget)
 
-    async def refresh(self, stale: TokenPair) -> TokenPair:
+    async def refresh(self, stale: SavedTokens) -> SavedTokens:
         """A fresh pair in place of ``stale``: another process's, if it already
         refreshed, else one from ``POST /api/auth/refresh``."""
         loop = asyncio.get_running_loop()
@@ -159,7 +159,7 @@ class Client:
             ) as resp:
                 if resp.status == 200:
                     try:
-                        fresh = TokenPair.from_answer(await resp.json(), user=current.user)
+                        fresh = SavedTokens.from_answer(await resp.json(), user=current.user)
                     except (ValueError, aiohttp.ContentTypeError) as exc:
                         raise ApiError(resp.status, f"bad refresh answer: {exc}") from None
                     self.store.put(self.url, fresh)

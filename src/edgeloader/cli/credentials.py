@@ -36,7 +36,7 @@ from edgeloader.storage.files import atomic_write
 
 __all__ = [
     "CredentialStore",
-    "TokenPair",
+    "SavedTokens",
     "config_dir",
     "normalize_url",
 ]
@@ -72,7 +72,7 @@ def normalize_url(url: str) -> str:
 
 
 @dataclass(frozen=True)
-class TokenPair:
+class SavedTokens:
     """An access token, its rotating refresh token and when the access token expires."""
 
     access_token: str
@@ -82,7 +82,7 @@ class TokenPair:
     user: str = ""
 
     @classmethod
-    def from_answer(cls, body: Any, *, user: str = "", now: float | None = None) -> TokenPair:
+    def from_answer(cls, body: Any, *, user: str = "", now: float | None = None) -> SavedTokens:
         """From a ``{"accessToken", "refreshToken", "expiresIn", "role"}`` answer."""
         if not isinstance(body, dict):
             raise ValueError("the answer is not a token pair")
@@ -112,7 +112,7 @@ class TokenPair:
         }
 
     @classmethod
-    def from_json(cls, raw: Any) -> TokenPair | None:
+    def from_json(cls, raw: Any) -> SavedTokens | None:
         """An entry of the file, or None when it is not one (it is then ignored)."""
         if not isinstance(raw, dict):
             return None
@@ -180,8 +180,8 @@ class CredentialStore:
                     file=sys.stderr,
                 )
 
-    def get(self, url: str) -> TokenPair | None:
-        return TokenPair.from_json(self._servers().get(normalize_url(url)))
+    def get(self, url: str) -> SavedTokens | None:
+        return SavedTokens.from_json(self._servers().get(normalize_url(url)))
 
     def urls(self) -> list[str]:
         return sorted(self._servers())
@@ -199,7 +199,7 @@ class CredentialStore:
         finally:
             os.close(fd)  # releases the lock
 
-    def put(self, url: str, pair: TokenPair) -> None:
+    def put(self, url: str, pair: SavedTokens) -> None:
         """Stores ``pair`` for ``url``; call under :meth:`locked`."""
         servers = self._servers()
         servers[normalize_url(url)] = pair.as_json()

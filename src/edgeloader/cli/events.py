@@ -26,9 +26,9 @@ from edgeloader.cli.client import Client, ServiceUnreachable, raise_for_answer
 __all__ = [
     "FINAL_STATES",
     "UNLOCK",
-    "Event",
     "EventParser",
     "Followed",
+    "StreamEvent",
     "follow",
     "read_events",
 ]
@@ -43,7 +43,7 @@ OnStatus = Callable[[Status], None]
 
 
 @dataclass(frozen=True)
-class Event:
+class StreamEvent:
     name: str
     data: str
     id: str | None = None
@@ -57,13 +57,13 @@ class EventParser:
     _data: list[str] = field(default_factory=list)
     _id: str | None = None
 
-    def feed(self, line: str) -> Event | None:
+    def feed(self, line: str) -> StreamEvent | None:
         """The event that ``line`` completes (a blank line), if any."""
         if line == "":
             if not self._data:
                 self._name = ""
                 return None
-            event = Event(self._name or "message", "\n".join(self._data), self._id)
+            event = StreamEvent(self._name or "message", "\n".join(self._data), self._id)
             self._name, self._data = "", []
             return event
         if line.startswith(":"):  # a comment: keep-alive
@@ -79,7 +79,7 @@ class EventParser:
         return None
 
 
-async def read_events(content: aiohttp.StreamReader) -> AsyncIterator[Event]:
+async def read_events(content: aiohttp.StreamReader) -> AsyncIterator[StreamEvent]:
     parser = EventParser()
     while line := await content.readline():
         event = parser.feed(line.decode("utf-8", "replace").rstrip("\r\n"))

@@ -1,4 +1,5 @@
-"""What the registry and the run history hold, and their JSON (DESIGN §8).
+"""What the registry and the run history hold; each model is also the JSON
+of its route (docs/functions.md, "Records").
 
 Times are epoch seconds, as in the audit. Env values never leave the box
 through these records: a function record names the env keys only.
@@ -10,7 +11,20 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from edgeloader.functions.spec import FunctionSpec
+from pydantic import ConfigDict, Field, computed_field
+
+from edgeloader.functions.spec import FunctionSpec, Limits
+from edgeloader.wire import Record
+
+__all__ = [
+    "INTERRUPTED",
+    "FunctionRecord",
+    "Outcome",
+    "RunOutput",
+    "RunRecord",
+    "RunStats",
+    "RunStatus",
+]
 
 
 class RunStatus(enum.StrEnum):
@@ -29,35 +43,59 @@ class RunStatus(enum.StrEnum):
 INTERRUPTED = "interrupted"
 
 
-@dataclass(frozen=True)
-class FunctionRecord:
+class _Frozen(Record):
+    model_config = ConfigDict(frozen=True)
+
+
+class FunctionRecord(_Frozen):
+    """A function's current version."""
+
     name: str
     version: int
-    spec: FunctionSpec
+    spec: FunctionSpec = Field(exclude=True)
     image_id: str
     created_at: float
     updated_at: float
 
-    def as_json(self) -> dict[str, Any]:
-        spec = self.spec
-        return {
-            "name": self.name,
-            "version": self.version,
-            "image": spec.image,
-            "imageId": self.image_id,
-            "command": list(spec.command) if spec.command else None,
-            "envKeys": sorted(spec.env),
-            "limits": spec.limits.as_json(),
-            "concurrency": spec.concurrency,
-            "queue": spec.queue,
-            "user": spec.user,
-            "createdAt": self.created_at,
-            "updatedAt": self.updated_at,
-        }
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def image(self) -> str:
+        return self.spec.image
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def command(self) -> list[str] | None:
+        return self.spec.command
+
+    @computed_field(description="the env's names; values are never returned")  # type: ignore[prop-decorator]
+    @property
+    def env_keys(self) -> list[str]:
+        return sorted(self.spec.env)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def limits(self) -> Limits:
+        return self.spec.limits
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def concurrency(self) -> int:
+        return self.spec.concurrency
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def queue(self) -> int:
+        return self.spec.queue
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def user(self) -> int:
+        return self.spec.user
 
 
-@dataclass(frozen=True)
-class RunRecord:
+class RunRecord(_Frozen):
+    """One run, from its admission to its end."""
+
     run_id: str
     function: str
     version: int
@@ -69,24 +107,31 @@ class RunRecord:
     started_at: float | None = None
     finished_at: float | None = None
     duration_ms: int | None = None
-    result: Any = None
-    truncated: bool = False  # captured stdout or stderr was cut
+    result: Any = Field(None, description="the run's result.json, parsed, or null")
+    # Whether captured stdout or stderr was cut: told by the output route.
+    truncated: bool = Field(False, exclude=True)
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "runId": self.run_id,
-            "function": self.function,
-            "version": self.version,
-            "image": self.image,
-            "status": self.status.value,
-            "exitCode": self.exit_code,
-            "error": self.error,
-            "queuedAt": self.queued_at,
-            "startedAt": self.started_at,
-            "finishedAt": self.finished_at,
-            "durationMs": self.duration_ms,
-            "result": self.result,
-        }
+
+class RunOutput(_Frozen):
+    """A run's captured output and its ``logs.json``."""
+
+    stdout: str
+    stderr: str
+    logs: Any = Field(description="the run's logs.json, parsed, or null")
+    truncated: bool
+
+
+class RunStats(_Frozen):
+    """A function's runs, counted by status, and their durations."""
+
+    runs: int
+    succeeded: int
+    failed: int
+    timeouts: int
+    oom: int
+    p50_ms: int | None
+    p95_ms: int | None
+    last_run_at: float | None
 
 
 @dataclass(frozen=True)
@@ -98,27 +143,3 @@ class Outcome:
     error: str | None = None
     result: Any = None
     truncated: bool = False
-
-
-@dataclass(frozen=True)
-class Stats:
-    runs: int
-    succeeded: int
-    failed: int
-    timeouts: int
-    oom: int
-    p50_ms: int | None
-    p95_ms: int | None
-    last_run_at: float | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "runs": self.runs,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "timeouts": self.timeouts,
-            "oom": self.oom,
-            "p50Ms": self.p50_ms,
-            "p95Ms": self.p95_ms,
-            "lastRunAt": self.last_run_at,
-        }

@@ -59,7 +59,7 @@ class Runner:
             name=f"edgeloader-run-{run_id}",
             # The image deployed, by ID: a tag moved since cannot change the code.
             image=function.image_id or spec.image,
-            command=spec.command,
+            command=tuple(spec.command) if spec.command else None,
             env=env,
             uid=spec.user,
             folder=work,

@@ -24,7 +24,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from edgeloader import logs, metrics
@@ -44,9 +44,10 @@ from edgeloader.functions.records import (
     INTERRUPTED,
     FunctionRecord,
     Outcome,
+    RunOutput,
     RunRecord,
+    RunStats,
     RunStatus,
-    Stats,
 )
 from edgeloader.functions.runner import LABEL_FUNCTION, LABEL_RUN, Runner
 from edgeloader.functions.scheduler import Scheduler, Ticket
@@ -69,22 +70,6 @@ class Caller:
     subject: str
     role: str
     route: str
-
-
-@dataclass(frozen=True)
-class RunOutput:
-    stdout: str
-    stderr: str
-    logs: Any
-    truncated: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "stdout": self.stdout,
-            "stderr": self.stderr,
-            "logs": self.logs,
-            "truncated": self.truncated,
-        }
 
 
 class FunctionService:
@@ -200,7 +185,7 @@ class FunctionService:
                     raise BuildFailed(
                         f"image build did not finish within {self.settings.build_timeout:g} s"
                     ) from None
-                spec = replace(spec, image=tag)
+                spec = spec.model_copy(update={"image": tag})
                 image_id = await self._image_id(tag)
                 now = time.time()
                 if version == 1:
@@ -286,7 +271,9 @@ class FunctionService:
                 started = time.time()
                 await asyncio.to_thread(self.history.started, run.run_id, started)
                 self._queue_depth(run.function)
-                self._published(replace(run, status=RunStatus.RUNNING, started_at=started))
+                self._published(
+                    run.model_copy(update={"status": RunStatus.RUNNING, "started_at": started})
+                )
                 outcome = await self.runner.run(run.run_id, function, request)
         except asyncio.CancelledError:
             await self._finish(run, Outcome(RunStatus.FAILED, error=INTERRUPTED), caller)
@@ -366,9 +353,11 @@ class FunctionService:
         saved: SavedOutput = await asyncio.to_thread(
             self.folders.read_output, run_id, self.settings.output_max
         )
-        return RunOutput(saved.stdout, saved.stderr, saved.logs, record.truncated)
+        return RunOutput(
+            stdout=saved.stdout, stderr=saved.stderr, logs=saved.logs, truncated=record.truncated
+        )
 
-    async def stats(self, name: str) -> Stats:
+    async def stats(self, name: str) -> RunStats:
         function = await self.get(name)
         return await asyncio.to_thread(self.history.stats, function.name)
 
@@ -416,7 +405,7 @@ class FunctionService:
 
     def _published(self, run: RunRecord) -> None:
         if self.events is not None:
-            self.events.publish(run_event(run.as_json()))
+            self.events.publish(run_event(run.wire()))
 
     def _queue_depth(self, name: str) -> None:
         metrics.function_queue_depth(name, self.scheduler.waiting(name))

@@ -1,8 +1,11 @@
-"""The fields of a function, checked as DESIGN §8 states them.
+"""The fields of a function, declared once (docs/functions.md, "Fields").
 
-A name that could not be part of an image name is 400 (``UnsafeName``); a
-missing, mistyped, out-of-range or unknown field is 422 naming the field.
-Nothing here can weaken a run's isolation: these are the only knobs.
+These models validate deploy, update and build bodies inside the service
+(so that a refused deploy is audited like any other), are stored as the
+function's version, and make the OpenAPI document. A name that could not
+be part of an image name is 400 (``UnsafeName``); a missing, mistyped,
+out-of-range or unknown field is 422 naming the field. Nothing here can
+weaken a run's isolation: these are the only knobs.
 """
 
 from __future__ import annotations
@@ -10,14 +13,29 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from edgeloader.errors import UnsafeName, ValidationFailed
+from pydantic import ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
+from pydantic.config import JsonDict, JsonValue
+
+from edgeloader.errors import UnsafeName
+from edgeloader.wire import StrictBody, validate
+
+__all__ = [
+    "ENV_NAME",
+    "IMAGE",
+    "NAME",
+    "NAME_SCHEMA",
+    "RESERVED_ENV",
+    "FunctionOptions",
+    "FunctionSpec",
+    "Limits",
+    "function_name",
+    "parse_spec",
+]
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# A repository, an optional tag and an optional digest; no spaces or shell.
 # An image reference as the engines parse it: an optional registry (with a
 # port), lower-case path components, an optional tag and digest; or an ID.
 _DOMAIN = (
@@ -39,46 +57,96 @@ MAX_COMMAND_ITEMS = 256
 MAX_ENV_ITEMS = 256
 MAX_STRING = 8192
 
+#: How a function's name is documented; ``function_name`` refuses others with 400.
+NAME_SCHEMA: JsonDict = {
+    "pattern": f"^{NAME.pattern}$",
+    "description": "becomes part of an image name; else 400",
+}
+_NO_NUL = "^[^\\x00]*$"
+_ENV_SCHEMA: JsonDict = {
+    "type": "object",
+    "maxProperties": MAX_ENV_ITEMS,
+    "propertyNames": {
+        "pattern": f"^{ENV_NAME.pattern}$",
+        "maxLength": MAX_STRING,
+        "not": {"enum": list[JsonValue](sorted(RESERVED_ENV))},
+    },
+    "additionalProperties": {
+        "type": "string",
+        "maxLength": MAX_STRING,
+        "pattern": "^[^\\x00\\r\\n]*$",
+    },
+}
 
-@dataclass(frozen=True)
-class Limits:
-    memory_mb: int = 128
-    cpus: float = 0.5
-    pids: int = 64
-    timeout_s: int = 30
-    tmpfs_mb: int = 16
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "memoryMb": self.memory_mb,
-            "cpus": self.cpus,
-            "pids": self.pids,
-            "timeoutS": self.timeout_s,
-            "tmpfsMb": self.tmpfs_mb,
-        }
+_Text = Annotated[str, Field(max_length=MAX_STRING, pattern=_NO_NUL)]
+_EnvName = Annotated[str, Field(max_length=MAX_STRING, pattern=f"^{ENV_NAME.pattern}$")]
+_EnvValue = Annotated[str, Field(max_length=MAX_STRING, pattern="^[^\\x00\\r\\n]*$")]
 
 
-@dataclass(frozen=True)
-class FunctionSpec:
+class _Spec(StrictBody):
+    model_config = ConfigDict(frozen=True)
+
+
+class Limits(_Spec):
+    """Each one optional, merged over the defaults."""
+
+    memory_mb: int = Field(128, ge=16, le=4096, description="no swap is added")
+    cpus: float = Field(0.5, ge=0.05, allow_inf_nan=False, description="at most the box's cores")
+    pids: int = Field(64, ge=8, le=4096)
+    timeout_s: int = Field(30, ge=1, le=3600)
+    tmpfs_mb: int = Field(16, ge=1, le=1024, description="`/tmp` and `/dev/shm`")
+
+    @field_validator("cpus")
+    @classmethod
+    def _within_the_box(cls, value: float, info: ValidationInfo) -> float:
+        # Checked where a request is validated (the service passes the
+        # box's cores), not when a stored version is read back.
+        cores = (info.context or {}).get("cores")
+        if cores is not None and value > cores:
+            raise ValueError(f"must be at most {cores:g}, the box's cores")
+        return value
+
+
+class FunctionOptions(_Spec):
+    """A function's settings but its image: a build's ``spec``."""
+
+    command: list[_Text] | None = Field(
+        None, min_length=1, max_length=MAX_COMMAND_ITEMS, description="the image's own"
+    )
+    env: Annotated[dict[_EnvName, _EnvValue], WithJsonSchema(_ENV_SCHEMA)] = Field(
+        default_factory=dict,
+        max_length=MAX_ENV_ITEMS,
+        description="never returned; EDGELOADER_RUN_ID and EDGELOADER_FUNCTION are the loader's",
+    )
+    limits: Limits = Field(default_factory=Limits)
+    concurrency: int = Field(1, ge=1, le=16, description="runs at once")
+    queue: int = Field(8, ge=0, le=256, description="more that may wait")
+    user: int = Field(65534, ge=1, le=65535, description="uid and gid, never 0")
+
+    @field_validator("env")
+    @classmethod
+    def _not_ours(cls, env: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(RESERVED_ENV & env.keys())
+        if reserved:
+            raise ValueError(f"{reserved[0]} is set by the loader")
+        return env
+
+
+class FunctionSpec(FunctionOptions):
     """One version of a function: what to run and within which limits."""
 
-    image: str
-    command: tuple[str, ...] | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    limits: Limits = field(default_factory=Limits)
-    concurrency: int = 1
-    queue: int = 8
-    user: int = 65534
+    image: str = Field(
+        max_length=MAX_IMAGE,
+        json_schema_extra={"pattern": f"^{IMAGE.pattern}$"},
+        description="an image in the engine",
+    )
 
-
-# Integer fields: body name, attribute, lowest, highest.
-_LIMITS: tuple[tuple[str, str, int, int], ...] = (
-    ("memoryMb", "memory_mb", 16, 4096),
-    ("pids", "pids", 8, 4096),
-    ("timeoutS", "timeout_s", 1, 3600),
-    ("tmpfsMb", "tmpfs_mb", 1, 1024),
-)
-_SPEC_FIELDS = ("image", "command", "env", "limits", "concurrency", "queue", "user")
+    @field_validator("image")
+    @classmethod
+    def _reference(cls, image: str) -> str:
+        if not IMAGE.fullmatch(image):
+            raise ValueError("must be an image reference: [registry/]name[:tag][@digest], or an ID")
+        return image
 
 
 def function_name(value: object) -> str:
@@ -92,95 +160,15 @@ def function_name(value: object) -> str:
 
 
 def parse_spec(
-    body: Mapping[str, Any], *, with_image: bool = True, cores: int | None = None
+    body: Mapping[str, Any], *, with_image: bool = True, cores: float | None = None
 ) -> FunctionSpec:
     """A function version from a request body (``name`` already taken out).
 
-    ``with_image`` False is a build's ``spec``, where the image is the
-    build's own. Omitted fields take their defaults.
+    ``with_image`` False is a build's ``spec``: the image is the build's
+    own, left empty here. Omitted fields take their defaults.
     """
-    allowed = _SPEC_FIELDS if with_image else _SPEC_FIELDS[1:]
-    _no_unknown(body, allowed, "")
-    image = ""
+    box = float(cores or os.cpu_count() or 1)
     if with_image:
-        image = body.get("image")  # type: ignore[assignment]
-        if not isinstance(image, str) or len(image) > MAX_IMAGE or not IMAGE.fullmatch(image):
-            raise ValidationFailed("field 'image' is required: an image reference")
-    return FunctionSpec(
-        image=image,
-        command=_command(body.get("command")),
-        env=_env(body.get("env")),
-        limits=parse_limits(body.get("limits"), cores=cores),
-        concurrency=_integer(body, "concurrency", 1, 16, FunctionSpec.concurrency),
-        queue=_integer(body, "queue", 0, 256, FunctionSpec.queue),
-        user=_integer(body, "user", 1, 65535, FunctionSpec.user),
-    )
-
-
-def parse_limits(value: object, *, cores: int | None = None) -> Limits:
-    """``limits``: each one optional, merged over the defaults."""
-    if value is None:
-        return Limits()
-    if not isinstance(value, dict):
-        raise ValidationFailed("field 'limits' must be an object")
-    _no_unknown(value, ("cpus", *(name for name, *_ in _LIMITS)), "limits.")
-    values: dict[str, Any] = {}
-    for name, attribute, low, high in _LIMITS:
-        values[attribute] = _integer(value, name, low, high, getattr(Limits, attribute), "limits.")
-    top = float(cores or os.cpu_count() or 1)
-    cpus = value.get("cpus", Limits.cpus)
-    if isinstance(cpus, bool) or not isinstance(cpus, int | float) or not 0.05 <= cpus <= top:
-        raise ValidationFailed(f"field 'limits.cpus' must be a number from 0.05 to {top:g}")
-    return Limits(cpus=float(cpus), **values)
-
-
-def _no_unknown(body: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
-    for key in body:
-        if key not in allowed:
-            raise ValidationFailed(f"unknown field '{prefix}{key}'")
-
-
-def _integer(
-    body: Mapping[str, Any], name: str, low: int, high: int, default: int, prefix: str = ""
-) -> int:
-    value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValidationFailed(
-            f"field '{prefix}{name}' must be a whole number from {low} to {high}"
-        )
-    return value
-
-
-def _command(value: object) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, list)
-        or not 1 <= len(value) <= MAX_COMMAND_ITEMS
-        or not all(isinstance(item, str) and _plain(item) for item in value)
-    ):
-        raise ValidationFailed(
-            f"field 'command' must be an array of 1-{MAX_COMMAND_ITEMS} strings without NUL"
-        )
-    return tuple(value)
-
-
-def _env(value: object) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or len(value) > MAX_ENV_ITEMS:
-        raise ValidationFailed(
-            f"field 'env' must be an object of at most {MAX_ENV_ITEMS} string values"
-        )
-    for key, item in value.items():
-        if not ENV_NAME.fullmatch(key) or len(key) > MAX_STRING:
-            raise ValidationFailed(f"field 'env': invalid variable name {key!r}")
-        if key in RESERVED_ENV:
-            raise ValidationFailed(f"field 'env': {key} is set by the loader")
-        if not isinstance(item, str) or not _plain(item) or "\r" in item or "\n" in item:
-            raise ValidationFailed(f"field 'env.{key}' must be a string without CR, LF or NUL")
-    return dict(value)
-
-
-def _plain(text: str) -> bool:
-    return "\0" not in text and len(text) <= MAX_STRING
+        return validate(FunctionSpec, dict(body), cores=box)
+    options = validate(FunctionOptions, dict(body), cores=box)
+    return FunctionSpec.model_construct(image="", **dict(options))

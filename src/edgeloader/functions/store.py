@@ -19,10 +19,10 @@ from edgeloader.functions.records import (
     FunctionRecord,
     Outcome,
     RunRecord,
+    RunStats,
     RunStatus,
-    Stats,
 )
-from edgeloader.functions.spec import FunctionSpec, Limits
+from edgeloader.functions.spec import FunctionSpec
 from edgeloader.storage.sqlite import Database
 
 DB_FILE = "functions.sqlite3"
@@ -94,7 +94,9 @@ class Registry:
                 raise Conflict(f"function {name} already exists")
             db.execute("INSERT INTO functions VALUES (?, 1, ?, ?)", (name, now, now))
             self._add_version(db, name, 1, spec, image_id, now)
-        return FunctionRecord(name, 1, spec, image_id, now, now)
+        return FunctionRecord(
+            name=name, version=1, spec=spec, image_id=image_id, created_at=now, updated_at=now
+        )
 
     def add_version(
         self, name: str, spec: FunctionSpec, image_id: str, now: float
@@ -111,7 +113,14 @@ class Registry:
                 (version, now, name),
             )
             self._add_version(db, name, version, spec, image_id, now)
-        return FunctionRecord(name, version, spec, image_id, float(row[1]), now)
+        return FunctionRecord(
+            name=name,
+            version=version,
+            spec=spec,
+            image_id=image_id,
+            created_at=float(row[1]),
+            updated_at=now,
+        )
 
     @staticmethod
     def _add_version(
@@ -119,7 +128,7 @@ class Registry:
     ) -> None:
         db.execute(
             "INSERT INTO function_versions VALUES (?, ?, ?, ?, ?)",
-            (name, version, json.dumps(_spec_json(spec)), image_id, now),
+            (name, version, _spec_json(spec), image_id, now),
         )
 
     def get(self, name: str) -> FunctionRecord | None:
@@ -143,7 +152,14 @@ class Registry:
             sql = _FUNCTION_SELECT + where  # fixed text, bound values
             rows = db.execute(sql, args).fetchall()
         return [
-            FunctionRecord(name, version, _spec_from(json.loads(spec)), image_id, created, updated)
+            FunctionRecord(
+                name=name,
+                version=version,
+                spec=_spec_from(spec),
+                image_id=image_id,
+                created_at=created,
+                updated_at=updated,
+            )
             for name, version, spec, image_id, created, updated in rows
         ]
 
@@ -246,7 +262,7 @@ class RunHistory:
                 if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
             }
 
-    def stats(self, function: str) -> Stats:
+    def stats(self, function: str) -> RunStats:
         with self._db.reading() as db:
             counts = dict(
                 db.execute(
@@ -277,7 +293,7 @@ class RunHistory:
                     )
                     for percent in (50, 95)
                 )
-        return Stats(
+        return RunStats(
             runs=sum(counts.values()),
             succeeded=counts.get(RunStatus.SUCCEEDED.value, 0),
             failed=counts.get(RunStatus.FAILED.value, 0),
@@ -333,35 +349,13 @@ def _filters(
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
 
-def _spec_json(spec: FunctionSpec) -> dict[str, Any]:
-    return {
-        "image": spec.image,
-        "command": list(spec.command) if spec.command else None,
-        "env": dict(spec.env),
-        "limits": spec.limits.as_json(),
-        "concurrency": spec.concurrency,
-        "queue": spec.queue,
-        "user": spec.user,
-    }
+def _spec_json(spec: FunctionSpec) -> str:
+    # Env values are kept here, and only here: the record never shows them.
+    return spec.model_dump_json(by_alias=True)
 
 
-def _spec_from(data: dict[str, Any]) -> FunctionSpec:
-    limits = data["limits"]
-    return FunctionSpec(
-        image=data["image"],
-        command=tuple(data["command"]) if data["command"] else None,
-        env=data["env"],
-        limits=Limits(
-            memory_mb=limits["memoryMb"],
-            cpus=limits["cpus"],
-            pids=limits["pids"],
-            timeout_s=limits["timeoutS"],
-            tmpfs_mb=limits["tmpfsMb"],
-        ),
-        concurrency=data["concurrency"],
-        queue=data["queue"],
-        user=data["user"],
-    )
+def _spec_from(stored: str) -> FunctionSpec:
+    return FunctionSpec.model_validate_json(stored)
 
 
 def _run_row(run: RunRecord) -> tuple[Any, ...]:

@@ -36,7 +36,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field
 
 from edgeloader import crypto
 from edgeloader.config import Settings
@@ -49,12 +51,13 @@ from edgeloader.errors import (
     NotFound,
     ObjectChanged,
 )
-from edgeloader.events import EventBus, Pacer, prefetch_event
+from edgeloader.events import PREFETCH, Event, EventBus, Pacer
 from edgeloader.services.cache import ModelCache, PartialEntry, cache_tag
 from edgeloader.services.download import Alignment, Download, Transfers
 from edgeloader.services.manifest import Artifact, CiphertextHash, ReleaseGate
 from edgeloader.services.session import DeviceSession
 from edgeloader.storage.sqlite import Database
+from edgeloader.wire import OneOf, Record
 
 __all__ = ["JOURNAL_FILE", "PrefetchService", "PrefetchStatus"]
 
@@ -74,6 +77,7 @@ RUNNING = "running"
 VERIFYING = "verifying"
 DONE = "done"
 FAILED = "failed"
+STATES = (WAITING, RUNNING, VERIFYING, DONE, FAILED)
 
 MIGRATIONS = (
     """
@@ -146,24 +150,17 @@ class _Journal:
         self._db.close()
 
 
-@dataclass(frozen=True)
-class PrefetchStatus:
+class PrefetchStatus(Record):
+    """A pre-staging job's state: the answer of its routes and its events."""
+
+    model_config = ConfigDict(frozen=True)
+
     folder: str
     name: str
-    state: str
-    bytes_done: int  # ciphertext bytes (small and big parts) in hand
-    bytes_total: int  # 0 until the big part's size is known
-    error: str | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "folder": self.folder,
-            "name": self.name,
-            "state": self.state,
-            "bytesDone": self.bytes_done,
-            "bytesTotal": self.bytes_total,
-            "error": self.error,
-        }
+    state: Annotated[str, OneOf(STATES)]
+    bytes_done: int = Field(description="ciphertext bytes in hand, small and big parts")
+    bytes_total: int = Field(description="0 until the CDN has given the size")
+    error: str | None = Field(description="why it waits or failed")
 
 
 class _Job:
@@ -178,7 +175,14 @@ class _Job:
         r = self.row
         total = r.small_size + r.big_size if r.big_size else 0
         done = total if r.state == DONE else (r.small_size + self.written if total else 0)
-        return PrefetchStatus(r.folder, r.name, r.state, done, total, r.error)
+        return PrefetchStatus(
+            folder=r.folder,
+            name=r.name,
+            state=r.state,
+            bytes_done=done,
+            bytes_total=total,
+            error=r.error,
+        )
 
 
 class _Transient(Exception):
@@ -513,9 +517,7 @@ class PrefetchService:
             return
         if force:
             job.pacer.sent()
-        s = job.status
-        event = prefetch_event(s.folder, s.name, s.state, s.bytes_done, s.bytes_total, s.error)
-        self.events.publish(event)
+        self.events.publish(Event(PREFETCH, job.status.wire()))
 
 
 class _V2Chunks:

@@ -26,14 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pydantic import Field
+
 from edgeloader import crypto, metrics
 from edgeloader.auth.service import AuthService, LoginAttempt
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound
-from edgeloader.events import Event, EventBus, Pacer, unlock_event
+from edgeloader.events import UNLOCK, Event, EventBus, Pacer
 from edgeloader.services.manifest import ARCHIVE_KEY, Artifact, CiphertextHash, ReleaseGate
 from edgeloader.services.session import DeviceSession, UpstreamUser
 from edgeloader.streams import read_ahead
 from edgeloader.upstream.engine import Engine
+from edgeloader.wire import Record
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +54,16 @@ class UnlockState(enum.StrEnum):
     ERROR = "error"
 
 
-@dataclass
-class UnlockStatus:
+class UnlockStatus(Record):
+    """The unlock's progress: the answer of ``/unlock/status`` and its events."""
+
     state: UnlockState = UnlockState.IDLE
-    error: str | None = None
+    error: str | None = Field(None, description="set in state `error`")
     bytes_done: int = 0
     bytes_total: int = 0
 
     def event(self) -> Event:
-        return unlock_event(self.state.value, self.error, self.bytes_done, self.bytes_total)
+        return Event(UNLOCK, self.wire())
 
 
 async def decrypted_archive(
@@ -162,11 +166,11 @@ class UnlockManager:
         expected = settings.expected_images
         try:
             if expected and not await self.engine.missing_images(expected):
-                self.status = UnlockStatus(UnlockState.READY)
+                self.status = UnlockStatus(state=UnlockState.READY)
                 self._publish()
                 return self.status
         except EngineError as exc:
-            self.status = UnlockStatus(UnlockState.ERROR, error=exc.detail)
+            self.status = UnlockStatus(state=UnlockState.ERROR, error=exc.detail)
             log.error("unlock: %s", exc.detail)
             metrics.unlock("error")
             self._publish()
@@ -177,7 +181,7 @@ class UnlockManager:
         attempt = await self.auth.begin_login(
             request.email, request.password, request.client, request.route
         )
-        self.status = UnlockStatus(UnlockState.AUTHENTICATING, bytes_total=total)
+        self.status = UnlockStatus(state=UnlockState.AUTHENTICATING, bytes_total=total)
         self._publish()
         self._task = asyncio.create_task(self._run(request, attempt), name="unlock")
         return self.status

@@ -60,7 +60,7 @@ async def _one_publish_at_a_time(folder: str, name: str) -> AsyncIterator[None]:
 
 
 @dataclass(frozen=True)
-class Uploaded:
+class Published:
     folder: str
     name: str
     plaintext_bytes: int
@@ -78,7 +78,7 @@ async def upload_resource(
     part_size: int,
     fmt: int = 1,
     before_publish: Callable[[], Awaitable[None]] | None = None,
-) -> Uploaded:
+) -> Published:
     """Stages, then publishes; on any failure before publishing, discards.
 
     ``api`` must be logged in as a user that may upload. ``fmt`` is the
@@ -120,7 +120,7 @@ async def upload_resource(
         len(small),
         big_bytes,
     )
-    return Uploaded(folder, name, counted, len(small), big_bytes)
+    return Published(folder, name, counted, len(small), big_bytes)
 
 
 async def _publish(

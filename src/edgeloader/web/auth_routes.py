@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from edgeloader.auth.service import NewApiKey
+from edgeloader.auth.tokens import TokenPair
 from edgeloader.roles import ADMINS
 from edgeloader.web.guards import client_address, require_principal, roles
 from edgeloader.web.models.auth import (
@@ -13,14 +15,12 @@ from edgeloader.web.models.auth import (
     AuditQuery,
     Done,
     Jwks,
-    NewApiKey,
     NewKeyBody,
     RefreshBody,
     Revoked,
-    TokenPair,
 )
-from edgeloader.web.models.azaion import Credentials
-from edgeloader.web.models.base import read_json, read_query
+from edgeloader.web.models.azaion import CredentialsBody
+from edgeloader.web.models.base import read_json, read_query, respond
 from edgeloader.web.openapi import Param, documented
 from edgeloader.web.state import services
 
@@ -36,7 +36,7 @@ def _route(request: web.Request) -> str:
 @documented(
     "Log an agent in with an upstream user's password",
     tag="auth",
-    body=Credentials,
+    body=CredentialsBody,
     answers={200: TokenPair},
     errors={
         401: "invalid email or password",
@@ -46,7 +46,7 @@ def _route(request: web.Request) -> str:
     description="Checked upstream; does not change the device's own login.",
 )
 async def login(request: web.Request) -> web.Response:
-    body = await read_json(request, Credentials)
+    body = await read_json(request, CredentialsBody)
     svc = services(request)
     email, password = body.email, body.password
     pair = await svc.auth.login(
@@ -57,7 +57,7 @@ async def login(request: web.Request) -> web.Response:
         lambda: svc.session.api.check_credentials(email, password),
     )
     assert pair is not None
-    return web.json_response(pair.as_json())
+    return respond(pair)
 
 
 @auth_routes.post("/api/auth/token")
@@ -73,7 +73,7 @@ async def token(request: web.Request) -> web.Response:
     pair = await services(request).auth.exchange_api_key(
         body.api_key, client_address(request), _route(request)
     )
-    return web.json_response(pair.as_json())
+    return respond(pair)
 
 
 @auth_routes.post("/api/auth/refresh")
@@ -90,7 +90,7 @@ async def token(request: web.Request) -> web.Response:
 async def refresh(request: web.Request) -> web.Response:
     body = await read_json(request, RefreshBody)
     pair = await services(request).auth.refresh(body.refresh_token, _route(request))
-    return web.json_response(pair.as_json())
+    return respond(pair)
 
 
 @auth_routes.post("/api/auth/logout")
@@ -130,7 +130,7 @@ async def create_key(request: web.Request) -> web.Response:
         body.name, body.role, body.validity, require_principal(request), _route(request)
     )
     # The only time the key is ever shown.
-    return web.json_response({**new.record.public(), "apiKey": new.key}, status=201)
+    return respond(new, 201)
 
 
 @auth_routes.get("/api/keys")
@@ -138,7 +138,7 @@ async def create_key(request: web.Request) -> web.Response:
 @documented("List the API keys, without secrets", tag="keys", answers={200: ApiKeys})
 async def list_keys(request: web.Request) -> web.Response:
     keys = await services(request).auth.list_api_keys()
-    return web.json_response({"keys": [k.public() for k in keys]})
+    return ApiKeys(keys=keys).response()
 
 
 @auth_routes.delete("/api/keys/{key_id}")
@@ -165,4 +165,4 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def audit(request: web.Request) -> web.Response:
     query = read_query(request, AuditQuery)
     entries = await services(request).auth.store_audit(query.since, query.limit)
-    return web.json_response({"entries": [e.as_dict() for e in entries]})
+    return AuditEntries(entries=entries).response()

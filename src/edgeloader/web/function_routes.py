@@ -14,31 +14,27 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from edgeloader.errors import PayloadTooLarge, ValidationFailed
+from edgeloader.functions.records import FunctionRecord, RunOutput, RunRecord, RunStats
 from edgeloader.functions.service import Caller, FunctionService
-from edgeloader.functions.spec import function_name
+from edgeloader.functions.spec import NAME_SCHEMA, FunctionSpec, function_name
 from edgeloader.roles import ADMINS
 from edgeloader.web.guards import require_principal, roles
-from edgeloader.web.models.base import AnyJson, JsonObject, parse_json, read_json, read_query
+from edgeloader.web.models.base import AnyJson, JsonObject, read_json, read_query, respond
 from edgeloader.web.models.functions import (
-    NAME_SCHEMA,
     BuildForm,
     Deleted,
     Executions,
     ExecutionsQuery,
     FunctionDeploy,
-    FunctionRecord,
     FunctionRecords,
-    FunctionUpdate,
     InvokeQuery,
     RunAccepted,
-    RunOutput,
-    RunRecord,
     RunRecords,
     RunsQuery,
-    RunStats,
 )
 from edgeloader.web.openapi import Body, Param, Reply, documented
 from edgeloader.web.state import services
+from edgeloader.wire import parse_json
 
 function_routes = web.RouteTableDef()
 MAX_SPEC_PART = 64 * 1024
@@ -79,14 +75,14 @@ async def deploy(request: web.Request) -> web.Response:
     # The service checks the fields (and audits a refused deploy).
     body = (await read_json(request, JsonObject)).root
     record = await _functions(request).deploy(body, _caller(request))
-    return web.json_response(record.as_json(), status=201)
+    return respond(record, 201)
 
 
 @function_routes.get("/api/functions")
 @documented("List the functions", tag="functions", answers={200: FunctionRecords})
 async def list_functions(request: web.Request) -> web.Response:
     records = await _functions(request).all()
-    return web.json_response({"functions": [r.as_json() for r in records]})
+    return FunctionRecords(functions=records).response()
 
 
 @function_routes.get("/api/functions/{name}")
@@ -99,7 +95,7 @@ async def list_functions(request: web.Request) -> web.Response:
 )
 async def get_function(request: web.Request) -> web.Response:
     record = await _functions(request).get(request.match_info["name"])
-    return web.json_response(record.as_json())
+    return respond(record)
 
 
 @function_routes.put("/api/functions/{name}")
@@ -108,7 +104,7 @@ async def get_function(request: web.Request) -> web.Response:
     "Update a function: a new version",
     tag="functions",
     path={"name": NAME},
-    body=FunctionUpdate,
+    body=FunctionSpec,
     answers={200: FunctionRecord},
     errors={
         400: UNSAFE,
@@ -121,7 +117,7 @@ async def update(request: web.Request) -> web.Response:
     function_name(request.match_info["name"])
     body = (await read_json(request, JsonObject)).root
     record = await _functions(request).update(request.match_info["name"], body, _caller(request))
-    return web.json_response(record.as_json())
+    return respond(record)
 
 
 @function_routes.delete("/api/functions/{name}")
@@ -185,7 +181,7 @@ async def build(request: web.Request) -> web.Response:
             else:
                 raise ValidationFailed(f"unknown multipart field {part.name!r}")
         record, created = await functions.build(name, context, spec, _caller(request))
-    return web.json_response(record.as_json(), status=201 if created else 200)
+    return respond(record, 201 if created else 200)
 
 
 @function_routes.post("/api/functions/{name}/invoke")
@@ -216,7 +212,7 @@ async def invoke(request: web.Request) -> web.Response:
     )
     if asynchronous:
         return RunAccepted(run_id=run.run_id).response(202)
-    return web.json_response(run.as_json())
+    return respond(run)
 
 
 @function_routes.get("/api/functions/{name}/stats")
@@ -229,7 +225,7 @@ async def invoke(request: web.Request) -> web.Response:
 )
 async def stats(request: web.Request) -> web.Response:
     result = await _functions(request).stats(request.match_info["name"])
-    return web.json_response(result.as_json())
+    return respond(result)
 
 
 @function_routes.get("/api/functions/{name}/executions")
@@ -246,7 +242,7 @@ async def executions(request: web.Request) -> web.Response:
     runs, total = await _functions(request).executions(
         request.match_info["name"], query.limit, query.offset
     )
-    return web.json_response({"executions": [r.as_json() for r in runs], "total": total})
+    return Executions(executions=runs, total=total).response()
 
 
 @function_routes.get("/api/runs")
@@ -265,7 +261,7 @@ async def list_runs(request: web.Request) -> web.Response:
         since=query.since,
         limit=query.limit,
     )
-    return web.json_response({"runs": [r.as_json() for r in runs]})
+    return RunRecords(runs=runs).response()
 
 
 @function_routes.get("/api/runs/{run_id}")
@@ -278,7 +274,7 @@ async def list_runs(request: web.Request) -> web.Response:
 )
 async def get_run(request: web.Request) -> web.Response:
     run = await _functions(request).run(request.match_info["run_id"])
-    return web.json_response(run.as_json())
+    return respond(run)
 
 
 @function_routes.get("/api/runs/{run_id}/logs")
@@ -294,7 +290,7 @@ async def get_run(request: web.Request) -> web.Response:
 )
 async def run_logs(request: web.Request) -> web.Response:
     output = await _functions(request).output(request.match_info["run_id"])
-    return web.json_response(output.as_json())
+    return respond(output)
 
 
 async def _raw_body(request: web.Request, limit: int) -> bytes:

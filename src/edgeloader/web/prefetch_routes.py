@@ -7,11 +7,11 @@ from aiohttp import web
 
 from edgeloader.errors import Conflict
 from edgeloader.names import safe_folder, safe_name
-from edgeloader.services.prefetch import PrefetchService
+from edgeloader.services.prefetch import PrefetchService, PrefetchStatus
 from edgeloader.web.guards import AUDIT_RESOURCE, audited
 from edgeloader.web.models.azaion import FOLDER_SCHEMA, NAME_SCHEMA
-from edgeloader.web.models.base import read_json
-from edgeloader.web.models.prefetch import PrefetchBody, PrefetchState
+from edgeloader.web.models.base import read_json, respond
+from edgeloader.web.models.prefetch import PrefetchBody
 from edgeloader.web.openapi import Param, Reply, documented
 from edgeloader.web.routes import DEFAULT_FOLDER
 from edgeloader.web.state import services
@@ -35,7 +35,7 @@ NO_CACHE = "no model cache is configured (EDGELOADER_CACHE_DIR)"
     "Pre-stage a resource into the model cache, in the background",
     tag="prefetch",
     body=PrefetchBody,
-    answers={202: Reply("The job's state; a running job is not started twice", PrefetchState)},
+    answers={202: Reply("The job's state; a running job is not started twice", PrefetchStatus)},
     errors={400: "an unsafe name or folder", 409: NO_CACHE},
 )
 async def start_prefetch(request: web.Request) -> web.Response:
@@ -46,7 +46,7 @@ async def start_prefetch(request: web.Request) -> web.Response:
     folder = safe_folder(body.folder or DEFAULT_FOLDER)
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
     status = await _service(request).start(folder, name)
-    return web.json_response(status.as_json(), status=202)
+    return respond(status, 202)
 
 
 @prefetch_routes.get("/api/prefetch/{folder}/{name}")
@@ -57,11 +57,11 @@ async def start_prefetch(request: web.Request) -> web.Response:
         "folder": Param("the folder", {"type": "string", **FOLDER_SCHEMA}),
         "name": Param("the resource's name", {"type": "string", **NAME_SCHEMA}),
     },
-    answers={200: PrefetchState},
+    answers={200: PrefetchStatus},
     errors={400: "an unsafe name or folder", 404: "never pre-staged", 409: NO_CACHE},
 )
 async def prefetch_status(request: web.Request) -> web.Response:
     folder = safe_folder(request.match_info["folder"])
     name = safe_name(request.match_info["name"], "name")
     status = await _service(request).status(folder, name)
-    return web.json_response(status.as_json())
+    return respond(status)

@@ -24,7 +24,7 @@ from edgeloader.errors import (
 from edgeloader.names import safe_folder, safe_name
 from edgeloader.roles import ADMINS, UPLOADERS, Role
 from edgeloader.services import load, upload
-from edgeloader.services.unlock import UnlockRequest
+from edgeloader.services.unlock import UnlockRequest, UnlockStatus
 from edgeloader.web.guards import (
     AUDIT_BYTES,
     AUDIT_OUTCOME,
@@ -38,18 +38,17 @@ from edgeloader.web.guards import (
 )
 from edgeloader.web.models.azaion import (
     NAME_SCHEMA,
-    Credentials,
+    CredentialsBody,
     Healthy,
     LoadBody,
     LoggedIn,
     ServiceStatus,
-    UnlockProgress,
     UnlockStarted,
     Uploaded,
     UploadForm,
     UploadQuery,
 )
-from edgeloader.web.models.base import read_json, read_query
+from edgeloader.web.models.base import read_json, read_query, respond
 from edgeloader.web.openapi import Body, Param, Reply, documented
 from edgeloader.web.state import services
 
@@ -85,7 +84,7 @@ async def status(request: web.Request) -> web.Response:
 @documented(
     "Log the device in upstream",
     tag="azaion",
-    body=Credentials,
+    body=CredentialsBody,
     answers={200: LoggedIn},
     errors={
         401: "invalid email or password",
@@ -99,7 +98,7 @@ async def status(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     """Logs the device in upstream; in ``required`` mode also answers with
     a token pair for the caller."""
-    body = await read_json(request, Credentials)
+    body = await read_json(request, CredentialsBody)
     email, password = body.email, body.password
     svc = services(request)
     caller = principal(request)
@@ -111,7 +110,7 @@ async def login(request: web.Request) -> web.Response:
         lambda: svc.session.login(email, password, caller_role=caller.role if caller else None),
         issue=svc.settings.auth_mode == "required",
     )
-    return LoggedIn.model_validate(pair.as_json() if pair else {}).response()
+    return LoggedIn.model_validate(pair.wire() if pair else {}).response()
 
 
 @routes.post("/load/{filename}")
@@ -286,7 +285,7 @@ async def upload_resource(request: web.Request) -> web.Response:
 @documented(
     "Start the unlock of the service images",
     tag="azaion",
-    body=Credentials,
+    body=CredentialsBody,
     answers={200: UnlockStarted},
     errors={404: "the image archive is missing", 429: THROTTLED},
     description="Runs in the background: follow it with GET /unlock/status or the event "
@@ -294,7 +293,7 @@ async def upload_resource(request: web.Request) -> web.Response:
     "state while one runs, both without looking at the credentials.",
 )
 async def unlock(request: web.Request) -> web.Response:
-    body = await read_json(request, Credentials)
+    body = await read_json(request, CredentialsBody)
     svc = services(request)
     request[AUDIT_RESOURCE] = str(svc.settings.images_path)
     caller = principal(request)
@@ -311,12 +310,6 @@ async def unlock(request: web.Request) -> web.Response:
 
 @routes.get("/unlock/status")
 @azaion
-@documented("The unlock's progress", tag="azaion", answers={200: UnlockProgress})
+@documented("The unlock's progress", tag="azaion", answers={200: UnlockStatus})
 async def unlock_status(request: web.Request) -> web.Response:
-    status = services(request).unlock.status
-    return UnlockProgress(
-        state=status.state,
-        error=status.error,
-        bytes_done=status.bytes_done,
-        bytes_total=status.bytes_total,
-    ).response()
+    return respond(services(request).unlock.status)

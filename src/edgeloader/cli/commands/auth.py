@@ -6,7 +6,7 @@ import argparse
 
 from edgeloader.cli.client import ApiError, Client, SessionEnded, raise_for_answer, read_json
 from edgeloader.cli.commands.common import Subcommands, format_time, with_client
-from edgeloader.cli.credentials import TokenPair
+from edgeloader.cli.credentials import SavedTokens
 from edgeloader.cli.output import Console, read_line, read_password
 
 __all__ = ["add_auth_commands", "read_credentials"]
@@ -96,7 +96,7 @@ async def login_command(args: argparse.Namespace, client: Client, out: Console) 
     if "accessToken" not in answer:  # not --device, or a service in compat mode
         answer = await _post_credentials(client, "/api/auth/login", email, password, None)
     try:
-        pair = TokenPair.from_answer(answer, user=email)
+        pair = SavedTokens.from_answer(answer, user=email)
     except ValueError as exc:
         raise ApiError(200, f"bad login answer: {exc}") from None
     await client.save_pair(pair)

@@ -1,4 +1,5 @@
-"""Bodies and answers of agent authentication, API keys and the audit."""
+"""Bodies and answers of agent authentication, API keys and the audit; the
+records themselves (token pairs, keys, audit entries) are the services'."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from edgeloader.auth.service import VALIDITIES
+from edgeloader.auth.store import ApiKeyRecord, AuditEntry
 from edgeloader.roles import Role
-from edgeloader.web.models.base import Answer, OneOf, Query, RequestBody
+from edgeloader.web.models.base import Answer, Query, RequestBody
+from edgeloader.wire import OneOf
 
 MAX_AUDIT_LIMIT = 1000
 MAX_KEY_NAME = 100
@@ -33,13 +36,6 @@ class AuditQuery(Query):
     limit: int = Field(100, ge=1, le=MAX_AUDIT_LIMIT)
 
 
-class TokenPair(Answer):
-    access_token: str
-    refresh_token: str = Field(description="single use: each refresh returns a new one")
-    expires_in: int = Field(description="the access token's lifetime in seconds")
-    role: str
-
-
 class Done(Answer):
     status: Literal["ok"] = "ok"
 
@@ -48,23 +44,8 @@ class Revoked(Answer):
     status: Literal["revoked"] = "revoked"
 
 
-class ApiKey(Answer):
-    """An API key's record; never its secret."""
-
-    id: str
-    name: str
-    role: str
-    created_at: float
-    expires_at: float | None
-    revoked_at: float | None
-
-
-class NewApiKey(ApiKey):
-    api_key: str = Field(description="the key itself, shown this once")
-
-
 class ApiKeys(Answer):
-    keys: list[ApiKey]
+    keys: list[ApiKeyRecord]
 
 
 class Jwk(Answer):
@@ -80,18 +61,6 @@ class Jwks(Answer):
     """The keys that verify this box's access tokens."""
 
     keys: list[Jwk]
-
-
-class AuditEntry(Answer):
-    at: float
-    subject: str
-    role: str
-    action: str
-    route: str
-    resource: str
-    outcome: str
-    bytes: int
-    detail: str
 
 
 class AuditEntries(Answer):

@@ -27,7 +27,7 @@ FOLDER_SCHEMA: JsonDict = {
 }
 
 
-class Credentials(RequestBody):
+class CredentialsBody(RequestBody):
     """An upstream user's email and password."""
 
     email: str = Field(min_length=1, max_length=MAX_EMAIL)
@@ -106,10 +106,3 @@ class Uploaded(Answer):
 
 class UnlockStarted(Answer):
     state: UnlockState
-
-
-class UnlockProgress(Answer):
-    state: UnlockState
-    error: str | None = Field(description="set in state `error`")
-    bytes_done: int
-    bytes_total: int

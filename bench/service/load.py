@@ -28,7 +28,7 @@ from bench.service.stack import EMAIL, FOLDER, PASSWORD, Upstream, login, start_
 from edgeloader import crypto
 from edgeloader.config import CdnOverrides
 from edgeloader.services.session import fetch_cdn_config
-from edgeloader.services.upload import upload_resource
+from edgeloader.services.upload import Uploader
 from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
 from edgeloader_publisher.resource import PUBLISHER_HARDWARE
@@ -87,7 +87,7 @@ async def publish(upstream: Upstream, server: str, name: str, size: int, fmt: in
         key = crypto.api_key(EMAIL, PASSWORD, PUBLISHER_HARDWARE)
         config = await fetch_cdn_config(api, key, PUBLISHER_HARDWARE, CdnOverrides(host=url))
         async with Cdn(config) as cdn:
-            staged = await upload_resource(
+            staged = await Uploader().upload(
                 cdn, api, FOLDER, name, plaintext(), part_size=64 * MiB, fmt=fmt
             )
     if staged.plaintext_bytes != size:

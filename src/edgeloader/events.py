@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from edgeloader import metrics
 from edgeloader.errors import TooManyStreams
+from edgeloader.metrics import Metrics
 from edgeloader.roles import ADMINS
 
 __all__ = [
@@ -179,7 +179,10 @@ class Subscription:
 
 
 class EventBus:
-    def __init__(self, queue_size: int = 256, max_subscribers: int = 64) -> None:
+    def __init__(
+        self, queue_size: int = 256, max_subscribers: int = 64, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics
         self.queue_size = queue_size
         self.max_subscribers = max_subscribers
         self._subscribers: set[Subscription] = set()
@@ -212,8 +215,8 @@ class EventBus:
         for subscription in self._subscribers:
             if event.visible_to(subscription.role) and not subscription._offer(event):
                 dropped += 1
-        if dropped:
-            metrics.events_dropped(dropped)
+        if dropped and self.metrics is not None:
+            self.metrics.events_dropped.inc(dropped)
 
     def close(self, reason: str = "service stopping") -> None:
         """Ends every stream; later subscriptions end at once."""

@@ -4,15 +4,9 @@ Every series lives in the :class:`Metrics` of one app (its own
 ``CollectorRegistry``, never the process-wide default), so several apps in
 one process, as in the tests, count apart.
 
-The services record through the module's functions (``load_bytes``,
-``unlock``, ``function_run``, ...), which write to the metrics *bound to
-the current context*. The app binds its metrics for each request in the
-outermost middleware (``web/middlewares.py``); the tasks a request starts
-(an unlock, a function run, an upload's publishing step) inherit the
-binding, as they inherit the request id of the logs. Code that runs with
-nothing bound (the publishing CLI, benchmarks) records nothing. So the
-services take no metrics argument and know nothing of HTTP, and a metric
-is one line where its event happens.
+The app makes one :class:`Metrics` and hands it to every service that
+records (``web/app.py``); code without an app (the publishing CLI,
+benchmarks) hands its own, which nobody reads.
 
 Label values are bounded: ``route`` is a route's pattern (or
 ``unmatched``), ``method`` one of the usual methods (or ``other``),
@@ -22,29 +16,10 @@ fixed set named where it is recorded (docs/metrics.md lists them).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
-__all__ = [
-    "AUTH_EVENTS",
-    "METHODS",
-    "UNMATCHED",
-    "Metrics",
-    "auth_event",
-    "bind",
-    "current",
-    "events_dropped",
-    "function_queue_depth",
-    "function_run",
-    "integrity_failure",
-    "load_bytes",
-    "unlock",
-    "upload_bytes",
-]
+__all__ = ["AUTH_EVENTS", "METHODS", "UNMATCHED", "Metrics"]
 
 #: The ``route`` of a request that matched no route (404, 405).
 UNMATCHED = "unmatched"
@@ -150,6 +125,17 @@ class Metrics:
             "Events not delivered to a stream whose queue was full",
             registry=r,
         )
+        self.cdn_read_retries = Counter(
+            "edgeloader_cdn_read_retries",
+            "Parts of CDN reads requested again after a drop or a stall",
+            registry=r,
+        )
+        self.cdn_read_failures = Counter(
+            "edgeloader_cdn_read_failures",
+            "CDN reads that failed once started, by reason (retries-spent, object-changed)",
+            ["reason"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
@@ -158,81 +144,49 @@ class Metrics:
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
+    # What the services record, one call where each event happens.
+
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_duration.labels(route).observe(seconds)
 
+    def load_sent(self, source: str, n: int) -> None:
+        """A load sent ``n`` plaintext bytes read from ``source`` (cdn or cache)."""
+        if n:
+            self.load_bytes.labels(source).inc(n)
 
-_current: contextvars.ContextVar[Metrics | None] = contextvars.ContextVar(
-    "edgeloader_metrics", default=None
-)
+    def upload_published(self, n: int) -> None:
+        """An upload of ``n`` plaintext bytes was published."""
+        self.upload_bytes.inc(n)
 
+    def unlock_ended(self, outcome: str) -> None:
+        """An unlock run ended: ``ready`` or ``error``."""
+        self.unlocks.labels(outcome).inc()
 
-def current() -> Metrics | None:
-    """The metrics bound to this context, if any."""
-    return _current.get()
+    def integrity_failure(self, reason: str) -> None:
+        """A refusal under the manifest; ``reason`` is one of ``IntegrityError.REASONS``."""
+        self.integrity_failures.labels(reason).inc()
 
-
-@contextlib.contextmanager
-def bind(metrics: Metrics) -> Iterator[Metrics]:
-    """Records of this context (and of the tasks it starts) go to ``metrics``."""
-    token = _current.set(metrics)
-    try:
-        yield metrics
-    finally:
-        _current.reset(token)
-
-
-# What the services record. Each is a no-op with nothing bound.
-
-
-def load_bytes(source: str, n: int) -> None:
-    """A load sent ``n`` plaintext bytes read from ``source`` (cdn or cache)."""
-    if (m := _current.get()) is not None and n:
-        m.load_bytes.labels(source).inc(n)
-
-
-def upload_bytes(n: int) -> None:
-    """An upload of ``n`` plaintext bytes was published."""
-    if (m := _current.get()) is not None:
-        m.upload_bytes.inc(n)
-
-
-def unlock(outcome: str) -> None:
-    """An unlock run ended: ``ready`` or ``error``."""
-    if (m := _current.get()) is not None:
-        m.unlocks.labels(outcome).inc()
-
-
-def integrity_failure(reason: str) -> None:
-    """A refusal under the manifest; ``reason`` is one of ``IntegrityError.REASONS``."""
-    if (m := _current.get()) is not None:
-        m.integrity_failures.labels(reason).inc()
-
-
-def function_run(function: str, status: str, seconds: float | None) -> None:
-    """A run ended with ``status``; ``seconds`` is its run time (None if it never started)."""
-    if (m := _current.get()) is not None:
-        m.function_runs.labels(function, status).inc()
+    def function_run(self, function: str, status: str, seconds: float | None) -> None:
+        """A run ended with ``status``; ``seconds`` is its run time (None if it never started)."""
+        self.function_runs.labels(function, status).inc()
         if seconds is not None:
-            m.function_duration.labels(function).observe(seconds)
+            self.function_duration.labels(function).observe(seconds)
 
+    def function_waiting(self, function: str, waiting: int) -> None:
+        """``waiting`` runs of ``function`` are admitted but not running."""
+        self.function_queue_depth.labels(function).set(waiting)
 
-def function_queue_depth(function: str, waiting: int) -> None:
-    """``waiting`` runs of ``function`` are admitted but not running."""
-    if (m := _current.get()) is not None:
-        m.function_queue_depth.labels(function).set(waiting)
+    def auth_event(self, event: str) -> None:
+        """One of :data:`AUTH_EVENTS` happened."""
+        if event not in AUTH_EVENTS:
+            raise ValueError(f"unknown auth event {event!r}")
+        self.auth_events.labels(event).inc()
 
+    def cdn_read_retried(self) -> None:
+        self.cdn_read_retries.inc()
 
-def auth_event(event: str) -> None:
-    """One of :data:`AUTH_EVENTS` happened."""
-    if event not in AUTH_EVENTS:
-        raise ValueError(f"unknown auth event {event!r}")
-    if (m := _current.get()) is not None:
-        m.auth_events.labels(event).inc()
-
-
-def events_dropped(n: int = 1) -> None:
-    if (m := _current.get()) is not None:
-        m.events_dropped.inc(n)
+    def cdn_read_failed(self, reason: str) -> None:
+        """``reason``: ``retries-spent`` or ``object-changed``."""
+        self.cdn_read_failures.labels(reason).inc()

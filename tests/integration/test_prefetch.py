@@ -320,3 +320,45 @@ async def test_a_killed_service_resumes_its_prefetch_and_the_cache_serves_offlin
 
 def cached_entries_in(cache: Path, folder: str, name: str) -> list[Path]:
     return [p for p in (cache / folder / name).iterdir() if p.suffix == ".big"]
+
+
+async def test_a_job_resumed_at_start_up_counts_its_cdn_retries(
+    make_stack: Callable[..., Awaitable[Stack]],
+) -> None:
+    """Jobs resumed by the app itself, outside any request, record in the
+    app's metrics like any other read (a retry after a cut, here)."""
+    stack = await make_stack()
+    data = pattern(6 * MiB)
+    publish_v2(stack, "m.bin", data)
+    host, port = stack.s3_endpoint.removeprefix("http://").split(":")
+    async with contextlib.AsyncExitStack() as proxies:
+        slow = await proxies.enter_async_context(CuttingProxy(host, int(port), rate=1 * MiB))
+        settings = stack.settings(cdn=CdnOverrides(host=slow.url)).with_overrides(
+            downloads=PARALLEL
+        )
+        api = Api(stack.http, await stack.start_loader(settings))
+        await api.sign_in()
+        assert (await api.start(stack.bucket, "m.bin"))[0] == 202
+
+        async def checkpointed() -> bool:
+            return journal_good(stack.tmp / "state") >= 1 * MiB
+
+        await wait_for(checkpointed, within=60)
+        await stack.runners.pop().cleanup()  # the job stops; its journal stays
+
+        # The next app resumes the job at start-up; its first read is cut once.
+        kept = journal_good(stack.tmp / "state")
+        cutting = await proxies.enter_async_context(
+            CuttingProxy(host, int(port), cut_at=[256 * KiB])
+        )
+        settings = stack.settings(cdn=CdnOverrides(host=cutting.url)).with_overrides(
+            downloads=PARALLEL
+        )
+        api = Api(stack.http, await stack.start_loader(settings))
+        await api.sign_in()
+        finished = await api.finished(stack.bucket, "m.bin")
+        assert finished["state"] == "done", finished
+        assert 0 < kept < len(big_part(stack, "m.bin"))
+        assert cutting.cuts == 1
+        registry = stack.runners[-1].app[SERVICES].metrics.registry
+        assert registry.get_sample_value("edgeloader_cdn_read_retries_total") == 1

@@ -13,6 +13,7 @@ import pytest
 from edgeloader import crypto
 from edgeloader.config import DownloadSettings
 from edgeloader.errors import CdnError, CdnReadFailed, NotFound, ObjectChanged
+from edgeloader.metrics import Metrics
 from edgeloader.services.budget import ByteBudget, TokenBucket
 from edgeloader.services.download import Alignment, Download, Transfers
 
@@ -188,7 +189,7 @@ class FakeCdn:
 
 
 def transfers(settings: DownloadSettings = FAST) -> Transfers:
-    return Transfers(settings, chunk_size=16 * KiB)
+    return Transfers(settings, chunk_size=16 * KiB, metrics=Metrics())
 
 
 async def read(cdn: FakeCdn, shared: Transfers, **kw: Any) -> bytes:

@@ -97,10 +97,10 @@ async def test_a_slow_subscriber_loses_its_oldest_events_and_is_told() -> None:
     assert [e.data["bytesDone"] for e in got[1:]] == [5, 6, 7]
 
 
-async def test_drops_are_counted_in_the_bound_metrics() -> None:
+async def test_drops_are_counted_in_the_bus_metrics() -> None:
     registry = metrics.Metrics()
-    bus = EventBus(queue_size=2)
-    with metrics.bind(registry), bus.subscribe(Role.OPERATOR):
+    bus = EventBus(queue_size=2, metrics=registry)
+    with bus.subscribe(Role.OPERATOR):
         for n in range(5):
             bus.publish(progress(n))
     assert _sample(registry, "edgeloader_events_dropped_total") == 3
@@ -198,21 +198,19 @@ def test_event_shapes() -> None:
     assert notice.data["retryAfter"] == 4
 
 
-def test_recording_without_bound_metrics_does_nothing() -> None:
-    assert metrics.current() is None
-    metrics.load_bytes("cdn", 10)
-    metrics.auth_event("login_ok")
+def test_auth_events_are_a_fixed_set() -> None:
+    registry = metrics.Metrics()
+    registry.auth_event("login_ok")
     with pytest.raises(ValueError, match="unknown auth event"):
-        metrics.auth_event("made-up")
+        registry.auth_event("made-up")
+    assert _sample(registry, "edgeloader_auth_events_total", event="login_ok") == 1
 
 
 def test_each_app_counts_in_its_own_registry() -> None:
     one, two = metrics.Metrics(), metrics.Metrics()
-    with metrics.bind(one):
-        metrics.load_bytes("cdn", 10)
-        with metrics.bind(two):
-            metrics.load_bytes("cdn", 5)
-        metrics.load_bytes("cache", 1)
+    one.load_sent("cdn", 10)
+    two.load_sent("cdn", 5)
+    one.load_sent("cache", 1)
     assert _sample(one, "edgeloader_load_bytes_total", source="cdn") == 10
     assert _sample(one, "edgeloader_load_bytes_total", source="cache") == 1
     assert _sample(two, "edgeloader_load_bytes_total", source="cdn") == 5

@@ -17,7 +17,7 @@ import aiohttp
 from edgeloader import crypto
 from edgeloader.config import CdnOverrides
 from edgeloader.services.session import fetch_cdn_config
-from edgeloader.services.upload import Published, upload_resource
+from edgeloader.services.upload import Published, Uploader
 from edgeloader.storage.files import read_file_chunks
 from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
@@ -63,6 +63,6 @@ async def publish_file(
         key = crypto.api_key(target.email, target.password, PUBLISHER_HARDWARE)
         config = await fetch_cdn_config(api, key, PUBLISHER_HARDWARE, target.cdn)
         async with Cdn(config) as cdn:
-            return await upload_resource(
+            return await Uploader().upload(
                 cdn, api, folder, name, chunks(), part_size=PART_SIZE, fmt=fmt
             )

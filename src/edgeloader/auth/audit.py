@@ -11,8 +11,8 @@ import asyncio
 import logging
 import time
 
-from edgeloader import metrics
 from edgeloader.auth.store import AuditEntry, AuthStore
+from edgeloader.metrics import Metrics
 
 log = logging.getLogger("edgeloader.audit")
 
@@ -39,7 +39,8 @@ def capped(text: str, limit: int = FIELD_MAX) -> str:
 
 
 class Auditor:
-    def __init__(self, store: AuthStore, max_bytes: int | None = None) -> None:
+    def __init__(self, store: AuthStore, metrics: Metrics, max_bytes: int | None = None) -> None:
+        self.metrics = metrics
         self._store = store
         self._max_bytes = max_bytes
 
@@ -75,5 +76,5 @@ class Auditor:
             extra={"audit": entry.wire()},
         )
         if (event := AUTH_EVENTS.get((action, outcome))) is not None:
-            metrics.auth_event(event)
+            self.metrics.auth_event(event)
         await asyncio.to_thread(self._store.add_audit, entry, self._max_bytes)

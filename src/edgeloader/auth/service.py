@@ -18,7 +18,6 @@ from typing import Protocol, TypeVar
 
 from pydantic import Field
 
-from edgeloader import metrics
 from edgeloader.auth import signing_key
 from edgeloader.auth.audit import Auditor
 from edgeloader.auth.store import ApiKeyRecord, AuditEntry, AuthStore, RefreshRecord, Rotation
@@ -34,6 +33,7 @@ from edgeloader.errors import (
     ValidationFailed,
 )
 from edgeloader.events import EventBus, security_event
+from edgeloader.metrics import Metrics
 from edgeloader.roles import Role
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ class AuthService:
         self.tokens = tokens
         self.throttle = throttle
         self.auditor = auditor
+        self.metrics = auditor.metrics
         self.events = events
 
     async def _reserve(
@@ -173,7 +174,7 @@ class AuthService:
         try:
             return await self.throttle.reserve(keys)
         except TooManyAttempts as exc:
-            metrics.auth_event("throttled")
+            self.metrics.auth_event("throttled")
             if self.events is not None:
                 self.events.publish(
                     security_event(
@@ -239,7 +240,7 @@ class AuthService:
         throttled as an exchange, a failure audited as one; a success is
         counted but not audited (a scraper calls every few seconds)."""
         record = await self._check_api_key(api_key, client, route)
-        metrics.auth_event("key_bearer_ok")
+        self.metrics.auth_event("key_bearer_ok")
         return Claims(
             subject=KEY_PREFIX + record.id,
             role=record.role,
@@ -323,7 +324,7 @@ class AuthService:
             ):
                 raise NotAuthenticated(BAD_TOKEN)
         except NotAuthenticated:
-            metrics.auth_event("access_denied")
+            self.metrics.auth_event("access_denied")
             raise
         return claims
 
@@ -408,7 +409,7 @@ def _split_key(api_key: str) -> tuple[str, str]:
 
 @contextlib.asynccontextmanager
 async def open_auth(
-    settings: Settings, fingerprint: str, events: EventBus | None = None
+    settings: Settings, fingerprint: str, metrics: Metrics, events: EventBus | None = None
 ) -> AsyncIterator[AuthService]:
     """The auth service for the app's lifetime: the sealed signing key, the
     store, and an hourly task that prunes expired records."""
@@ -426,7 +427,8 @@ async def open_auth(
     )
     throttle = Throttle(store, ThrottlePolicy.from_limits(limits))
     try:
-        yield AuthService(store, tokens, throttle, Auditor(store, limits.audit_max_bytes), events)
+        auditor = Auditor(store, metrics, limits.audit_max_bytes)
+        yield AuthService(store, tokens, throttle, auditor, events)
     finally:
         pruner.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgeloader import logs, metrics
+from edgeloader import logs
 from edgeloader.auth.audit import Auditor
 from edgeloader.config import Settings
 from edgeloader.errors import (
@@ -86,6 +86,7 @@ class FunctionService:
         self.dir = settings.functions_dir
         self.engine = engine
         self.auditor = auditor
+        self.metrics = auditor.metrics
         self.folders = RunFolders(self.dir)
         self.runner = Runner(engine, self.folders, self.settings.output_max)
         self.scheduler = Scheduler(self.settings.max_runs)
@@ -298,7 +299,7 @@ class FunctionService:
     async def _finish(self, run: RunRecord, outcome: Outcome, caller: Caller) -> RunRecord:
         record = await asyncio.to_thread(self.history.finish, run.run_id, outcome, time.time())
         seconds = record.duration_ms / 1000 if record.duration_ms is not None else None
-        metrics.function_run(record.function, record.status.value, seconds)
+        self.metrics.function_run(record.function, record.status.value, seconds)
         self._published(record)
         took = f"{record.duration_ms} ms" if record.duration_ms is not None else "never started"
         await self._audit(
@@ -408,7 +409,7 @@ class FunctionService:
             self.events.publish(run_event(run.wire()))
 
     def _queue_depth(self, name: str) -> None:
-        metrics.function_queue_depth(name, self.scheduler.waiting(name))
+        self.metrics.function_waiting(name, self.scheduler.waiting(name))
 
     def _spec(self, body: Mapping[str, Any], *, with_image: bool = True) -> FunctionSpec:
         return parse_spec(body, with_image=with_image)

@@ -36,15 +36,13 @@ import asyncio
 import collections
 import logging
 import random
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter
-
-from edgeloader import crypto, metrics
+from edgeloader import crypto
 from edgeloader.config import DownloadSettings
 from edgeloader.errors import CdnError, CdnReadFailed, NotFound, ObjectChanged
+from edgeloader.metrics import Metrics
 from edgeloader.services.budget import ByteBudget, Claim, TokenBucket
 from edgeloader.upstream.cdn import MAX_POOL, Cdn, CdnRange
 
@@ -96,60 +94,17 @@ class Alignment:
 
 class Transfers:
     """What every CDN read of one app shares: the settings, the budget of
-    bytes in memory and the rate cap."""
+    bytes in memory, the rate cap and the metrics (the app makes one)."""
 
-    def __init__(self, settings: DownloadSettings, chunk_size: int) -> None:
+    def __init__(self, settings: DownloadSettings, chunk_size: int, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.chunk_size = chunk_size
         self.budget = ByteBudget(max(settings.inflight_max, 2 * chunk_size))
         self.rate = TokenBucket(settings.max_rate) if settings.max_rate else None
         # Reads wait for a connection here, not in the client's pool, so
         # that the stall timeout counts only the CDN's silence.
         self.slots = asyncio.Semaphore(CONNECTION_SLOTS)
-
-    @classmethod
-    def of(cls, owner: object, settings: DownloadSettings, chunk_size: int) -> Transfers:
-        """The one instance of ``owner`` (the app's device session), made on
-        first use: the load and pre-staging services reach it without
-        another argument through every caller."""
-        found = _SHARED.get(owner)
-        if found is None:
-            found = _SHARED[owner] = cls(settings, chunk_size)
-        return found
-
-
-_SHARED: weakref.WeakKeyDictionary[object, Transfers] = weakref.WeakKeyDictionary()
-
-
-class _Series:
-    """This module's series, in the registry of the metrics bound to the
-    current context (made there on first use)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.retries = Counter(
-            "edgeloader_cdn_read_retries",
-            "Parts of CDN reads requested again after a drop or a stall",
-            registry=registry,
-        )
-        self.failures = Counter(
-            "edgeloader_cdn_read_failures",
-            "CDN reads that failed once started, by reason (retries-spent, object-changed)",
-            ["reason"],
-            registry=registry,
-        )
-
-
-_SERIES: weakref.WeakKeyDictionary[metrics.Metrics, _Series] = weakref.WeakKeyDictionary()
-
-
-def _series() -> _Series | None:
-    bound = metrics.current()
-    if bound is None:
-        return None
-    found = _SERIES.get(bound)
-    if found is None:
-        found = _SERIES[bound] = _Series(bound.registry)
-    return found
 
 
 class _Part:
@@ -206,6 +161,7 @@ class Download:
         self._budget = transfers.budget
         self._rate = transfers.rate
         self._slots = transfers.slots
+        self._metrics = transfers.metrics
         self._alignment = alignment or Alignment()
         self._part_size = self._alignment.round(self._settings.part_size)
         self._parts: list[_Part] = []
@@ -371,8 +327,7 @@ class Download:
         """A failure of the whole read: every waiting reader sees it."""
         if self._fatal is None:
             log.error("%s stopped: %s", self.what, exc)
-            if (series := _series()) is not None:
-                series.failures.labels("object-changed").inc()
+            self._metrics.cdn_read_failed("object-changed")
         self._fatal = exc
         if self._opened is not None and not self._opened.done():
             self._opened.set_exception(exc)
@@ -408,8 +363,7 @@ class Download:
                         failures,
                         reason,
                     )
-                    if (series := _series()) is not None:
-                        series.failures.labels("retries-spent").inc()
+                    self._metrics.cdn_read_failed("retries-spent")
                     raise CdnReadFailed(
                         f"CDN {self.what} gave up on {part.span()} after {failures} failed "
                         f"tries: {reason}"
@@ -425,8 +379,7 @@ class Download:
                     failures,
                     s.retries,
                 )
-                if (series := _series()) is not None:
-                    series.retries.inc()
+                self._metrics.cdn_read_retried()
                 await asyncio.sleep(delay)
 
     def _reason(self, exc: BaseException) -> str:

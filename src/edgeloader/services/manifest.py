@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from edgeloader import crypto, metrics
+from edgeloader import crypto
 from edgeloader.errors import ConfigError, EdgeloaderError, IntegrityError
+from edgeloader.metrics import Metrics
 from edgeloader.storage.files import atomic_write
 
 __all__ = [
@@ -65,25 +66,27 @@ _RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 Fetch = Callable[[str], Awaitable[bytes]]
 
 
-def _counted(error: IntegrityError) -> IntegrityError:
-    metrics.integrity_failure(error.reason)
-    return error
-
-
 @dataclass(frozen=True)
 class Artifact:
     sha256: str
     size: int
     format: int
+    # Where its refusals are counted; the gate that admitted it sets it.
+    metrics: Metrics | None = field(default=None, compare=False, repr=False)
+
+    def _counted(self, error: IntegrityError) -> IntegrityError:
+        if self.metrics is not None:
+            self.metrics.integrity_failure(error.reason)
+        return error
 
     def check(self, *, fmt: int, size: int) -> None:
         """The published format and ciphertext size, before any byte leaves."""
         if fmt != self.format:
-            raise _counted(
+            raise self._counted(
                 IntegrityError("format", f"the manifest says v{self.format}, found v{fmt}")
             )
         if size != self.size:
-            raise _counted(
+            raise self._counted(
                 IntegrityError("size", f"the manifest says {self.size} bytes, found {size}")
             )
 
@@ -186,8 +189,11 @@ class VersionFloor:
 class ReleaseGate:
     """The device's side of the manifest: disabled without a publisher key."""
 
-    def __init__(self, key: Ed25519PublicKey | None, state_dir: Path) -> None:
+    def __init__(
+        self, key: Ed25519PublicKey | None, state_dir: Path, metrics: Metrics | None = None
+    ) -> None:
         self.key = key
+        self.metrics = metrics
         self.floor = VersionFloor(state_dir)
         if key is None:
             log.warning(
@@ -196,8 +202,11 @@ class ReleaseGate:
             )
 
     @classmethod
-    def from_settings(cls, publisher_key: Path | None, state_dir: Path) -> ReleaseGate:
-        return cls(load_publisher_key(publisher_key) if publisher_key else None, state_dir)
+    def from_settings(
+        cls, publisher_key: Path | None, state_dir: Path, metrics: Metrics | None = None
+    ) -> ReleaseGate:
+        key = load_publisher_key(publisher_key) if publisher_key else None
+        return cls(key, state_dir, metrics)
 
     @property
     def enabled(self) -> bool:
@@ -211,7 +220,8 @@ class ReleaseGate:
         try:
             return await self._artifact(fetch, name)
         except IntegrityError as exc:
-            metrics.integrity_failure(exc.reason)
+            if self.metrics is not None:
+                self.metrics.integrity_failure(exc.reason)
             raise
 
     async def _artifact(self, fetch: Fetch, name: str) -> Artifact | None:
@@ -231,7 +241,7 @@ class ReleaseGate:
         entry = manifest.artifacts.get(name)
         if entry is None:
             raise IntegrityError("not-listed", name)
-        return entry
+        return replace(entry, metrics=self.metrics)
 
 
 class CiphertextHash:
@@ -246,4 +256,4 @@ class CiphertextHash:
 
     def verify(self) -> None:
         if self._hash.hexdigest() != self.artifact.sha256:
-            raise _counted(IntegrityError("hash"))
+            raise self.artifact._counted(IntegrityError("hash"))

@@ -199,11 +199,13 @@ class PrefetchService:
         session: DeviceSession,
         cache: ModelCache | None,
         gate: ReleaseGate,
+        transfers: Transfers,
         events: EventBus | None = None,
     ) -> None:
         self.settings = settings
         self.session = session
         self.cache = cache
+        self.transfers = transfers
         self.gate = gate
         self.events = events
         self._journal: _Journal | None = None
@@ -365,10 +367,9 @@ class PrefetchService:
         good = await asyncio.to_thread(partial.open, keep)
         if good != keep:  # the file lost what the journal counted: start over
             good = await asyncio.to_thread(partial.open, 0)
-        s = self.settings
         download = Download(
             await self._cdn(),
-            Transfers.of(self.session, s.downloads, s.chunk_size),
+            self.transfers,
             row.folder,
             crypto.big_name(row.name),
             alignment=Alignment.after(small),

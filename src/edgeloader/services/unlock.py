@@ -28,10 +28,11 @@ from typing import BinaryIO
 
 from pydantic import Field
 
-from edgeloader import crypto, metrics
+from edgeloader import crypto
 from edgeloader.auth.service import AuthService, LoginAttempt
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound
 from edgeloader.events import UNLOCK, Event, EventBus, Pacer
+from edgeloader.metrics import Metrics
 from edgeloader.services.manifest import ARCHIVE_KEY, Artifact, CiphertextHash, ReleaseGate
 from edgeloader.services.session import DeviceSession, UpstreamUser
 from edgeloader.streams import read_ahead
@@ -129,8 +130,10 @@ class UnlockManager:
         engine: Engine,
         gate: ReleaseGate,
         auth: AuthService,
+        metrics: Metrics,
         events: EventBus | None = None,
     ) -> None:
+        self.metrics = metrics
         self.session = session
         self.engine = engine
         self.gate = gate
@@ -172,7 +175,7 @@ class UnlockManager:
         except EngineError as exc:
             self.status = UnlockStatus(state=UnlockState.ERROR, error=exc.detail)
             log.error("unlock: %s", exc.detail)
-            metrics.unlock("error")
+            self.metrics.unlock_ended("error")
             self._publish()
             return self.status
         if not settings.images_path.is_file():
@@ -255,11 +258,11 @@ class UnlockManager:
     def _finish(self, error: str | None) -> None:
         if error is None:
             self.status.state = UnlockState.READY
-            metrics.unlock("ready")
+            self.metrics.unlock_ended("ready")
         else:
             self.status.error = error
             self.status.state = UnlockState.ERROR
-            metrics.unlock("error")
+            self.metrics.unlock_ended("error")
         log.info("unlock: %s", self.status.state.value)
         self._publish()
 

@@ -31,32 +31,13 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from edgeloader import crypto, metrics
+from edgeloader import crypto
 from edgeloader.errors import CdnError, EdgeloaderError
+from edgeloader.metrics import Metrics
 from edgeloader.upstream.cdn import Cdn
 from edgeloader.upstream.resource_api import ResourceApiClient
 
 log = logging.getLogger(__name__)
-
-# Publishing steps that must outlive their caller; kept so they are not
-# garbage-collected while they run.
-_FINISHING: set[asyncio.Task[None]] = set()
-# One publish at a time per resource: two overwrites of one name whose small
-# posts and CDN copies interleave would pair one's small part with the
-# other's big part for good. Entries live only while someone holds or waits.
-_PUBLISHING: dict[tuple[str, str], asyncio.Lock] = {}
-
-
-@contextlib.asynccontextmanager
-async def _one_publish_at_a_time(folder: str, name: str) -> AsyncIterator[None]:
-    key = (folder, name)
-    lock = _PUBLISHING.setdefault(key, asyncio.Lock())
-    try:
-        async with lock:
-            yield
-    finally:
-        if not lock.locked() and _PUBLISHING.get(key) is lock:
-            del _PUBLISHING[key]
 
 
 @dataclass(frozen=True)
@@ -68,91 +49,120 @@ class Published:
     big_bytes: int
 
 
-async def upload_resource(
-    cdn: Cdn,
-    api: ResourceApiClient,
-    folder: str,
-    name: str,
-    plaintext: AsyncIterable[bytes],
-    *,
-    part_size: int,
-    fmt: int = 1,
-    before_publish: Callable[[], Awaitable[None]] | None = None,
-) -> Published:
-    """Stages, then publishes; on any failure before publishing, discards.
+class Uploader:
+    """The uploads of one app (or of one publishing run)."""
 
-    ``api`` must be logged in as a user that may upload. ``fmt`` is the
-    container format of the resource's ciphertext (1 or 2).
-    ``before_publish`` runs between the two steps (the web layer reads the
-    rest of its form there); if it raises, nothing is published.
-    """
-    counted = 0
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+        # Publishing steps that must outlive their caller; kept so they are
+        # not garbage-collected while they run.
+        self._finishing: set[asyncio.Task[None]] = set()
+        # One publish at a time per resource: two overwrites of one name
+        # whose small posts and CDN copies interleave would pair one's small
+        # part with the other's big part for good. Entries live only while
+        # someone holds or waits.
+        self._publishing: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def counting() -> AsyncIterator[bytes]:
-        nonlocal counted
-        async for chunk in plaintext:
-            counted += len(chunk)
-            yield chunk
+    async def upload(
+        self,
+        cdn: Cdn,
+        api: ResourceApiClient,
+        folder: str,
+        name: str,
+        plaintext: AsyncIterable[bytes],
+        *,
+        part_size: int,
+        fmt: int = 1,
+        before_publish: Callable[[], Awaitable[None]] | None = None,
+    ) -> Published:
+        """Stages, then publishes; on any failure before publishing, discards.
 
-    ciphertext = crypto.encrypt_chunks(crypto.resource_key(), counting(), fmt)
-    small, big = await crypto.split_ciphertext(ciphertext)
-    staged = crypto.staging_name(name, secrets.token_hex(8))
-    try:
-        big_bytes = await cdn.upload(folder, staged, big, part_size)
-        if before_publish is not None:
-            await before_publish()
-    except BaseException:
-        await _discard(cdn, folder, staged)
-        raise
-    finishing = asyncio.create_task(
-        _publish(cdn, api, folder, name, staged, small, big_bytes), name=f"publish {name}"
-    )
-    _FINISHING.add(finishing)
-    finishing.add_done_callback(_FINISHING.discard)
-    # A cancelled caller stops waiting here; the publishing goes on.
-    await asyncio.shield(finishing)
-    metrics.upload_bytes(counted)
-    log.info(
-        "uploaded %s/%s: %d plaintext bytes, small %d + big %d",
-        folder,
-        name,
-        counted,
-        len(small),
-        big_bytes,
-    )
-    return Published(folder, name, counted, len(small), big_bytes)
+        ``api`` must be logged in as a user that may upload. ``fmt`` is the
+        container format of the resource's ciphertext (1 or 2).
+        ``before_publish`` runs between the two steps (the web layer reads the
+        rest of its form there); if it raises, nothing is published.
+        """
+        counted = 0
 
+        async def counting() -> AsyncIterator[bytes]:
+            nonlocal counted
+            async for chunk in plaintext:
+                counted += len(chunk)
+                yield chunk
 
-async def _publish(
-    cdn: Cdn,
-    api: ResourceApiClient,
-    folder: str,
-    name: str,
-    staged: str,
-    small: bytes,
-    big_bytes: int,
-) -> None:
-    async with _one_publish_at_a_time(folder, name):
+        ciphertext = crypto.encrypt_chunks(crypto.resource_key(), counting(), fmt)
+        small, big = await crypto.split_ciphertext(ciphertext)
+        staged = crypto.staging_name(name, secrets.token_hex(8))
         try:
-            await api.upload_part(folder, crypto.small_name(name), small)
+            big_bytes = await cdn.upload(folder, staged, big, part_size)
+            if before_publish is not None:
+                await before_publish()
         except BaseException:
             await _discard(cdn, folder, staged)
             raise
+        finishing = asyncio.create_task(
+            self._publish(cdn, api, folder, name, staged, small, big_bytes),
+            name=f"publish {name}",
+        )
+        self._finishing.add(finishing)
+        finishing.add_done_callback(self._finishing.discard)
+        # A cancelled caller stops waiting here; the publishing goes on.
+        await asyncio.shield(finishing)
+        if self.metrics is not None:
+            self.metrics.upload_published(counted)
+        log.info(
+            "uploaded %s/%s: %d plaintext bytes, small %d + big %d",
+            folder,
+            name,
+            counted,
+            len(small),
+            big_bytes,
+        )
+        return Published(folder, name, counted, len(small), big_bytes)
+
+    @contextlib.asynccontextmanager
+    async def _one_publish_at_a_time(self, folder: str, name: str) -> AsyncIterator[None]:
+        key = (folder, name)
+        lock = self._publishing.setdefault(key, asyncio.Lock())
         try:
-            await cdn.copy(folder, staged, crypto.big_name(name), big_bytes)
-        except CdnError:
-            # The new small part is live with the old big part: say so loudly,
-            # and keep the staged object, which an operator can copy in place.
-            log.error(
-                "%s/%s: the small part is published but the big part could not be put "
-                "in place; the new big part stays at %s/%s",
-                folder,
-                name,
-                folder,
-                staged,
-            )
-            raise
-        await _discard(cdn, folder, staged)
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._publishing.get(key) is lock:
+                del self._publishing[key]
+
+    async def _publish(
+        self,
+        cdn: Cdn,
+        api: ResourceApiClient,
+        folder: str,
+        name: str,
+        staged: str,
+        small: bytes,
+        big_bytes: int,
+    ) -> None:
+        async with self._one_publish_at_a_time(folder, name):
+            try:
+                await api.upload_part(folder, crypto.small_name(name), small)
+            except BaseException:
+                await _discard(cdn, folder, staged)
+                raise
+            try:
+                await cdn.copy(folder, staged, crypto.big_name(name), big_bytes)
+            except CdnError:
+                # The new small part is live with the old big part: say so
+                # loudly, and keep the staged object, which an operator can
+                # copy in place.
+                log.error(
+                    "%s/%s: the small part is published but the big part could not be put "
+                    "in place; the new big part stays at %s/%s",
+                    folder,
+                    name,
+                    folder,
+                    staged,
+                )
+                raise
+            await _discard(cdn, folder, staged)
 
 
 async def _discard(cdn: Cdn, folder: str, key: str) -> None:

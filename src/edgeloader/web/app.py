@@ -17,10 +17,13 @@ from edgeloader.events import EventBus
 from edgeloader.functions.service import open_functions
 from edgeloader.metrics import Metrics
 from edgeloader.services.cache import ModelCache
+from edgeloader.services.download import Transfers
+from edgeloader.services.load import LoadService
 from edgeloader.services.manifest import ReleaseGate
 from edgeloader.services.prefetch import PrefetchService
 from edgeloader.services.session import DeviceSession
 from edgeloader.services.unlock import UnlockManager
+from edgeloader.services.upload import Uploader
 from edgeloader.upstream.engine import Engine
 from edgeloader.upstream.resource_api import ResourceApiClient
 from edgeloader.web.auth_routes import auth_routes
@@ -78,11 +81,11 @@ def _services(
         # also when a later one fails to open.
         async with contextlib.AsyncExitStack() as stack:
             metrics = Metrics()
-            events = EventBus(settings.events_queue, settings.events_max_streams)
+            events = EventBus(settings.events_queue, settings.events_max_streams, metrics)
             stack.callback(events.close)
-            gate = ReleaseGate.from_settings(settings.publisher_key, settings.state_dir)
+            gate = ReleaseGate.from_settings(settings.publisher_key, settings.state_dir, metrics)
             device = fingerprint if fingerprint else await asyncio.to_thread(hardware.fingerprint)
-            auth = await stack.enter_async_context(open_auth(settings, device, events))
+            auth = await stack.enter_async_context(open_auth(settings, device, metrics, events))
             http = await stack.enter_async_context(aiohttp.ClientSession(raise_for_status=False))
             api = ResourceApiClient(
                 settings.resource_api_url,
@@ -94,7 +97,7 @@ def _services(
             stack.push_async_callback(session.close)
             engine = Engine(settings.docker_host)
             stack.push_async_callback(engine.close)
-            unlock = UnlockManager(session, engine, gate, auth, events)
+            unlock = UnlockManager(session, engine, gate, auth, metrics, events)
             stack.push_async_callback(unlock.close)
             functions = await stack.enter_async_context(
                 open_functions(settings, engine, auth.auditor, events)
@@ -102,20 +105,24 @@ def _services(
             cache = ModelCache(settings.cache_dir) if settings.cache_dir else None
             if cache is not None:
                 await asyncio.to_thread(cache.remove_partials)
+            # Every CDN read of the app, loads and pre-staging alike, shares
+            # one budget of bytes in memory and one rate cap.
+            transfers = Transfers(settings.downloads, settings.chunk_size, metrics)
             prefetch = await stack.enter_async_context(
-                PrefetchService(settings, session, cache, gate, events)
+                PrefetchService(settings, session, cache, gate, transfers, events)
             )
             app[SERVICES] = Services(
-                settings,
-                session,
-                cache,
-                engine,
-                unlock,
-                auth,
-                gate,
-                functions,
-                metrics,
-                events,
+                settings=settings,
+                session=session,
+                engine=engine,
+                unlock=unlock,
+                auth=auth,
+                gate=gate,
+                functions=functions,
+                metrics=metrics,
+                events=events,
+                loads=LoadService(session, cache, gate, transfers, metrics),
+                uploads=Uploader(metrics),
                 prefetch=prefetch,
             )
             yield

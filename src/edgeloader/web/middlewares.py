@@ -1,4 +1,4 @@
-"""The request's context (its id, the app's metrics) and one error
+"""The request's context (its id, its count in the metrics) and one error
 middleware: our exception hierarchy → JSON ``{"detail"}``."""
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ def route_pattern(request: web.Request) -> str:
 @web.middleware
 async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: gives the request its id (in the logs of everything it
-    runs, and in the answer's ``X-Request-ID``), binds the app's metrics
-    for the services, and counts the request under its final status."""
+    runs, and in the answer's ``X-Request-ID``), and counts the request under its final status."""
     rid = request[REQUEST_ID] = request_id(request)
     # Each request runs in its own task, so this stays with this request
     # (and the tasks it starts), through aiohttp's access log line.
@@ -53,8 +52,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     started = time.monotonic()
     status = 500
     try:
-        with metrics.bind(svc.metrics):
-            response = await handler(request)
+        response = await handler(request)
         status = response.status
         return response
     except web.HTTPException as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from edgeloader.errors import Conflict
 from edgeloader.names import safe_folder, safe_name
 from edgeloader.services.prefetch import PrefetchService, PrefetchStatus
 from edgeloader.web.guards import AUDIT_RESOURCE, audited
@@ -20,10 +19,7 @@ prefetch_routes = web.RouteTableDef()
 
 
 def _service(request: web.Request) -> PrefetchService:
-    prefetch = services(request).prefetch
-    if prefetch is None:
-        raise Conflict("pre-staging is not available")
-    return prefetch
+    return services(request).prefetch
 
 
 NO_CACHE = "no model cache is configured (EDGELOADER_CACHE_DIR)"

@@ -23,7 +23,6 @@ from edgeloader.errors import (
 )
 from edgeloader.names import safe_folder, safe_name
 from edgeloader.roles import ADMINS, UPLOADERS, Role
-from edgeloader.services import load, upload
 from edgeloader.services.unlock import UnlockRequest, UnlockStatus
 from edgeloader.web.guards import (
     AUDIT_BYTES,
@@ -147,7 +146,7 @@ async def load_resource(request: web.Request) -> web.StreamResponse:
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
     svc = services(request)
     try:
-        stream = await load.open_resource(svc.session, svc.cache, svc.gate, folder, name)
+        stream = await svc.loads.open(folder, name)
     except IntegrityError as exc:
         request[AUDIT_OUTCOME] = exc.detail
         raise
@@ -264,7 +263,7 @@ async def upload_resource(request: web.Request) -> web.Response:
                 await late.release()
 
     chunks = _part_chunks(part, svc.settings.chunk_size, svc.settings.max_upload_bytes)
-    done = await upload.upload_resource(
+    done = await svc.uploads.upload(
         await svc.session.cdn(),
         svc.session.api,
         folder,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -11,29 +11,31 @@ from edgeloader.config import Settings
 from edgeloader.events import EventBus
 from edgeloader.functions.service import FunctionService
 from edgeloader.metrics import Metrics
-from edgeloader.services.cache import ModelCache
+from edgeloader.services.load import LoadService
 from edgeloader.services.manifest import ReleaseGate
 from edgeloader.services.prefetch import PrefetchService
 from edgeloader.services.session import DeviceSession
 from edgeloader.services.unlock import UnlockManager
+from edgeloader.services.upload import Uploader
 from edgeloader.upstream.engine import Engine
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
     """Everything the handlers reach, opened and closed with the app."""
 
     settings: Settings
     session: DeviceSession
-    cache: ModelCache | None
     engine: Engine
     unlock: UnlockManager
     auth: AuthService
     gate: ReleaseGate
     functions: FunctionService
-    metrics: Metrics = field(default_factory=Metrics)
-    events: EventBus = field(default_factory=EventBus)
-    prefetch: PrefetchService | None = None
+    metrics: Metrics
+    events: EventBus
+    loads: LoadService
+    uploads: Uploader
+    prefetch: PrefetchService
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -7,6 +7,7 @@ from aiohttp import web
 from edgeloader.auth.service import NewApiKey
 from edgeloader.auth.tokens import TokenPair
 from edgeloader.roles import ADMINS
+from edgeloader.web.bodies import read_json, read_query
 from edgeloader.web.guards import client_address, require_principal, roles
 from edgeloader.web.models.auth import (
     ApiKeyExchange,
@@ -20,7 +21,7 @@ from edgeloader.web.models.auth import (
     Revoked,
 )
 from edgeloader.web.models.azaion import CredentialsBody
-from edgeloader.web.models.base import read_json, read_query, respond
+from edgeloader.web.models.base import respond
 from edgeloader.web.openapi import Param, documented
 from edgeloader.web.state import services
 

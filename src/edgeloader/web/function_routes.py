@@ -8,18 +8,18 @@ updates, builds, deletes and invocations itself, with their durations.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from edgeloader.errors import PayloadTooLarge, ValidationFailed
 from edgeloader.functions.records import FunctionRecord, RunOutput, RunRecord, RunStats
 from edgeloader.functions.service import Caller, FunctionService
 from edgeloader.functions.spec import NAME_SCHEMA, FunctionSpec, function_name
 from edgeloader.roles import ADMINS
+from edgeloader.web.bodies import Form, read_json, read_query, read_raw
 from edgeloader.web.guards import require_principal, roles
-from edgeloader.web.models.base import AnyJson, JsonObject, read_json, read_query, respond
+from edgeloader.web.models.base import AnyJson, JsonObject, respond
 from edgeloader.web.models.functions import (
     BuildForm,
     Deleted,
@@ -37,7 +37,6 @@ from edgeloader.web.state import services
 from edgeloader.wire import parse_json
 
 function_routes = web.RouteTableDef()
-MAX_SPEC_PART = 64 * 1024
 # Room for the multipart framing around a build context.
 MULTIPART_SLACK = 1 << 20
 
@@ -162,22 +161,16 @@ async def build(request: web.Request) -> web.Response:
     limit = functions.settings.build_context_max
     if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
         raise PayloadTooLarge(f"build context larger than {limit} bytes")
-    if not request.content_type.startswith("multipart/"):
-        raise ValidationFailed(
-            "build must be multipart/form-data with a file field 'context' (a tar archive)"
-        )
-    reader = await request.multipart()
+    form = await Form.open(request, "a file field 'context' (a tar archive)")
     spec: dict[str, Any] | None = None
     async with functions.staged_context() as context:
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ValidationFailed("nested multipart bodies are not supported")
+        while (part := await form.next()) is not None:
             if part.name == "context":
                 if context.size:
                     raise ValidationFailed("only one multipart field 'context' is allowed")
-                await context.fill(_part_chunks(part))
+                await context.fill(form.chunks(part, 1 << 20))
             elif part.name == "spec":
-                spec = _spec_part(await _small_part(part))
+                spec = parse_json(await form.small(part), JsonObject, "multipart field 'spec'").root
             else:
                 raise ValidationFailed(f"unknown multipart field {part.name!r}")
         record, created = await functions.build(name, context, spec, _caller(request))
@@ -206,7 +199,7 @@ async def invoke(request: web.Request) -> web.Response:
     function_name(request.match_info["name"])
     asynchronous = read_query(request, InvokeQuery).asynchronous
     functions = _functions(request)
-    body = await _raw_body(request, functions.settings.request_max)
+    body = await read_raw(request, functions.settings.request_max)
     run = await functions.invoke(
         request.match_info["name"], body, _caller(request), wait=not asynchronous
     )
@@ -291,33 +284,3 @@ async def get_run(request: web.Request) -> web.Response:
 async def run_logs(request: web.Request) -> web.Response:
     output = await _functions(request).output(request.match_info["run_id"])
     return respond(output)
-
-
-async def _raw_body(request: web.Request, limit: int) -> bytes:
-    """The body, refused past ``limit`` (413) without reading it all."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    return bytes(body)
-
-
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(1 << 20):
-        yield chunk
-
-
-async def _small_part(part: BodyPartReader) -> bytes:
-    data = bytearray()
-    while chunk := await part.read_chunk(1 << 16):
-        data += chunk
-        if len(data) > MAX_SPEC_PART:
-            raise PayloadTooLarge(f"multipart field 'spec' larger than {MAX_SPEC_PART} bytes")
-    return bytes(data)
-
-
-def _spec_part(data: bytes) -> dict[str, Any]:
-    return parse_json(data, JsonObject, "multipart field 'spec'").root

@@ -7,9 +7,10 @@ from aiohttp import web
 
 from edgeloader.names import safe_folder, safe_name
 from edgeloader.services.prefetch import PrefetchService, PrefetchStatus
+from edgeloader.web.bodies import read_json
 from edgeloader.web.guards import AUDIT_RESOURCE, audited
 from edgeloader.web.models.azaion import FOLDER_SCHEMA, NAME_SCHEMA
-from edgeloader.web.models.base import read_json, respond
+from edgeloader.web.models.base import respond
 from edgeloader.web.models.prefetch import PrefetchBody
 from edgeloader.web.openapi import Param, Reply, documented
 from edgeloader.web.routes import DEFAULT_FOLDER

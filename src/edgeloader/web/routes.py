@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
 
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from edgeloader.errors import (
     EdgeloaderError,
     IntegrityError,
     InvalidRequest,
-    PayloadTooLarge,
     ValidationFailed,
 )
 from edgeloader.names import safe_folder, safe_name
 from edgeloader.roles import ADMINS, UPLOADERS, Role
 from edgeloader.services.unlock import UnlockRequest, UnlockStatus
+from edgeloader.web.bodies import Form, read_json, read_query
 from edgeloader.web.guards import (
     AUDIT_BYTES,
     AUDIT_OUTCOME,
@@ -47,7 +45,7 @@ from edgeloader.web.models.azaion import (
     UploadForm,
     UploadQuery,
 )
-from edgeloader.web.models.base import read_json, read_query, respond
+from edgeloader.web.models.base import respond
 from edgeloader.web.openapi import Body, Param, Reply, documented
 from edgeloader.web.state import services
 
@@ -182,29 +180,6 @@ async def load_resource(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@contextlib.contextmanager
-def _multipart_errors() -> Iterator[None]:
-    """aiohttp's multipart reader says "malformed" with ValueError or an
-    HTTP parser error (a missing boundary, an oversized header line)."""
-    try:
-        yield
-    except (ValueError, HttpProcessingError):
-        raise InvalidRequest("malformed multipart body") from None
-
-
-async def _part_chunks(part: BodyPartReader, chunk_size: int, limit: int) -> AsyncIterator[bytes]:
-    total = 0
-    while True:
-        with _multipart_errors():
-            chunk = await part.read_chunk(chunk_size)
-        if not chunk:
-            return
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"upload larger than {limit} bytes")
-        yield chunk
-
-
 @routes.post("/upload/{filename}")
 @azaion
 @roles(*UPLOADERS)
@@ -231,38 +206,30 @@ async def _part_chunks(part: BodyPartReader, chunk_size: int, limit: int) -> Asy
 async def upload_resource(request: web.Request) -> web.Response:
     name = safe_name(request.match_info["filename"], "filename")
     svc = services(request)
-    if not request.content_type.startswith("multipart/"):
-        raise ValidationFailed("upload must be multipart/form-data with a file field 'data'")
     folder = safe_folder(read_query(request, UploadQuery).folder or DEFAULT_FOLDER)
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
-    with _multipart_errors():
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ValidationFailed("nested multipart bodies are not supported")
-            if part.name == "folder":
-                folder = safe_folder((await part.text()).strip())
-                request[AUDIT_RESOURCE] = f"{folder}/{name}"
-            elif part.name == "data":
-                break
-            else:
-                await part.release()
+    form = await Form.open(request, "a file field 'data'")
+    while (part := await form.next()) is not None:
+        if part.name == "folder":
+            folder = safe_folder((await form.text(part)).strip())
+            request[AUDIT_RESOURCE] = f"{folder}/{name}"
+        elif part.name == "data":
+            break
         else:
-            raise ValidationFailed("multipart field 'data' (the file) is required")
+            await form.skip(part)
+    else:
+        raise ValidationFailed("multipart field 'data' (the file) is required")
 
     async def rest_of_form() -> None:
         """Fields after the file may not contradict what was used."""
-        with _multipart_errors():
-            while (late := await reader.next()) is not None:
-                if not isinstance(late, BodyPartReader):
-                    raise ValidationFailed("nested multipart bodies are not supported")
-                if late.name == "data":
-                    raise ValidationFailed("only one file field 'data' is allowed")
-                if late.name == "folder" and safe_folder((await late.text()).strip()) != folder:
-                    raise ValidationFailed("the 'folder' field must come before the file")
-                await late.release()
+        while (late := await form.next()) is not None:
+            if late.name == "data":
+                raise ValidationFailed("only one file field 'data' is allowed")
+            if late.name == "folder" and safe_folder((await form.text(late)).strip()) != folder:
+                raise ValidationFailed("the 'folder' field must come before the file")
+            await form.skip(late)
 
-    chunks = _part_chunks(part, svc.settings.chunk_size, svc.settings.max_upload_bytes)
+    chunks = form.chunks(part, svc.settings.chunk_size, svc.settings.max_upload_bytes)
     done = await svc.uploads.upload(
         await svc.session.cdn(),
         svc.session.api,

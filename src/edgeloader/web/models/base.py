@@ -1,20 +1,15 @@
-"""The web layer's side of the wire models (``edgeloader.wire``): answers,
-query strings, and reading a request through a model.
-
-Query strings are validated leniently, since every value arrives as text.
-Every failure is one ``ValidationFailed`` (422) whose detail names the
-field.
-"""
+"""The web layer's side of the wire models (``edgeloader.wire``): its own
+answers, query strings and loose JSON; ``web/bodies.py`` reads requests
+through them."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
+from pydantic import BaseModel, ConfigDict, RootModel
 
-from edgeloader.errors import PayloadTooLarge, ValidationFailed
-from edgeloader.wire import Record, RequestBody, StrictBody, error_detail, parse_json
+from edgeloader.wire import Record, RequestBody, StrictBody
 
 __all__ = [
     "Answer",
@@ -24,12 +19,8 @@ __all__ = [
     "Query",
     "RequestBody",
     "StrictBody",
-    "read_json",
-    "read_query",
     "respond",
 ]
-
-M = TypeVar("M", bound=BaseModel)
 
 
 def respond(model: Record, status: int = 200) -> web.Response:
@@ -45,7 +36,8 @@ class Answer(Record):
 
 
 class Query(BaseModel):
-    """Query parameters: text converted to the field's type."""
+    """Query parameters: text converted to the field's type (leniently,
+    since every value arrives as text)."""
 
     model_config = ConfigDict(extra="ignore", validate_by_name=True)
 
@@ -62,25 +54,3 @@ class ErrorAnswer(Answer):
     """Every error: what went wrong, in words."""
 
     detail: str
-
-
-async def read_json(request: web.Request, model: type[M]) -> M:
-    """The request's JSON body as ``model``: 413 past the app's body limit,
-    422 for anything malformed."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge("request body too large") from None
-    return parse_json(raw, model)
-
-
-def read_query(request: web.Request, model: type[M]) -> M:
-    """The query string as ``model``; an empty value counts as absent."""
-    values: dict[str, str] = {}
-    for key, value in request.query.items():
-        if value != "":
-            values.setdefault(key, value)  # the first of a repeated parameter
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        raise ValidationFailed(error_detail(exc.errors()[0], "query")) from None

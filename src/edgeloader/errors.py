@@ -16,12 +16,20 @@ DECRYPTION_FAILED = "decryption failed"
 
 
 class EdgeloaderError(Exception):
-    """Base of every error edgeloader raises on purpose."""
+    """Base of every error edgeloader raises on purpose.
+
+    ``retry_after``, when set, is how many seconds the caller should wait
+    before trying again (the answer's ``Retry-After``); any error may carry
+    it, whatever it means.
+    """
 
     status: int = 500
+    retry_after: int | None = None
 
-    def __init__(self, detail: str | None = None) -> None:
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
         self.detail = detail or self.default_detail()
+        if retry_after is not None:
+            self.retry_after = retry_after
         super().__init__(self.detail)
 
     @classmethod
@@ -100,10 +108,13 @@ class TooManyAttempts(EdgeloaderError):
     """Too many failed attempts; try again later."""
 
     status = 429
+    retry_after = 1
 
     def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
-        self.retry_after = retry_after
-        super().__init__(detail or f"too many failed attempts; retry in {retry_after} s")
+        super().__init__(
+            detail or f"too many failed attempts; retry in {retry_after} s",
+            retry_after=retry_after,
+        )
 
 
 class NotFound(EdgeloaderError):
@@ -140,14 +151,11 @@ class HardwareError(EdgeloaderError):
     """Device fingerprint could not be collected."""
 
 
-class QueueFull(TooManyAttempts):
-    """The function's queue is full; try again later.
+class QueueFull(EdgeloaderError):
+    """The function's queue is full; try again later."""
 
-    A ``TooManyAttempts`` so that the answer carries ``Retry-After``.
-    """
-
-    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
-        super().__init__(detail or self.default_detail(), retry_after=retry_after)
+    status = 429
+    retry_after = 1
 
 
 class BuildFailed(ValidationFailed):
@@ -180,14 +188,11 @@ class IntegrityError(UpstreamError):
         super().__init__(f"integrity: {reason}" + (f": {detail}" if detail else ""))
 
 
-class TooManyStreams(TooManyAttempts):
-    """Too many event streams are open; try again later.
+class TooManyStreams(EdgeloaderError):
+    """Too many event streams are open; try again later."""
 
-    A ``TooManyAttempts`` so that the answer carries ``Retry-After``.
-    """
-
-    def __init__(self, detail: str | None = None, *, retry_after: int = 5) -> None:
-        super().__init__(detail or self.default_detail(), retry_after=retry_after)
+    status = 429
+    retry_after = 5
 
 
 class ObjectChanged(CdnError):

@@ -28,7 +28,7 @@ MULTIPART_CASES = {
     "truncated": (
         f"multipart/form-data; boundary={BOUNDARY}",
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="data"; filename="a"\r\n'
-        f'Content-Type: application/octet-stream\r\n\r\nabc'.encode(),
+        f"Content-Type: application/octet-stream\r\n\r\nabc".encode(),
     ),
     "JSON instead": ("application/json", b'{"data": "abc", "context": "abc"}'),
     "a field that is not text": (

@@ -7,8 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from edgeloader import crypto
-from edgeloader.storage.files import AtomicFile, read_file_chunks
+from edgeloader.publishing import AtomicFile, crypto, read_file_chunks
 
 __all__ = ["CHUNK_SIZE", "encrypt_archive"]
 

@@ -19,11 +19,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from edgeloader.cli.output import Progress, UsageError, read_password, run_command
-from edgeloader.config import CdnOverrides
-from edgeloader.names import safe_folder, safe_name
-from edgeloader.roles import Role
-from edgeloader.services.manifest import ARCHIVE_KEY, Artifact
+from edgeloader.publishing import (
+    ARCHIVE_KEY,
+    Artifact,
+    CdnOverrides,
+    Progress,
+    Role,
+    UsageError,
+    read_password,
+    run_command,
+    safe_folder,
+    safe_name,
+)
 from edgeloader_publisher import __version__
 from edgeloader_publisher.archive import encrypt_archive
 from edgeloader_publisher.release import (

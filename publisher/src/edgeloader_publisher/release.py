@@ -20,13 +20,18 @@ import aiohttp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeloader import crypto
-from edgeloader.errors import ConfigError
-from edgeloader.services.manifest import MANIFEST_FILE, SIGNATURE_FILE, Artifact
-from edgeloader.services.session import fetch_cdn_config
-from edgeloader.storage.files import atomic_write, read_file_chunks
-from edgeloader.upstream.cdn import Cdn
-from edgeloader.upstream.resource_api import ResourceApiClient
+from edgeloader.publishing import (
+    MANIFEST_FILE,
+    SIGNATURE_FILE,
+    Artifact,
+    Cdn,
+    ConfigError,
+    ResourceApiClient,
+    atomic_write,
+    crypto,
+    fetch_cdn_config,
+    read_file_chunks,
+)
 from edgeloader_publisher.resource import CHUNK_SIZE, PUBLISHER_HARDWARE, PublishTarget
 
 __all__ = [

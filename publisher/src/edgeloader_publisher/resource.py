@@ -14,13 +14,16 @@ from pathlib import Path
 
 import aiohttp
 
-from edgeloader import crypto
-from edgeloader.config import CdnOverrides
-from edgeloader.services.session import fetch_cdn_config
-from edgeloader.services.upload import Published, Uploader
-from edgeloader.storage.files import read_file_chunks
-from edgeloader.upstream.cdn import Cdn
-from edgeloader.upstream.resource_api import ResourceApiClient
+from edgeloader.publishing import (
+    Cdn,
+    CdnOverrides,
+    Published,
+    ResourceApiClient,
+    Uploader,
+    crypto,
+    fetch_cdn_config,
+    read_file_chunks,
+)
 
 __all__ = ["PUBLISHER_HARDWARE", "PublishTarget", "publish_file"]
 

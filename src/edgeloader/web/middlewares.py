@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from edgeloader import logs, metrics
-from edgeloader.errors import DeviceNotLoggedIn, EdgeloaderError, TooManyAttempts
+from edgeloader.errors import DeviceNotLoggedIn, EdgeloaderError
 from edgeloader.web.state import SERVICES
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             detail = "not logged in: POST /login first"
         level = logging.WARNING if exc.status >= 500 else logging.INFO
         log.log(level, "%s %s -> %d %s", request.method, request.path, exc.status, detail)
-        headers = (
-            {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyAttempts) else None
-        )
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return error_body(exc.status, detail, headers)

@@ -25,8 +25,11 @@ import jwt
 from aiohttp import BodyPartReader, web
 from aiohttp.typedefs import Handler
 
-from edgeloader import crypto
-from edgeloader.errors import (
+from edgeloader.publishing import (
+    MANIFEST_FILE,
+    SIGNATURE_FILE,
+    UPLOADERS,
+    AtomicFile,
     ConfigError,
     EdgeloaderError,
     Forbidden,
@@ -36,10 +39,9 @@ from edgeloader.errors import (
     NotFound,
     PayloadTooLarge,
     UnsafeName,
+    atomic_write,
+    crypto,
 )
-from edgeloader.roles import UPLOADERS
-from edgeloader.services.manifest import MANIFEST_FILE, SIGNATURE_FILE
-from edgeloader.storage.files import AtomicFile, atomic_write
 from edgeloader_publisher.resource_api.users import UserStore
 
 __all__ = [

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from edgeloader.roles import Role
+from edgeloader.publishing import Role
 
 __all__ = ["User", "UserStore", "hash_password", "verify_password"]
 

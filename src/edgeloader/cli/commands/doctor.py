@@ -275,11 +275,6 @@ def check_publisher_key(env: Mapping[str, str]) -> Check:
 
 
 def check_aes(proc: Path = local.PROC) -> Check:
-    from edgeloader import _core
-
-    reported = getattr(_core, "aes_backend", None)
-    if callable(reported):
-        return Check("aes", OK, f"{reported()} (reported by the core)")
     try:
         cpuinfo = (proc / "cpuinfo").read_text(errors="replace")
     except OSError:

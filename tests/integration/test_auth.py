@@ -17,7 +17,8 @@ from edgeloader.auth.service import secret_hash
 from edgeloader.auth.store import ApiKeyRecord, AuthStore
 from edgeloader.auth.tokens import Tokens, token_hash
 from edgeloader.errors import ConfigError
-from tests.integration.conftest import ADMIN, FINGERPRINT, OPERATOR, Stack, start
+from tests.support.harness.net import serve
+from tests.support.stack import ADMIN, FINGERPRINT, OPERATOR, Stack
 
 JSON = dict[str, Any]
 
@@ -362,7 +363,7 @@ async def test_signing_key_sealed_on_another_device_is_refused(stack: Stack) -> 
     await stack.start_loader(stack.settings(auth_mode="required"))  # seals to FINGERPRINT
     app = create_app(stack.settings(auth_mode="required"), fingerprint="CPU: another device")
     with pytest.raises(ConfigError, match="sealed on another device"):
-        await start(app)
+        await serve(app)
     sealed = state_dir(stack) / signing_key.KEY_FILE
     assert sealed.stat().st_mode & 0o777 == 0o600
 

@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
-import pty
 import re
 import stat
-import struct
-import sys
-import termios
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +22,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edgeloader.cli.commands.common import format_bytes
 from edgeloader_publisher.archive import encrypt_archive
-from tests.integration.conftest import ADMIN, OPERATOR, Stack, dead_url, pattern, s3_client
+from tests.support.cli import Cli, Result, peak_kib, run_in_pty
 from tests.support.harness.loader import start_loader_process
-from tests.support.harness.processes import REPO_ROOT, clean_env
+from tests.support.harness.net import dead_url
+from tests.support.harness.s3 import s3_client
 from tests.support.podman import (
     PodmanService,
     image_exists,
@@ -38,89 +33,12 @@ from tests.support.podman import (
     remove_image,
     save_images,
 )
+from tests.support.stack import ADMIN, OPERATOR, Stack, pattern
 
-JSON = dict[str, Any]
 UNLOCK_SERVICES = ("localhost/edgeloader-cli-a",)
 UNLOCK_IMAGES = tuple(f"{repo}:latest" for repo in UNLOCK_SERVICES)
 FN_IMAGE = "localhost/edgeloader-cli-fn:1"
 MiB = 1 << 20
-
-
-@dataclass
-class Result:
-    code: int
-    out: bytes
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out.decode()
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def one_error_line(self) -> str:
-        """The whole of stderr, which must be exactly one ``edgeloader:`` line."""
-        lines = self.err.splitlines()
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("edgeloader: "), self.err
-        assert "Traceback" not in self.err
-        return lines[0]
-
-
-@dataclass
-class Cli:
-    """``python -m edgeloader`` with its own home and config folder."""
-
-    home: Path
-    url: str = ""
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def config(self) -> Path:
-        return self.home / "config" / "edgeloader"
-
-    @property
-    def credentials(self) -> Path:
-        return self.config / "credentials.json"
-
-    def env(self) -> dict[str, str]:
-        env = clean_env(HOME=str(self.home), XDG_CONFIG_HOME=str(self.home / "config"))
-        if self.url:
-            env["EDGELOADER_URL"] = self.url
-        return env | self.extra_env
-
-    async def run(self, *args: str, input: str | None = None, within: float = 180) -> Result:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edgeloader",
-            *args,
-            cwd=REPO_ROOT,
-            env=self.env(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(
-            process.communicate(input.encode() if input is not None else b""), within
-        )
-        assert process.returncode is not None
-        return Result(process.returncode, out, err.decode())
-
-    async def ok(self, *args: str, input: str | None = None) -> Result:
-        result = await self.run(*args, input=input)
-        assert result.code == 0, (args, result.err, result.out[-2000:])
-        return result
-
-    async def login(self, creds: tuple[str, str] = ADMIN, *more: str) -> Result:
-        return await self.ok(
-            "login", "--email", creds[0], "--password-stdin", *more, input=creds[1]
-        )
-
-    def stored(self) -> JSON:
-        servers: JSON = json.loads(self.credentials.read_text())["servers"]
-        return servers
 
 
 @pytest.fixture
@@ -451,37 +369,14 @@ async def test_prefetch_without_a_cache_is_one_line(
     assert line.endswith("(HTTP 409)")
 
 
-# Runs the CLI and reports its peak resident size (VmHWM, KiB) on stderr's last line.
-_MEASURED = (
-    "import atexit, runpy, sys\n"
-    "def peak():\n"
-    "    status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
-    "    print('peak', status.split()[0], file=sys.stderr)\n"
-    "atexit.register(peak)\n"
-    "sys.argv = ['edgeloader', *sys.argv[1:]]\n"
-    "runpy.run_module('edgeloader', run_name='__main__')\n"
-)
-
-
-async def _peak_kib(cli: Cli, *args: str) -> int:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _MEASURED, *args,
-        cwd=REPO_ROOT, env=cli.env(),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    return int(err.decode().splitlines()[-1].split()[1])
-
-
 async def test_memory_does_not_grow_with_the_file(admin: Cli, stack: Stack, tmp_path: Path) -> None:
     small, big = tmp_path / "small.bin", tmp_path / "big.bin"
     small.write_bytes(pattern(1 * MiB))
     big.write_bytes(pattern(64 * MiB))
     peaks = {}
     for path in (small, big):
-        up = await _peak_kib(admin, "upload", str(path), "--folder", stack.bucket)
-        down = await _peak_kib(
+        up = await peak_kib(admin, "upload", str(path), "--folder", stack.bucket)
+        down = await peak_kib(
             admin, "load", path.name, "--folder", stack.bucket, "-o", str(tmp_path / "out")
         )
         assert (tmp_path / "out").stat().st_size == path.stat().st_size
@@ -491,44 +386,11 @@ async def test_memory_does_not_grow_with_the_file(admin: Cli, stack: Stack, tmp_
         assert after - before < 16 * 1024, peaks
 
 
-def _run_in_pty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Runs the CLI with a pseudo-terminal as stdin, stdout and stderr."""
-    import subprocess
-
-    main, secondary = pty.openpty()
-    # A terminal of 24 rows and 100 columns, as a real one would report.
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edgeloader", *args],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=secondary,
-            stdout=secondary,
-            stderr=secondary,
-        )
-        os.close(secondary)
-        output = bytearray()
-        while True:
-            try:
-                chunk = os.read(main, 65536)
-            except OSError:  # EIO: the other side is closed
-                break
-            if not chunk:
-                break
-            output += chunk
-        code = process.wait(60)
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(main)
-    return code, output.decode(errors="replace")
-
-
 async def test_a_terminal_sees_a_progress_bar(admin: Cli, stack: Stack, tmp_path: Path) -> None:
     stack.publish("tty.bin", pattern(6 * MiB))
     target = tmp_path / "tty.bin"
     args = ["load", "tty.bin", "--folder", stack.bucket, "-o", str(target)]
-    code, screen = await asyncio.to_thread(_run_in_pty, args, admin.env())
+    code, screen = await asyncio.to_thread(run_in_pty, args, admin.env())
     assert code == 0, screen
     assert target.stat().st_size == 6 * MiB
     # The bar: its name, a percentage, bytes done of the total, a rate and an ETA.

@@ -19,10 +19,11 @@ import pytest
 from edgeloader.auth.store import AuthStore
 from edgeloader.config import CdnOverrides, DownloadSettings
 from edgeloader.web.state import SERVICES
-from tests.integration.conftest import ADMIN, Stack, pattern, s3_client
-from tests.integration.test_integrity import cached_entries, publish_v2
 from tests.support.harness.loader import start_loader_process
+from tests.support.harness.s3 import s3_client
 from tests.support.proxy import CuttingProxy
+from tests.support.releases import cached_entries, publish_v2
+from tests.support.stack import ADMIN, Stack, pattern
 
 KiB, MiB = 1024, 1024 * 1024
 PART = 256 * KiB
@@ -270,3 +271,58 @@ async def test_fifty_concurrent_loads_stay_within_the_in_flight_budget(
     assert results == [(200, expected)] * 50
     budget = DownloadSettings().inflight_max
     assert peak < idle + budget + 32 * 1000 * 1000, (idle, peak)
+
+
+# -- a CDN that ignores Range -----------------------------------------------------------
+
+
+async def test_a_cdn_that_ignores_range_is_refused_without_buffering(
+    stack: Stack, range_ignoring_proxy: Callable[[str], Awaitable[str]]
+) -> None:
+    from edgeloader.config import CdnOverrides
+
+    data = pattern(4 * 1024 * 1024)
+    stack.publish("m.bin", data)
+    proxy = await range_ignoring_proxy(stack.s3_endpoint)
+    await stack.start_loader(stack.settings(cache_dir=None, cdn=CdnOverrides(host=proxy)))
+    await stack.login()
+    status, body = await stack.load("m.bin")
+    assert status == 502
+    assert b"range" in body.lower()
+
+
+@pytest.fixture
+async def range_ignoring_proxy() -> AsyncIterator[Callable[[str], Awaitable[str]]]:
+    """An HTTP proxy in front of S3 that drops every ``Range`` header."""
+    from aiohttp import web
+
+    from tests.support.harness.net import serve
+
+    runners: list[web.AppRunner] = []
+
+    async def make(upstream: str) -> str:
+        session = aiohttp.ClientSession(auto_decompress=False)
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("range",)}
+            body = await request.read()
+            async with session.request(
+                request.method, upstream + request.path_qs, headers=headers, data=body
+            ) as resp:
+                out = web.StreamResponse(status=resp.status, headers=resp.headers)
+                await out.prepare(request)
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", forward)
+        app.on_cleanup.append(lambda _: session.close())
+        runner, url = await serve(app)
+        runners.append(runner)
+        return url
+
+    yield make
+    for runner in runners:
+        await runner.cleanup()

@@ -22,9 +22,10 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.integration.conftest import ADMIN, OPERATOR, Stack, wait_for
 from tests.support.harness.loader import start_loader_process
+from tests.support.harness.net import wait_for
 from tests.support.podman import PodmanService, import_busybox_image
+from tests.support.stack import ADMIN, OPERATOR, Stack
 
 JSON = dict[str, Any]
 IMAGE = "localhost/edgeloader-fn-base:1"

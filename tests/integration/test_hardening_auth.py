@@ -26,9 +26,10 @@ from edgeloader.auth.store import DB_FILE, AuthStore
 from edgeloader.auth.throttle import ENTRY_BYTES
 from edgeloader.config import AuthLimits, Settings
 from edgeloader.roles import Role
-from tests.integration.conftest import ADMIN, OPERATOR, Stack, pattern, wait_for
 from tests.support.harness.loader import start_loader_process
+from tests.support.harness.net import wait_for
 from tests.support.podman import PodmanService, import_busybox_image, remove_image
+from tests.support.stack import ADMIN, OPERATOR, Stack, pattern
 
 JSON = dict[str, Any]
 #: Long enough that no wait runs out while a test runs.

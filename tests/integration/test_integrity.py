@@ -2,56 +2,35 @@
 reference Resource API, the loader and (for unlock) podman."""
 
 # The unlock tests' fixtures are imported by name and requested as parameters.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
 import asyncio
 import stat
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from edgeloader import crypto
 from edgeloader.services.manifest import ARCHIVE_KEY, Artifact
 from edgeloader_publisher import cli as publisher_cli
 from edgeloader_publisher.archive import encrypt_archive
-from edgeloader_publisher.release import Release, generate_keypair, load_private_key
-from tests.integration.conftest import ADMIN, Stack, pattern, s3_client
-from tests.integration.test_unlock import (  # noqa: F401 - fixtures used by name
+from edgeloader_publisher.release import generate_keypair
+from tests.support.harness.s3 import s3_client
+from tests.support.podman import PodmanService, image_exists
+from tests.support.releases import Publisher, artifact_of, cached_entries, publish_v2
+from tests.support.stack import ADMIN, Stack, pattern
+from tests.support.unlocks import (
     IMAGES,
-    clean_engine,
     encrypted_archive,
     final_status,
     flip_byte,
-    plain_archive,
     start_unlocker,
     unlock,
     unlock_outcome,
 )
-from tests.support.podman import PodmanService, image_exists
-from tests.unit.test_v2 import oracle_encrypt
 
 CHUNK = 1 << 16
-
-
-def publish_v2(stack: Stack, name: str, plaintext: bytes) -> bytes:
-    """Publishes ``plaintext`` as a v2 resource, written by the independent
-    oracle (not the core), split by the documented rule; returns the ct."""
-    ct = oracle_encrypt(crypto.resource_key(), plaintext, salt=pattern(16), prefix=pattern(7))
-    cut = min(3072, len(ct) * 3 // 10)
-    s3_client(stack.s3_endpoint).put_object(Bucket=stack.bucket, Key=f"{name}.big", Body=ct[cut:])
-    path = stack.api_dir / "resources" / stack.bucket / f"{name}.small"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(ct[:cut])
-    return ct
-
-
-def cached_entries(stack: Stack, name: str) -> list[Path]:
-    folder = stack.tmp / "cache" / stack.bucket / name
-    return list(folder.iterdir()) if folder.exists() else []
 
 
 # -- format v2 --------------------------------------------------------------------------
@@ -111,43 +90,6 @@ async def test_v1_archive_still_unlocks(
 
 
 # -- the signed release manifest --------------------------------------------------------
-
-
-class Publisher:
-    """A publisher key pair and a way to release manifests into the API's folder."""
-
-    def __init__(self, stack: Stack, folder: Path) -> None:
-        self.stack = stack
-        _, self.public = generate_keypair(folder)
-        self.private = load_private_key(folder / "publisher_key.pem")
-
-    def release(
-        self,
-        version: int,
-        artifacts: dict[str, Artifact],
-        *,
-        expires_in: timedelta = timedelta(days=1),
-        sign_with: Path | None = None,
-    ) -> None:
-        key = load_private_key(sign_with) if sign_with else self.private
-        expires = (datetime.now(UTC) + expires_in).replace(microsecond=0)
-        Release(version, expires, artifacts).write(key, self.stack.api_dir)
-
-    async def start_loader(self, **extra: Any) -> None:
-        await self.stack.start_loader(self.stack.settings(publisher_key=self.public, **extra))
-        await self.stack.login()
-
-
-def artifact_of(ct: bytes, fmt: int = 2) -> Artifact:
-    digest = crypto.Sha256()
-    digest.update(ct)
-    return Artifact(digest.hexdigest(), len(ct), fmt)
-
-
-@pytest.fixture
-async def publisher(make_stack: Any, tmp_path: Path) -> Publisher:
-    stack = await make_stack()
-    return Publisher(stack, tmp_path / "publisher-keys")
 
 
 async def test_a_good_manifest_passes(publisher: Publisher) -> None:

@@ -10,18 +10,11 @@ import aiohttp
 import pytest
 
 from edgeloader.config import CdnOverrides, DownloadSettings
-from tests.integration.conftest import (
-    ADMIN,
-    FINGERPRINT,
-    OPERATOR,
-    Stack,
-    dead_url,
-    pattern,
-    s3_client,
-    wait_for,
-)
 from tests.support import reference
+from tests.support.harness.net import wait_for
+from tests.support.harness.s3 import s3_client
 from tests.support.proxy import CuttingProxy
+from tests.support.stack import ADMIN, FINGERPRINT, OPERATOR, Stack, dead_cdn, pattern
 
 SIZES = [0, 1, 15, 16, 17, 3072, 10 * 1024, 50 * 1024 * 1024]
 
@@ -136,53 +129,14 @@ async def test_operator_role_can_load(stack: Stack) -> None:
     assert await stack.load("m.bin") == (200, b"operator data")
 
 
-async def test_cache_serves_when_the_cdn_is_down(
-    make_stack: Callable[..., Awaitable[Stack]],
-) -> None:
-    stack = await make_stack()
-    data = pattern(3 * 1024 * 1024 + 5)
-    stack.publish("cached.bin", data)
-    await stack.start_loader()
-    await stack.login()
-    assert await stack.load("cached.bin") == (200, data)
-    entry_dir = stack.tmp / "cache" / stack.bucket / "cached.bin"
-
-    async def committed() -> bool:  # the commit may land just after the last byte
-        return [p.suffix for p in entry_dir.iterdir()] == [".big"]
-
-    await wait_for(committed, within=10)
-    entries = list(entry_dir.iterdir())
-    # The cache holds ciphertext only.
-    assert data[:4096] not in entries[0].read_bytes()
-
-    down = stack.settings().with_overrides(cdn=_dead_cdn(stack))
-    await stack.start_loader(down)
-    await stack.login()
-    assert await stack.load("cached.bin") == (200, data)
-
-
 async def test_cdn_down_without_cache_is_502(make_stack: Callable[..., Awaitable[Stack]]) -> None:
     stack = await make_stack()
     stack.publish("m.bin", b"data")
-    await stack.start_loader(stack.settings(cache_dir=None).with_overrides(cdn=_dead_cdn(stack)))
+    await stack.start_loader(stack.settings(cache_dir=None).with_overrides(cdn=dead_cdn()))
     await stack.login()
     status, body = await stack.load("m.bin")
     assert status == 502
     assert b"CDN unreachable" in body
-
-
-async def test_republished_resource_is_not_served_from_a_stale_cache(stack: Stack) -> None:
-    stack.publish("m.bin", b"first version " * 1000)
-    await stack.login()
-    assert (await stack.load("m.bin"))[1] == b"first version " * 1000
-    stack.publish("m.bin", b"second version " * 1000)
-    assert (await stack.load("m.bin"))[1] == b"second version " * 1000
-    entry_dir = stack.tmp / "cache" / stack.bucket / "m.bin"
-
-    async def one_entry() -> bool:
-        return [p.suffix for p in entry_dir.iterdir()] == [".big"]
-
-    await wait_for(one_entry, within=10)
 
 
 async def test_api_down_is_502(stack: Stack) -> None:
@@ -265,10 +219,6 @@ async def test_wrong_resource_key_is_502_with_the_same_message(stack: Stack) -> 
     assert json.loads(body) == {"detail": "decryption failed"}
 
 
-def _dead_cdn(stack: Stack) -> CdnOverrides:
-    return CdnOverrides(host=dead_url())
-
-
 async def test_client_disconnect_mid_stream_leaks_nothing(stack: Stack) -> None:
     data = pattern(40 * 1024 * 1024)
     stack.publish("big.bin", data)
@@ -336,3 +286,51 @@ async def test_upstream_token_with_a_bad_signature_is_refused(stack: Stack) -> N
         assert "token rejected" in (await resp.json())["detail"]
     async with stack.http.get(f"{stack.loader_url}/status") as resp:
         assert (await resp.json())["authenticated"] is False
+
+
+# -- the audit of loads -----------------------------------------------------------------
+
+
+async def audit_outcomes(stack: Stack, action: str) -> list[str]:
+    from edgeloader.auth.store import AuthStore
+
+    store = await asyncio.to_thread(AuthStore, stack.tmp / "state")
+    try:
+        entries = await asyncio.to_thread(store.audit, 0.0, 10_000)
+    finally:
+        store.close()
+    return [e.outcome for e in entries if e.action == action]
+
+
+async def test_every_load_is_audited_even_when_the_client_leaves(stack: Stack) -> None:
+    data = pattern(8 * 1024 * 1024)
+    stack.publish("m.bin", data)
+    await stack.login()
+    url = f"{stack.loader_url}/load/m.bin"
+
+    timeout = aiohttp.ClientTimeout(total=60)
+
+    async def read_all_then_reset() -> None:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            resp = await http.post(url, json={"folder": stack.bucket})
+            await resp.read()
+            resp.close()
+
+    async def leave_mid_stream() -> None:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            resp = await http.post(url, json={"folder": stack.bucket})
+            await resp.content.readexactly(64 * 1024)
+            resp.close()  # drops the connection with most of the body unsent
+
+    # Concurrent, as agents do; each client goes away in its own way.
+    await asyncio.gather(*(read_all_then_reset() for _ in range(20)))
+    await asyncio.gather(*(leave_mid_stream() for _ in range(50)))
+
+    async def all_recorded() -> bool:
+        return len(await audit_outcomes(stack, "load")) >= 70
+
+    await wait_for(all_recorded, within=60)
+    outcomes = await audit_outcomes(stack, "load")
+    assert len(outcomes) == 70
+    assert outcomes.count("client disconnected") >= 50
+    assert set(outcomes) <= {"ok", "client disconnected"}

@@ -3,7 +3,6 @@ API, the loader, podman): ``/metrics`` and the series the services feed, the
 event stream ``/api/events``, request ids, and logs without secrets."""
 
 # The unlock tests' fixtures are imported by name and requested as parameters.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -28,22 +27,11 @@ from edgeloader.auth import signing_key
 from edgeloader.roles import Role
 from edgeloader.web.state import SERVICES
 from edgeloader_publisher.release import generate_keypair
-from tests.integration.conftest import (
-    ADMIN,
-    CDN_KEYS,
-    FINGERPRINT,
-    OPERATOR,
-    Stack,
-    pattern,
-    wait_for,
-)
-from tests.integration.test_unlock import SERVICES as IMAGE_SERVICES
-from tests.integration.test_unlock import (  # noqa: F401 - fixtures used by name
-    clean_engine,
-    encrypted_archive,
-    plain_archive,
-)
+from tests.support.harness.net import wait_for
 from tests.support.podman import PodmanService, import_busybox_image
+from tests.support.stack import ADMIN, CDN_KEYS, FINGERPRINT, OPERATOR, Stack, pattern
+from tests.support.unlocks import SERVICES as IMAGE_SERVICES
+from tests.support.unlocks import encrypted_archive
 
 JSON = dict[str, Any]
 FUNCTION_IMAGE = "localhost/edgeloader-obs-fn:1"

@@ -41,8 +41,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.integration.conftest import ADMIN, Stack, pattern
 from tests.support.podman import PodmanService, import_busybox_image
+from tests.support.stack import ADMIN, Stack, pattern
 
 #: Examples per operation, mode and caller; fixed (the env only lowers it
 #: for a quick look while developing).

@@ -21,10 +21,12 @@ from edgeloader.events import PREFETCH
 from edgeloader.services.manifest import Artifact
 from edgeloader.services.prefetch import JOURNAL_FILE
 from edgeloader.web.state import SERVICES
-from tests.integration.conftest import ADMIN, Stack, dead_url, pattern, s3_client, wait_for
-from tests.integration.test_integrity import Publisher, artifact_of, cached_entries, publish_v2
 from tests.support.harness.loader import start_loader_process
+from tests.support.harness.net import dead_url, wait_for
+from tests.support.harness.s3 import s3_client
 from tests.support.proxy import CuttingProxy
+from tests.support.releases import Publisher, artifact_of, cached_entries, publish_v2
+from tests.support.stack import ADMIN, Stack, pattern
 
 KiB, MiB = 1024, 1024 * 1024
 PARALLEL = DownloadSettings(

@@ -7,9 +7,8 @@ import asyncio
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,85 +18,22 @@ from edgeloader.storage.files import read_file_chunks
 from edgeloader.upstream.engine import Engine, LoadApi
 from edgeloader.web.state import SERVICES as SERVICES_KEY
 from edgeloader_publisher.archive import encrypt_archive
-from tests.integration.conftest import ADMIN, Stack
 from tests.support.podman import (
     PodmanService,
     image_exists,
-    import_busybox_image,
-    remove_image,
-    save_images,
 )
-
-SERVICES = ("localhost/edgeloader-svc-a", "localhost/edgeloader-svc-b")
-IMAGES = tuple(f"{repo}:latest" for repo in SERVICES)
-CREDS = {"email": ADMIN[0], "password": ADMIN[1]}
-
-
-@pytest.fixture(scope="session")
-def plain_archive(engine: PodmanService, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ``docker save`` archive holding both service images."""
-    for ref in IMAGES:
-        import_busybox_image(engine, ref)
-    return save_images(engine, IMAGES, tmp_path_factory.mktemp("images") / "images.tar")
-
-
-@pytest.fixture
-def clean_engine(engine: PodmanService) -> Iterator[PodmanService]:
-    for ref in IMAGES:
-        remove_image(engine, ref)
-    yield engine
-    for ref in IMAGES:
-        remove_image(engine, ref)
-
-
-async def encrypted_archive(stack: Stack, plain: Path, fmt: int = 2) -> Path:
-    """``images.enc`` under the stack's key fragment, v2 (the publisher's
-    default) unless ``fmt`` says 1."""
-    fragment = (stack.api_dir / "key_fragment").read_bytes()
-    out = stack.tmp / "images.enc"
-    await encrypt_archive(plain, out, fragment, fmt=fmt)
-    return out
-
-
-def flip_byte(path: Path, index: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[index] ^= 0x42
-    path.write_bytes(bytes(data))
-
-
-async def unlock_outcome(stack: Stack, engine: PodmanService, archive: Path) -> dict[str, Any]:
-    """Starts a loader on ``archive``, unlocks, and waits for the end state."""
-    await start_unlocker(stack, engine, archive)
-    await unlock(stack)
-    return await final_status(stack)
-
-
-async def start_unlocker(stack: Stack, engine: PodmanService, archive: Path, **extra: Any) -> None:
-    settings = stack.settings(
-        images_path=archive,
-        api_services=SERVICES,
-        docker_host=engine.docker_host,
-        **extra,
-    )
-    await stack.start_loader(settings)
-
-
-async def unlock(stack: Stack) -> dict[str, Any]:
-    async with stack.http.post(f"{stack.loader_url}/unlock", json=CREDS) as resp:
-        assert resp.status == 200, await resp.text()
-        return await resp.json()  # type: ignore[no-any-return]
-
-
-async def final_status(stack: Stack, within: float = 120) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        async with stack.http.get(f"{stack.loader_url}/unlock/status") as resp:
-            status: dict[str, Any] = await resp.json()
-        if status["state"] in ("ready", "error"):
-            return status
-        assert loop.time() < deadline, f"unlock did not finish: {status}"
-        await asyncio.sleep(0.05)
+from tests.support.stack import ADMIN, Stack
+from tests.support.unlocks import (
+    CREDS,
+    IMAGES,
+    SERVICES,
+    encrypted_archive,
+    final_status,
+    flip_byte,
+    start_unlocker,
+    unlock,
+    unlock_outcome,
+)
 
 
 async def test_unlock_loads_every_expected_image(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -10,8 +11,10 @@ import pytest
 from edgeloader.config import CdnOverrides
 from edgeloader.errors import ResourceApiError
 from edgeloader_publisher.resource import PublishTarget, publish_file
-from tests.integration.conftest import ADMIN, OPERATOR, Stack, dead_url, pattern, s3_client
 from tests.support import reference
+from tests.support.harness.net import dead_url, wait_for
+from tests.support.harness.s3 import s3_client
+from tests.support.stack import ADMIN, OPERATOR, Stack, pattern
 
 
 def form(data: bytes | None, folder: str | None, folder_last: bool = False) -> aiohttp.FormData:
@@ -152,3 +155,152 @@ async def test_upload_to_a_folder_without_a_bucket_names_the_upload(stack: Stack
     status, body = await upload(stack, "x.bin", form(b"data", "no-such-bucket-here"))
     assert status == 404
     assert "upload of no-such-bucket-here" in str(body["detail"])
+
+
+# -- uploads over an existing resource --------------------------------------------------
+
+
+def keys_of(stack: Stack, name: str) -> list[str]:
+    listing = s3_client(stack.s3_endpoint).list_objects_v2(Bucket=stack.bucket, Prefix=name)
+    return sorted(obj["Key"] for obj in listing.get("Contents", []))
+
+
+def upload_form(data: bytes) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("data", data, filename="x", content_type="application/octet-stream")
+    return form
+
+
+async def test_a_failed_overwrite_leaves_the_previous_resource(stack: Stack) -> None:
+    old = pattern(200_000)
+    stack.publish("m.bin", old)
+    # An Operator passes the compat-mode route; the Resource API refuses its post.
+    await stack.login(OPERATOR)
+    async with stack.http.post(
+        f"{stack.loader_url}/upload/m.bin?folder={stack.bucket}", data=upload_form(pattern(300_000))
+    ) as resp:
+        assert resp.status == 502
+    assert await stack.load("m.bin") == (200, old)
+    assert keys_of(stack, "m.bin") == ["m.bin.big"]  # no staging object left
+
+
+async def test_an_overwrite_replaces_the_resource_whole(stack: Stack) -> None:
+    stack.publish("m.bin", pattern(200_000))
+    await stack.login()
+    new = pattern(9 * 1024 * 1024)
+    async with stack.http.post(
+        f"{stack.loader_url}/upload/m.bin?folder={stack.bucket}", data=upload_form(new)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    assert await stack.load("m.bin") == (200, new)
+    assert keys_of(stack, "m.bin") == ["m.bin.big"]
+
+
+async def test_a_v2_small_part_beside_another_big_part_never_loads(stack: Stack) -> None:
+    """The window of an overwrite: new small part, old big part. v2 refuses
+    it cleanly: no byte of plaintext, never a complete-looking body."""
+    from tests.support.releases import publish_v2
+
+    publish_v2(stack, "a.bin", pattern(500_000))
+    new_ct = publish_v2(stack, "b.bin", pattern(500_000))
+    cut = min(3072, len(new_ct) * 3 // 10)
+    (stack.api_dir / "resources" / stack.bucket / "a.bin.small").write_bytes(new_ct[:cut])
+    await stack.login()
+    status, length, received, was_cut = await stack.load_until_cut("a.bin")
+    assert received == b""
+    assert status == 502 or (was_cut and length == 500_000)
+
+
+async def test_an_upload_finishes_when_the_client_leaves_during_the_small_part_post(
+    stack: Stack,
+) -> None:
+    """The client goes away while the small part is being posted: the upload
+    still completes, and the new resource is loadable afterwards."""
+    from aiohttp import web
+
+    from tests.support.harness.net import serve
+
+    stack.publish("m.bin", pattern(100_000))
+    posting = asyncio.Event()
+    http = aiohttp.ClientSession()
+
+    async def slow_api(request: web.Request) -> web.StreamResponse:
+        """Forwards to the Resource API, holding small-part posts for 2 s."""
+        body = await request.read()
+        if (
+            request.method == "POST"
+            and request.path.startswith("/resources/")
+            and (not request.path.startswith("/resources/get"))
+        ):
+            posting.set()
+            await asyncio.sleep(2)
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        async with http.request(
+            request.method, stack.api_url + request.path_qs, headers=headers, data=body
+        ) as resp:
+            return web.Response(
+                status=resp.status, body=await resp.read(), content_type=resp.content_type
+            )
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", slow_api)
+    proxy_runner, proxy_url = await serve(app)
+    try:
+        await stack.start_loader(stack.settings(resource_api_url=proxy_url))
+        await stack.login()
+        new = pattern(3 * 1024 * 1024)
+        url = f"{stack.loader_url}/upload/m.bin?folder={stack.bucket}"
+
+        async def upload_then_leave() -> None:
+            async with aiohttp.ClientSession() as client:
+                await client.post(url, data=upload_form(new))
+
+        task = asyncio.create_task(upload_then_leave())
+        await asyncio.wait_for(posting.wait(), 60)
+        task.cancel()  # the client goes away mid-post
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def replaced() -> bool:
+            status, body = await stack.load("m.bin")
+            return status == 200 and body == new
+
+        await wait_for(replaced, within=60)
+        assert keys_of(stack, "m.bin") == ["m.bin.big"]
+    finally:
+        await proxy_runner.cleanup()
+        await http.close()
+
+
+async def test_objects_over_the_single_copy_limit_are_copied_in_parts(stack: Stack) -> None:
+    from edgeloader.upstream.cdn import Cdn, CdnConfig
+    from tests.support.stack import CDN_KEYS
+
+    data = pattern(12 * 1024 * 1024 + 7)
+    s3_client(stack.s3_endpoint).put_object(Bucket=stack.bucket, Key="src", Body=data)
+    config = CdnConfig(host=stack.s3_endpoint, **CDN_KEYS)
+    async with Cdn(config) as cdn:
+        await cdn.copy(
+            stack.bucket, "src", "dst", len(data), single_copy_max=5 << 20, part_size=5 << 20
+        )
+    copied = s3_client(stack.s3_endpoint).get_object(Bucket=stack.bucket, Key="dst")
+    assert copied["Body"].read() == data
+
+
+async def test_concurrent_overwrites_of_one_name_never_mix(stack: Stack) -> None:
+    """Many uploads of one name at once: the resource ends as exactly one of
+    them, whole, and no staging object is left."""
+    await stack.login()
+    versions = [pattern(300_000 + i) for i in range(20)]
+    url = f"{stack.loader_url}/upload/m.bin?folder={stack.bucket}"
+
+    async def upload(data: bytes) -> int:
+        async with stack.http.post(url, data=upload_form(data)) as resp:
+            return resp.status
+
+    statuses = await asyncio.gather(*(upload(v) for v in versions))
+    assert statuses == [200] * len(versions)
+    status, body = await stack.load("m.bin")
+    assert status == 200
+    assert body in versions
+    assert keys_of(stack, "m.bin") == ["m.bin.big"]

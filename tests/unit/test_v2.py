@@ -1,4 +1,4 @@
-"""Format v2 (DESIGN §4.2) through the Python API.
+"""Format v2 (docs/protocol.md, "Format v2") through the Python API.
 
 The oracle below is written from the text of §4.2 with `cryptography`'s
 AESGCM and HKDF, independently of the core; the core must agree with it
@@ -12,88 +12,24 @@ import itertools
 import os
 
 import pytest
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeloader import _core
 from edgeloader.errors import DECRYPTION_FAILED, DecryptionError, StreamFinalized
+from tests.support.reference import (
+    oracle_decrypt,
+    oracle_encrypt,
+    oracle_header,
+    oracle_layout,
+    oracle_nonce,
+    oracle_payload_key,
+)
 
 KEY = bytes(range(32))
 SALT = bytes(range(0x10, 0x20))
 PREFIX = bytes(range(0xA0, 0xA7))
-
-# --- The oracle, from the text of §4.2 ----------------------------------------
-
-
-def oracle_header(s: int, salt: bytes, prefix: bytes) -> bytes:
-    return b"ELD2" + bytes([0x02, 0x01, s, 0x00]) + salt + prefix + b"\x00"
-
-
-def oracle_payload_key(key: bytes, header: bytes) -> bytes:
-    return HKDF(hashes.SHA256(), 32, header[8:24], b"edgeloader/v2 payload").derive(key)
-
-
-def oracle_nonce(header: bytes, i: int, last: bool) -> bytes:
-    return header[24:31] + i.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
-
-
-def oracle_encrypt(
-    key: bytes, plaintext: bytes, s: int = 16, salt: bytes = SALT, prefix: bytes = PREFIX
-) -> bytes:
-    header = oracle_header(s, salt, prefix)
-    aead = AESGCM(oracle_payload_key(key, header))
-    size = 1 << s
-    chunks = [plaintext[i : i + size] for i in range(0, len(plaintext), size)] or [b""]
-    out = [header]
-    for i, chunk in enumerate(chunks):
-        last = i == len(chunks) - 1
-        out.append(aead.encrypt(oracle_nonce(header, i, last), chunk, header))
-    return b"".join(out)
-
-
-def oracle_layout(header: bytes, file_length: int) -> tuple[int, int] | None:
-    """(k, plaintext length), or None for an invalid size: the rule as written."""
-    if file_length < 48:
-        return None
-    n = file_length - 32
-    f = (1 << header[6]) + 16
-    k = -(-n // f)
-    r = n - (k - 1) * f
-    if r < 16 or (k > 1 and r < 17) or k > 2**32:
-        return None
-    return k, n - 16 * k
-
-
-def oracle_decrypt(key: bytes, data: bytes) -> bytes:
-    header = data[:32]
-    ok_header = (
-        len(header) == 32
-        and header[:4] == b"ELD2"
-        and header[4] == 0x02
-        and header[5] == 0x01
-        and 16 <= header[6] <= 24
-        and header[7] == 0
-        and header[31] == 0
-    )
-    if not ok_header:
-        raise InvalidTag
-    layout = oracle_layout(header, len(data))
-    if layout is None:
-        raise InvalidTag
-    k, _ = layout
-    aead = AESGCM(oracle_payload_key(key, header))
-    f = (1 << header[6]) + 16
-    return b"".join(
-        aead.decrypt(
-            oracle_nonce(header, i, i == k - 1), data[32 + i * f : 32 + (i + 1) * f], header
-        )
-        for i in range(k)
-    )
-
 
 # --- Helpers -------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Functions: deploy, build, invoke, and the history of runs (DESIGN §8).
+"""Functions: deploy, build, invoke, and the history of runs (docs/functions.md).
 
 The service owns the rules and knows nothing of HTTP. Runs are tasks of the
 service, not of a request: an invocation whose caller goes away runs on and

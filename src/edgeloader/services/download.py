@@ -1,33 +1,9 @@
 """Reading one CDN object as a stream of bytes in order: parallel ranged
 reads, resumed where they stopped, pinned to one version of the object.
 
-- **Parts.** The object is read in parts of ``part_size`` (rounded to the
-  format's unit: 16-byte blocks in v1, whole chunks in v2, in the
-  ciphertext's coordinates). A reader's *current* part streams at the
-  reader's pace through a window of two chunks; the parts after it are read
-  ahead whole into memory, at most ``connections`` parts from the current
-  one (the reorder buffer).
-- **When parallel pays.** Objects under ``parallel_min`` are one read. For
-  larger ones the number of parts in flight starts at one and grows by one
-  (up to ``connections``) each time the reader finds no bytes waiting while
-  its current part is being received: the link, not the reader, is the
-  bottleneck. When one connection outruns the reader (a fast link), bytes
-  are always waiting and it stays at one or two.
-- **Memory.** Every part claims its bytes from the process's one
-  :class:`~edgeloader.services.budget.ByteBudget` before its request, and a
-  part holds a connection only while it receives: a part read ahead never
-  waits for the reader, so no read waits for a connection that another
-  read of the same object holds.
-- **Never hang, resume.** Every wait for bytes is bounded by
-  ``stall_timeout``. A part whose connection drops or stalls is requested
-  again from its first missing byte, ``If-Match`` the ETag of the first
-  answer, up to ``retries`` times (an attempt that received at least a
-  chunk costs nothing), waiting ``retry_backoff`` doubling to 8 s. When a
-  part's retries are spent the read fails with :class:`CdnReadFailed`. A
-  changed object (412, another ETag or size, gone) is
-  :class:`ObjectChanged` at once: two versions are never mixed.
-- A failure before the object's first answer is not retried: nothing has
-  been promised to anyone yet, so it surfaces at once (a clean 502).
+docs/architecture.md ("Parallel ranged reads", "Drops, stalls and a changed
+object") gives the tour and the numbers; the comments below give the why
+where the code cannot.
 """
 
 from __future__ import annotations

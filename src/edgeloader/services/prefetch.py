@@ -1,30 +1,10 @@
 """Pre-staging: a resource's ciphertext downloaded into the model cache in
 the background, so that a later load needs only the Resource API.
 
-- **A job** reads the small part (its tag names the entry; in v2 it holds
-  the header), checks the manifest's format and size (with a publisher
-  key), then reads the big part with the parallel, resumable reads of
-  loads (``services/download.py``, the same budget and rate cap) into a
-  partial file in the entry's folder (``cache.PartialEntry``). The small
-  part is never written to disk.
-- **Durable progress.** At each checkpoint the partial file is fsynced,
-  then the journal (SQLite in the state folder) records how many of its
-  bytes are good: in v2 whole chunks whose tags verified (only those are
-  written), in v1 the bytes received (v1 has no MAC: they are checked at
-  the end). A checkpoint is taken every ``CHECKPOINT_BYTES`` or
-  ``CHECKPOINT_SECONDS``, whichever comes first.
-- **Resume.** At start every unfinished job carries on from its journal:
-  the partial file is cut to the recorded length and the rest is asked for
-  with ``If-Match`` on the recorded ETag. A changed object, or a new small
-  part, starts it over.
-- **Before it becomes an entry** the whole file is read once more: its
-  SHA-256 names the entry; with a publisher key, small part and file
-  together must have the manifest's SHA-256; in v1 the last block's
-  padding must check.
-- A job waits for the device's upstream login, and waits and tries again
-  after a transient failure (the CDN or the API unreachable, a read's
-  retries spent), from its last checkpoint. A refusal (not found,
-  integrity, decryption) ends it as ``failed``.
+A job is journaled in SQLite and resumes after a restart from its last
+durable checkpoint; docs/architecture.md ("Pre-staging") gives the tour:
+the journal, checkpoints, resumption and the checks before a partial file
+becomes a cache entry.
 """
 
 from __future__ import annotations

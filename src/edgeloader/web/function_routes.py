@@ -1,4 +1,4 @@
-"""Function routes (DESIGN §8, docs/functions.md): parse, call the service,
+"""Function routes (docs/functions.md, "Routes"): parse, call the service,
 shape the answer.
 
 Every route needs an access token; deploying, updating, building and

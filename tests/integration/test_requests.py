@@ -1,16 +1,19 @@
-"""Every route that takes a body, found in the OpenAPI document (not a
-list written here), answers a malformed, truncated or mistyped body with a
-4xx and the JSON error shape: never a 500."""
+"""Malformed requests: every route that takes a body, found in the OpenAPI
+document (not a list written here), answers a malformed, truncated or
+mistyped body with a 4xx and the JSON error shape, never a 500; deep JSON,
+broken multipart framing, wrong methods and bad request lines likewise."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from edgeloader.web.openapi import build_document
-from tests.integration.conftest import ADMIN, Stack
+from tests.support.stack import ADMIN, Stack
 
 # A value for each path parameter the routes have.
 PATH_VALUES = {"filename": "m.bin", "name": "fn1", "key_id": "0123456789abcdef"}
@@ -104,3 +107,85 @@ async def test_a_build_body_that_is_not_a_form_is_4xx(stack: Stack, case: str) -
     ) as resp:
         assert 400 <= resp.status < 500, (case, resp.status, await resp.text())
         assert "detail" in await resp.json()
+
+
+# -- malformed requests -----------------------------------------------------------------
+
+# Under the 64 KiB JSON limit, far deeper than any parser's recursion limit.
+NESTED = b"[" * 30_000 + b"]" * 30_000
+
+
+@pytest.mark.parametrize("path", ["/load/m.bin", "/login", "/unlock", "/api/auth/login"])
+async def test_deeply_nested_json_is_a_clear_4xx(stack: Stack, path: str) -> None:
+    async with stack.http.post(
+        f"{stack.loader_url}{path}", data=NESTED, headers={"Content-Type": "application/json"}
+    ) as resp:
+        assert resp.status == 422, resp.status
+        assert resp.content_type == "application/json"
+        assert "detail" in await resp.json()
+
+
+MULTIPART_CASES = {
+    "no boundary": ("multipart/form-data", b"--x\r\n\r\nabc\r\n--x--\r\n"),
+    "bad boundary": ("multipart/form-data; boundary=", b"--x\r\n\r\nabc\r\n--x--\r\n"),
+    "no closing boundary": (
+        "multipart/form-data; boundary=x",
+        b'--x\r\nContent-Disposition: form-data; name="data"; filename="a"\r\n\r\nabc',
+    ),
+    "huge field name": (
+        "multipart/form-data; boundary=x",
+        b'--x\r\nContent-Disposition: form-data; name="'
+        + b"n" * 60_000
+        + b'"\r\n\r\nabc\r\n--x--\r\n',
+    ),
+    "huge part header": (
+        "multipart/form-data; boundary=x",
+        b"--x\r\nX-Pad: " + b"p" * 200_000 + b"\r\n\r\nabc\r\n--x--\r\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MULTIPART_CASES))
+async def test_malformed_multipart_is_a_clear_4xx(stack: Stack, case: str) -> None:
+    content_type, body = MULTIPART_CASES[case]
+    await stack.login()
+    async with stack.http.post(
+        f"{stack.loader_url}/upload/x.bin", data=body, headers={"Content-Type": content_type}
+    ) as resp:
+        assert 400 <= resp.status < 500, (case, resp.status, await resp.text())
+        assert resp.content_type == "application/json"
+
+
+async def test_405_names_the_allowed_methods(stack: Stack) -> None:
+    async with stack.http.get(f"{stack.loader_url}/login") as resp:
+        assert resp.status == 405
+        assert "POST" in resp.headers["Allow"]
+        assert resp.content_type == "application/json"
+
+
+async def test_a_bad_request_line_is_answered_in_json(stack: Stack) -> None:
+    host, port = stack.loader_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GARBAGE\x01 / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400"
+    assert b"application/json" in head.lower()
+    assert b'"detail"' in body
+
+
+async def test_502_details_do_not_expose_upstream_addresses(
+    make_stack: Callable[..., Awaitable[Stack]],
+) -> None:
+    stack = await make_stack()
+    await stack.start_loader()
+    await stack.login()
+    await stack.api_runner.cleanup()  # the Resource API goes away
+    status, body = await stack.load("m.bin")
+    assert status == 502
+    port = stack.api_url.rsplit(":", 1)[1]
+    assert port.encode() not in body
+    assert b"127.0.0.1" not in body
+    assert b"Error(" not in body

@@ -71,7 +71,7 @@ test:  ## Everything CI runs, printing each stage's time
 	done; \
 	echo "== make test: all stages took $$(( $$(date +%s) - all )) s"
 
-FUZZ_TARGETS := v2_decrypt v2_tamper v1_decrypt v2_length
+FUZZ_TARGETS := v2_decrypt v2_tamper v1_decrypt v2_length segment_gate
 FUZZ_SECONDS ?= 20
 
 fuzz:  ## Fuzz the core's readers, FUZZ_SECONDS per target (stable toolchain, no sanitizer)

@@ -36,6 +36,16 @@ pub enum CoreError {
     Random,
     /// Any decryption failure; see the type-level comment.
     Decryption,
+    /// A segment size that is not a power of two from 2^16 to 2^24.
+    SegmentSize(u64),
+    /// A resume offset that is not a segment boundary within the ciphertext.
+    SegmentStart(u64),
+    /// A segment list whose length is not 32 bytes per segment.
+    SegmentList,
+    /// Segment `index` does not hash to its entry in the segment list: its
+    /// bytes differ, it is cut short, or (`index` = the segment count) bytes
+    /// follow the last segment.
+    Segment { index: u64 },
 }
 
 /// The single message every decryption failure carries.
@@ -68,6 +78,20 @@ impl fmt::Display for CoreError {
             }
             Self::Random => f.write_str("the OS random generator failed"),
             Self::Decryption => f.write_str(DECRYPTION_FAILED),
+            Self::SegmentSize(s) => write!(
+                f,
+                "segment size must be a power of two from 65536 to 16777216, got {s}"
+            ),
+            Self::SegmentStart(start) => {
+                write!(
+                    f,
+                    "start {start} is not a segment boundary of the ciphertext"
+                )
+            }
+            Self::SegmentList => f.write_str("the segment list has the wrong length"),
+            Self::Segment { index } => {
+                write!(f, "segment {index} does not match the segment list")
+            }
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - `cbc`: the streaming AES-256-CBC state machine under format v1;
 //! - `format`: the container formats (headers, lengths, split rule), one
 //!   home per format;
+//! - `segment`: the segment list of a release and the gate that releases
+//!   ciphertext only once its segment verifies;
 //! - `kdf`, `hash`, `error`.
 //!
 //! `python` holds the thin PyO3 bindings and is built only with the
@@ -14,6 +16,7 @@ pub mod error;
 pub mod format;
 pub mod hash;
 pub mod kdf;
+pub mod segment;
 
 #[cfg(feature = "python")]
 mod python;

@@ -177,6 +177,7 @@ class IntegrityError(UpstreamError):
         "not-listed",
         "format",
         "size",
+        "segments",
         "hash",
         "unavailable",
     )

@@ -112,6 +112,11 @@ impl Header {
         1 << self.chunk_log2()
     }
 
+    /// `C + 16`, the stored size of every chunk but the final.
+    pub fn stored_chunk_size(&self) -> usize {
+        self.chunk_size() + TAG_LEN
+    }
+
     pub fn salt(&self) -> &[u8] {
         &self.0[SALT]
     }
@@ -403,8 +408,7 @@ impl DecryptorV2 {
             self.source_key.fill(0);
             match key {
                 Ok(key) => {
-                    self.pending
-                        .reserve_exact(key.header().chunk_size() + TAG_LEN);
+                    self.pending.reserve_exact(key.header().stored_chunk_size());
                     self.key = Some(key);
                 }
                 Err(err) => {
@@ -646,6 +650,200 @@ impl EncryptorV2 {
             .seal(self.index, true, &self.pending, &mut out[head..])?;
         self.pending.clear();
         Ok(out)
+    }
+}
+
+/// Passes a v2 file's ciphertext through unchanged, releasing each chunk
+/// only once its tag verifies: for ciphertext that is kept, not decrypted
+/// (pre-staging without a manifest, docs/security.md).
+///
+/// With `start` 0 the input begins with the 32 header bytes, which must be
+/// the header given and are released with chunk 0; otherwise `start` is the
+/// offset of a chunk (resuming a partial read) and the input begins there.
+/// The file's size is known, so the final chunk is known too: no chunk is
+/// held back waiting for the end of the stream.
+///
+/// At most one chunk is held. A failure stops the gate for good; the
+/// `update` that finds it still returns the chunks it verified before it,
+/// and the error is raised by that call when it has nothing to return, and
+/// by every later call. Every failure is [`CoreError::Decryption`].
+pub struct ChunkGate {
+    key: PayloadKey,
+    layout: Layout,
+    /// The chunk being received; every one before it has been released.
+    index: u64,
+    /// Header bytes in front of the chunk being received: 32 for chunk 0
+    /// read from the start of the file, 0 otherwise.
+    lead: usize,
+    /// The received bytes of the header and chunk `index`, fewer than their length.
+    held: Vec<u8>,
+    /// Where chunks are opened; the plaintext is discarded.
+    scratch: Vec<u8>,
+    failed: bool,
+}
+
+impl ChunkGate {
+    pub fn new(
+        source_key: &[u8],
+        header: &Header,
+        file_len: u64,
+        start: u64,
+    ) -> Result<Self, CoreError> {
+        let key = PayloadKey::new(source_key, header)?;
+        let layout = Layout::new(header, file_len)?;
+        let (index, lead) = if start == 0 {
+            (0, HEADER_LEN)
+        } else {
+            let stored = header.stored_chunk_size() as u64;
+            let offset = start
+                .checked_sub(HEADER_LEN as u64)
+                .filter(|offset| offset.is_multiple_of(stored))
+                .ok_or(CoreError::Decryption)?;
+            let index = offset / stored;
+            if index >= layout.chunks {
+                return Err(CoreError::Decryption);
+            }
+            (index, 0)
+        };
+        Ok(Self {
+            key,
+            layout,
+            index,
+            lead,
+            held: Vec::new(),
+            scratch: vec![0; header.chunk_size()],
+            failed: false,
+        })
+    }
+
+    /// The file offset of the end of what has been released.
+    fn position(&self) -> u64 {
+        match self.layout.chunk_range(self.index) {
+            Ok((start, _, _)) => start - self.lead as u64,
+            Err(_) => self.layout.file_len,
+        }
+    }
+
+    /// How many bytes `update` releases for `input_len` more bytes. Exact
+    /// unless a chunk fails, when fewer are released.
+    pub fn output_len(&self, input_len: usize) -> usize {
+        let position = self.position();
+        let file_len = self.layout.file_len;
+        let received = (position + self.held.len() as u64)
+            .saturating_add(input_len as u64)
+            .min(file_len);
+        let stored = self.layout.chunk_size + TAG_LEN as u64;
+        // Chunks before the final one that end by `received`.
+        let done = received.saturating_sub(HEADER_LEN as u64) / stored;
+        let end = if received == file_len {
+            file_len
+        } else if done > self.index {
+            HEADER_LEN as u64 + done * stored
+        } else {
+            position
+        };
+        (end - position) as usize
+    }
+
+    /// Checks one whole unit: the header (when `lead` is 32), then chunk `index`.
+    fn verify(
+        key: &PayloadKey,
+        index: u64,
+        is_final: bool,
+        lead: usize,
+        unit: &[u8],
+        scratch: &mut [u8],
+    ) -> bool {
+        let (header, chunk) = unit.split_at(lead);
+        header == &key.header().as_bytes()[..lead]
+            && key
+                .open(
+                    index,
+                    is_final,
+                    chunk,
+                    &mut scratch[..chunk.len() - TAG_LEN],
+                )
+                .is_ok()
+    }
+
+    /// Takes the next bytes of the file and writes those of every chunk
+    /// they complete, once its tag verifies, into `out` (at least
+    /// `output_len(input.len())` bytes); returns how many.
+    pub fn update_into(&mut self, mut input: &[u8], out: &mut [u8]) -> Result<usize, CoreError> {
+        if self.failed {
+            return Err(CoreError::Decryption);
+        }
+        let needed = self.output_len(input.len());
+        if out.len() < needed {
+            return Err(CoreError::OutputTooSmall {
+                needed,
+                got: out.len(),
+            });
+        }
+        let mut written = 0;
+        while !input.is_empty() {
+            let Ok((start, end, is_final)) = self.layout.chunk_range(self.index) else {
+                self.failed = true; // bytes after the final chunk
+                break;
+            };
+            let len = self.lead + (end - start) as usize;
+            let (part, rest) = input.split_at((len - self.held.len()).min(input.len()));
+            input = rest;
+            if self.held.len() + part.len() < len {
+                // Reserves once: later chunks are never longer.
+                self.held.reserve_exact(len - self.held.len());
+                self.held.extend_from_slice(part);
+                break;
+            }
+            let unit = if self.held.is_empty() {
+                part
+            } else {
+                self.held.extend_from_slice(part);
+                &self.held[..]
+            };
+            if !Self::verify(
+                &self.key,
+                self.index,
+                is_final,
+                self.lead,
+                unit,
+                &mut self.scratch,
+            ) {
+                self.failed = true;
+                break;
+            }
+            out[written..written + unit.len()].copy_from_slice(unit);
+            written += unit.len();
+            self.held.clear();
+            self.index += 1;
+            self.lead = 0;
+        }
+        debug_assert!(self.failed || written == needed);
+        if self.failed {
+            self.held = Vec::new();
+            if written == 0 {
+                return Err(CoreError::Decryption);
+            }
+        }
+        Ok(written)
+    }
+
+    /// `update_into` a new buffer.
+    pub fn update(&mut self, input: &[u8]) -> Result<Vec<u8>, CoreError> {
+        let mut out = vec![0; self.output_len(input.len())];
+        let written = self.update_into(input, &mut out)?;
+        out.truncate(written);
+        Ok(out)
+    }
+
+    /// Succeeds only when the final chunk has been verified and released.
+    pub fn finish(&mut self) -> Result<(), CoreError> {
+        if self.failed || self.index < self.layout.chunks {
+            self.failed = true;
+            self.held = Vec::new();
+            return Err(CoreError::Decryption);
+        }
+        Ok(())
     }
 }
 
@@ -972,6 +1170,191 @@ mod tests {
         for n in [0, 10, 32, 33, 100_000, ct.len()] {
             assert!(dec.output_len(n) >= dec.output_len_for(&ct[..n]), "n = {n}");
         }
+    }
+
+    /// Feeds `data` to a gate cut at `cuts`; returns what was released and
+    /// the first error.
+    fn gate_feed(
+        gate: &mut ChunkGate,
+        data: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<u8>, Result<(), CoreError>) {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+        points.extend([0, data.len()]);
+        points.sort_unstable();
+        let mut out = Vec::new();
+        for w in points.windows(2) {
+            match gate.update(&data[w[0]..w[1]]) {
+                Ok(released) => out.extend(released),
+                Err(err) => return (out, Err(err)),
+            }
+        }
+        (out, gate.finish())
+    }
+
+    fn chunk_gate(ct: &[u8], start: u64) -> Result<ChunkGate, CoreError> {
+        let header = Header::parse(&ct[..32])?;
+        ChunkGate::new(&KEY, &header, ct.len() as u64, start)
+    }
+
+    /// Cut points, reproducibly: a few from a linear congruential sequence.
+    fn cuts(seed: u64, n: usize) -> Vec<usize> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 33) as usize
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_chunk_gate_passes_a_good_file_for_any_split() {
+        let c = 1 << 16;
+        assert_eq!(
+            Header::new(16, &[0; 16], &[0; 7])
+                .unwrap()
+                .stored_chunk_size(),
+            c + 16
+        );
+        for len in [0, 1, c - 1, c, c + 1, 3 * c + 5] {
+            let ct = encrypt_v2(&KEY, &pattern(len), None, None, None).unwrap();
+            for seed in 0..20 {
+                let mut gate = chunk_gate(&ct, 0).unwrap();
+                let (out, end) = gate_feed(&mut gate, &ct, &cuts(seed, seed as usize % 9));
+                assert_eq!((out == ct, end), (true, Ok(())), "len {len} seed {seed}");
+            }
+            for step in [1000, c + 16, c + 17, 1 << 20] {
+                let steps: Vec<usize> = (step..ct.len()).step_by(step).collect();
+                let (out, end) = gate_feed(&mut chunk_gate(&ct, 0).unwrap(), &ct, &steps);
+                assert_eq!((out == ct, end), (true, Ok(())), "len {len} step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_chunk_gate_releases_only_the_chunks_before_a_flip() {
+        let c = 1 << 16;
+        let f = c + 16;
+        let ct = encrypt_v2(&KEY, &pattern(3 * c + 100), None, None, None).unwrap();
+        // A flip in the header releases nothing; one in chunk k releases
+        // the header and the chunks before k.
+        for (pos, released) in [
+            (8, 0),
+            (31, 0),
+            (32, 0),
+            (32 + f - 1, 0),
+            (32 + f, 32 + f),
+            (32 + 2 * f + 7, 32 + 2 * f),
+            (ct.len() - 1, 32 + 3 * f),
+        ] {
+            let mut bad = ct.clone();
+            bad[pos] ^= 0x10;
+            for seed in 0..5 {
+                let mut gate = chunk_gate(&ct, 0).unwrap();
+                let (out, end) = gate_feed(&mut gate, &bad, &cuts(seed, 4));
+                assert_eq!(out, &ct[..released], "flip {pos}");
+                assert_eq!(end, Err(CoreError::Decryption), "flip {pos}");
+                assert_eq!(gate.update(b""), Err(CoreError::Decryption));
+                assert_eq!(gate.finish(), Err(CoreError::Decryption));
+            }
+        }
+        // A swapped pair of chunks fails at the first of them.
+        let mut swapped = ct.clone();
+        swapped[32..32 + f].copy_from_slice(&ct[32 + f..32 + 2 * f]);
+        swapped[32 + f..32 + 2 * f].copy_from_slice(&ct[32..32 + f]);
+        let (out, end) = gate_feed(&mut chunk_gate(&ct, 0).unwrap(), &swapped, &[]);
+        assert_eq!((out.len(), end), (0, Err(CoreError::Decryption)));
+    }
+
+    #[test]
+    fn the_chunk_gate_refuses_truncation_and_extension() {
+        let c = 1 << 16;
+        let f = c + 16;
+        let ct = encrypt_v2(&KEY, &pattern(2 * c + 1), None, None, None).unwrap();
+        for cut in [
+            0,
+            31,
+            32,
+            33,
+            32 + f - 1,
+            32 + f,
+            32 + 2 * f + 16,
+            ct.len() - 1,
+        ] {
+            let (out, end) = gate_feed(&mut chunk_gate(&ct, 0).unwrap(), &ct[..cut], &[]);
+            let whole = if cut >= 32 + f {
+                (cut - 32) / f * f + 32
+            } else {
+                0
+            };
+            assert_eq!(
+                (out.len(), end),
+                (whole, Err(CoreError::Decryption)),
+                "cut {cut}"
+            );
+        }
+        let mut extended = ct.clone();
+        extended.push(0);
+        let mut gate = chunk_gate(&ct, 0).unwrap();
+        // The file is released; the byte after it fails the next call.
+        assert_eq!(gate.update(&extended).unwrap(), ct);
+        assert_eq!(gate.finish(), Err(CoreError::Decryption));
+        let mut gate = chunk_gate(&ct, 0).unwrap();
+        assert_eq!(gate.update(&ct).unwrap(), ct);
+        assert_eq!(gate.update(b"x"), Err(CoreError::Decryption));
+    }
+
+    #[test]
+    fn the_chunk_gate_resumes_at_a_chunk() {
+        let c = 1 << 16;
+        let f = c + 16;
+        let ct = encrypt_v2(&KEY, &pattern(3 * c + 5), None, None, None).unwrap();
+        for k in 0..4 {
+            let start = 32 + k * f;
+            let rest = &ct[start..];
+            for seed in 0..5 {
+                let mut gate = chunk_gate(&ct, start as u64).unwrap();
+                let (out, end) = gate_feed(&mut gate, rest, &cuts(seed, 3));
+                assert_eq!((out == rest, end), (true, Ok(())), "chunk {k}");
+            }
+            let mut bad = rest.to_vec();
+            *bad.last_mut().unwrap() ^= 1;
+            let (out, end) = gate_feed(&mut chunk_gate(&ct, start as u64).unwrap(), &bad, &[]);
+            assert_eq!(
+                (out == ct[start..32 + 3 * f], end),
+                (true, Err(CoreError::Decryption))
+            );
+        }
+        let len = ct.len() as u64;
+        for start in [
+            1,
+            31,
+            33,
+            32 + f as u64 - 1,
+            32 + 4 * f as u64,
+            len,
+            len + 1,
+        ] {
+            assert_eq!(
+                chunk_gate(&ct, start).err(),
+                Some(CoreError::Decryption),
+                "{start}"
+            );
+        }
+        // Too small an output buffer is refused before anything is taken.
+        let mut gate = chunk_gate(&ct, 0).unwrap();
+        assert_eq!(gate.output_len(32 + f), 32 + f);
+        assert!(matches!(
+            gate.update_into(&ct, &mut [0; 10]),
+            Err(CoreError::OutputTooSmall { .. })
+        ));
+        assert_eq!(gate.update(&ct).unwrap(), ct);
+        // A size no v2 file can have.
+        let header = Header::parse(&ct[..32]).unwrap();
+        assert!(ChunkGate::new(&KEY, &header, 32 + f as u64 + 3, 0).is_err());
     }
 
     #[test]

@@ -74,6 +74,33 @@ pub(super) fn stream_update<'py, S: Send>(
     })
 }
 
+/// Output of a pass-through step (a gate) in a new `bytes` object. Like
+/// `stream_update`, except that the step may write less than `out_len`
+/// promised: a gate that meets a bad piece still returns what verified
+/// before it, which is then copied into a shorter object.
+pub(super) fn gate_update<'py, S: Send>(
+    py: Python<'py>,
+    state: &mut S,
+    data: &PyBuffer<u8>,
+    out_len: impl FnOnce(&S, usize) -> usize,
+    step: Step<S>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let input = read_view(data)?;
+    let len = out_len(state, input.len());
+    let mut short = None;
+    let out = PyBytes::new_with(py, len, |out| {
+        let written = maybe_detach(py, input.len(), || step(state, input, out))?;
+        if written < len {
+            short = Some(out[..written].to_vec());
+        }
+        Ok(())
+    })?;
+    Ok(match short {
+        Some(verified) => PyBytes::new(py, &verified),
+        None => out,
+    })
+}
+
 /// A streaming step into the caller's writable buffer.
 pub(super) fn stream_update_into<S: Send>(
     py: Python<'_>,

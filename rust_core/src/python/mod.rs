@@ -3,12 +3,13 @@
 //!
 //! - `error`: the one `From<CoreError> for PyErr`;
 //! - `buffers`: borrowed buffers, GIL release, the streaming call shapes;
-//! - one file per area: `cbc`, `v1`, `v2`, `kdf`.
+//! - one file per area: `cbc`, `v1`, `v2`, `kdf`, `segment`.
 
 mod buffers;
 mod cbc;
 mod error;
 mod kdf;
+mod segment;
 mod v1;
 mod v2;
 
@@ -25,5 +26,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     v1::register(m)?;
     v2::register(m)?;
     kdf::register(m)?;
+    segment::register(m)?;
     Ok(())
 }

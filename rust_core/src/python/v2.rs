@@ -4,7 +4,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::buffers::{maybe_detach, read_view, stream_update, stream_update_into};
+use super::buffers::{gate_update, maybe_detach, read_view, stream_update, stream_update_into};
 use crate::error::CoreError;
 use crate::format::v2::{DecryptorV2 as CoreDecryptor, EncryptorV2 as CoreEncryptor};
 use crate::format::{self, v2};
@@ -52,6 +52,44 @@ impl DecryptorV2 {
         let state = &mut self.0;
         let out = maybe_detach(py, chunk, || state.finalize())?;
         Ok(PyBytes::new(py, &out))
+    }
+}
+
+/// Passes a stored v2 file through, releasing each chunk once its tag verifies.
+#[pyclass(module = "edgeloader._core")]
+struct ChunkGate(v2::ChunkGate);
+
+#[pymethods]
+impl ChunkGate {
+    #[new]
+    #[pyo3(signature = (key, header, file_length, start=0))]
+    fn new(key: &[u8], header: &[u8], file_length: i128, start: i128) -> PyResult<Self> {
+        let header = v2::Header::parse(header)?;
+        let start = u64::try_from(start).map_err(|_| CoreError::Decryption)?;
+        Ok(Self(v2::ChunkGate::new(
+            key,
+            &header,
+            self::file_length(file_length)?,
+            start,
+        )?))
+    }
+
+    fn update<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: PyBuffer<u8>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        gate_update(
+            py,
+            &mut self.0,
+            &data,
+            v2::ChunkGate::output_len,
+            v2::ChunkGate::update_into,
+        )
+    }
+
+    fn finish(&mut self) -> PyResult<()> {
+        Ok(self.0.finish()?)
     }
 }
 
@@ -165,6 +203,11 @@ fn v2_plaintext_length(header: &[u8], file_length: i128) -> PyResult<u64> {
 }
 
 #[pyfunction]
+fn v2_stored_chunk_size(header: &[u8]) -> PyResult<usize> {
+    Ok(v2::Header::parse(header)?.stored_chunk_size())
+}
+
+#[pyfunction]
 fn v2_chunk_count(header: &[u8], file_length: i128) -> PyResult<u64> {
     Ok(layout(header, file_length)?.chunks)
 }
@@ -204,9 +247,11 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("V2_MAX_CHUNK_LOG2", v2::MAX_CHUNK_LOG2)?;
     m.add_class::<DecryptorV2>()?;
     m.add_class::<EncryptorV2>()?;
+    m.add_class::<ChunkGate>()?;
     m.add_function(wrap_pyfunction!(encrypt_v2, m)?)?;
     m.add_function(wrap_pyfunction!(decrypt_v2, m)?)?;
     m.add_function(wrap_pyfunction!(v2_plaintext_length, m)?)?;
+    m.add_function(wrap_pyfunction!(v2_stored_chunk_size, m)?)?;
     m.add_function(wrap_pyfunction!(v2_chunk_count, m)?)?;
     m.add_function(wrap_pyfunction!(v2_chunk_range, m)?)?;
     m.add_function(wrap_pyfunction!(v2_open_chunk, m)?)?;

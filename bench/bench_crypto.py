@@ -25,7 +25,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from edgeloader import crypto
+from edgeloader import _core
 
 # The same 1 MiB working set as `openssl speed -bytes 1048576`, so cache
 # effects are alike on both sides of each ratio.
@@ -68,7 +68,7 @@ def core_cases(data: bytes, key: bytes, iv: bytes) -> dict[str, tuple[str, Calla
     for chunk in (64 << 10, 1 << 20):
         label = f"{chunk >> 10} KiB"
         out = bytearray(chunk + 16)
-        dec, enc = crypto.Decryptor(key, iv), crypto.Encryptor(key, iv)
+        dec, enc = _core.Decryptor(key, iv), _core.Encryptor(key, iv)
         cases[f"core Decryptor.update, {label}"] = ("decrypt", over_chunks(dec.update, data, chunk))
         cases[f"core Decryptor.update_into, {label}"] = (
             "decrypt",
@@ -134,13 +134,13 @@ def v2_cases(data: bytes, key: bytes) -> dict[str, tuple[str, Callable[[], int]]
     """Format v2 streams of a 1 MiB plaintext (16 chunks of 64 KiB): decryption
     verifies every chunk before releasing it; encryption draws a fresh salt
     and nonce prefix per stream, as a real writer does."""
-    ciphertext = crypto.encrypt_v2(key, data)
+    ciphertext = _core.encrypt_v2(key, data)
     cases: dict[str, tuple[str, Callable[[], int]]] = {}
     for chunk in (64 << 10, 1 << 20):
         label = f"{chunk >> 10} KiB"
         out = bytearray(2 * chunk + (1 << 17))
-        new_dec = lambda: crypto.DecryptorV2(key)  # noqa: E731
-        new_enc = lambda: crypto.EncryptorV2(key)  # noqa: E731
+        new_dec = lambda: _core.DecryptorV2(key)  # noqa: E731
+        new_enc = lambda: _core.EncryptorV2(key)  # noqa: E731
         cases[f"core DecryptorV2.update, {label}"] = (
             "gcm decrypt",
             whole_streams(new_dec, ciphertext, chunk, len(data), None),

@@ -30,8 +30,7 @@ from edgeloader_publisher.release import generate_keypair
 from tests.support.harness.net import wait_for
 from tests.support.podman import PodmanService, import_busybox_image
 from tests.support.stack import ADMIN, CDN_KEYS, FINGERPRINT, OPERATOR, Stack, pattern
-from tests.support.unlocks import SERVICES as IMAGE_SERVICES
-from tests.support.unlocks import encrypted_archive
+from tests.support.unlocks import REPOS, encrypted_archive
 
 JSON = dict[str, Any]
 FUNCTION_IMAGE = "localhost/edgeloader-obs-fn:1"
@@ -162,7 +161,7 @@ async def start(stack: Stack, engine: PodmanService, archive: Path, **extra: Any
         auth_mode="required",
         docker_host=engine.docker_host,
         images_path=archive,
-        api_services=IMAGE_SERVICES,
+        api_services=REPOS,
         **extra,
     )
     return Loader(stack, await stack.start_loader(settings))

@@ -18,14 +18,20 @@ import pytest
 from edgeloader.auth.store import AuthStore
 from edgeloader.config import CdnOverrides, DownloadSettings
 from edgeloader.events import PREFETCH
-from edgeloader.services.manifest import Artifact
 from edgeloader.services.prefetch import JOURNAL_FILE
 from edgeloader.web.state import SERVICES
 from tests.support.harness.loader import start_loader_process
 from tests.support.harness.net import dead_url, wait_for
 from tests.support.harness.s3 import s3_client
 from tests.support.proxy import CuttingProxy
-from tests.support.releases import Publisher, artifact_of, cached_entries, publish_v2
+from tests.support.releases import (
+    Publisher,
+    artifact_of,
+    cached_entries,
+    forge_v2,
+    publish_segments,
+    publish_v2,
+)
 from tests.support.stack import ADMIN, Stack, pattern
 
 KiB, MiB = 1024, 1024 * 1024
@@ -217,19 +223,26 @@ async def test_prefetch_refusals(stack: Stack) -> None:
 # -- the manifest -----------------------------------------------------------------------
 
 
-@pytest.fixture
-async def publisher(make_stack: Callable[..., Awaitable[Stack]], tmp_path: Path) -> Publisher:
-    return Publisher(await make_stack(), tmp_path / "publisher-keys")
-
-
 async def test_prefetch_is_checked_against_the_manifest(publisher: Publisher) -> None:
     stack = publisher.stack
     data = pattern(2 * MiB)
     good_ct = publish_v2(stack, "good.bin", data)
     bad_ct = publish_v2(stack, "bad.bin", data)
-    wrong = Artifact("0" * 64, len(bad_ct), 2)
+    for name, ct in (("good.bin", good_ct), ("bad.bin", bad_ct)):
+        publish_segments(stack, name, ct)
+    # The CDN's bad.bin is sealed under its genuine header: every chunk
+    # verifies, only its segments do not.
+    forged, _ = forge_v2(bad_ct, data, 20)
+    cut = len(small_part(stack, "bad.bin"))
+    s3_client(stack.s3_endpoint).put_object(
+        Bucket=stack.bucket, Key="bad.bin.big", Body=forged[cut:]
+    )
     publisher.release(
-        1, {f"{stack.bucket}/good.bin": artifact_of(good_ct), f"{stack.bucket}/bad.bin": wrong}
+        1,
+        {
+            f"{stack.bucket}/good.bin": artifact_of(good_ct),
+            f"{stack.bucket}/bad.bin": artifact_of(bad_ct),
+        },
     )
     api = await start_api(stack, publisher_key=publisher.public)
 
@@ -239,8 +252,47 @@ async def test_prefetch_is_checked_against_the_manifest(publisher: Publisher) ->
 
     await api.start(stack.bucket, "bad.bin")
     failed = await api.finished(stack.bucket, "bad.bin")
-    assert (failed["state"], failed["error"]) == ("failed", "integrity: hash")
+    assert failed["state"] == "failed"
+    assert failed["error"].startswith("integrity: hash: segment "), failed
     assert cached_entries(stack, "bad.bin") == []  # neither an entry nor a partial file
+
+
+async def test_a_resumed_job_checks_its_partial_file_again(publisher: Publisher) -> None:
+    """The box's disk is not trusted: after a restart, what the partial file
+    holds is verified by segments again before the job goes on from it."""
+    stack = publisher.stack
+    data = pattern(6 * MiB)
+    ct = publish_v2(stack, "m.bin", data)
+    publish_segments(stack, "m.bin", ct)
+    publisher.release(1, {f"{stack.bucket}/m.bin": artifact_of(ct)})
+    host, port = stack.s3_endpoint.removeprefix("http://").split(":")
+    async with CuttingProxy(host, int(port), rate=1 * MiB) as slow:
+        settings = stack.settings(
+            publisher_key=publisher.public, cdn=CdnOverrides(host=slow.url)
+        ).with_overrides(downloads=PARALLEL)
+        api = Api(stack.http, await stack.start_loader(settings))
+        await api.sign_in()
+        assert (await api.start(stack.bucket, "m.bin"))[0] == 202
+
+        async def checkpointed() -> bool:
+            return journal_good(stack.tmp / "state") >= 2 * MiB
+
+        await wait_for(checkpointed, within=60)
+        await stack.runners.pop().cleanup()
+    [partial] = [p for p in cached_entries(stack, "m.bin") if p.suffix == ".prefetch"]
+    damaged = bytearray(partial.read_bytes())
+    damaged[1000] ^= 1  # in the first segment: nothing of the file can be kept
+    partial.write_bytes(bytes(damaged))
+
+    api = await start_api(stack, publisher_key=publisher.public)
+    finished = await api.finished(stack.bucket, "m.bin")
+    assert finished["state"] == "done", finished
+    [entry] = cached_entries(stack, "m.bin")
+    assert entry.read_bytes() == big_part(stack, "m.bin")
+    registry = stack.runners[-1].app[SERVICES].metrics.registry
+    assert registry.get_sample_value("edgeloader_integrity_failures_total", {"reason": "hash"}) == 1
+    await stack.login()
+    assert await stack.load("m.bin") == (200, data)
 
 
 # -- a killed service resumes -----------------------------------------------------------

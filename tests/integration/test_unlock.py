@@ -16,7 +16,7 @@ from edgeloader.errors import EngineError
 from edgeloader.roles import Role
 from edgeloader.storage.files import read_file_chunks
 from edgeloader.upstream.engine import Engine, LoadApi
-from edgeloader.web.state import SERVICES as SERVICES_KEY
+from edgeloader.web.state import SERVICES
 from edgeloader_publisher.archive import encrypt_archive
 from tests.support.podman import (
     PodmanService,
@@ -26,7 +26,7 @@ from tests.support.stack import ADMIN, Stack
 from tests.support.unlocks import (
     CREDS,
     IMAGES,
-    SERVICES,
+    REPOS,
     encrypted_archive,
     final_status,
     flip_byte,
@@ -109,7 +109,7 @@ async def test_a_failed_run_is_over_when_its_status_says_so(
     archive = await encrypted_archive(stack, plain_archive)
     flip_byte(archive, -1)
     await start_unlocker(stack, clean_engine, archive)
-    manager = stack.runners[-1].app[SERVICES_KEY].unlock
+    manager = stack.runners[-1].app[SERVICES].unlock
     with manager.events.subscribe(Role.ADMIN) as seen:  # type: ignore[union-attr]
         await unlock(stack)
         while (event := await seen.next(within=120)) is not None:
@@ -145,7 +145,7 @@ async def test_engine_down_ends_in_error_with_a_clear_message(
     archive = await encrypted_archive(stack, plain_archive)
     socket = stack.tmp / "no-engine.sock"
     await stack.start_loader(
-        stack.settings(images_path=archive, api_services=SERVICES, docker_host=f"unix://{socket}")
+        stack.settings(images_path=archive, api_services=REPOS, docker_host=f"unix://{socket}")
     )
     await unlock(stack)
     status = await final_status(stack)
@@ -315,7 +315,7 @@ async def test_an_engine_that_vanishes_mid_load_leaves_nothing_and_a_retry_loads
     async with EngineCutter(clean_engine.socket_path, after) as cutter:
         settings = stack.settings(
             images_path=archive,
-            api_services=SERVICES,
+            api_services=REPOS,
             docker_host=f"tcp://127.0.0.1:{cutter.port}",
         )
         await stack.start_loader(settings)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from yarl import URL
 
-from edgeloader import crypto
+from edgeloader import _core, crypto
 from edgeloader.roles import Role
 from edgeloader_publisher.resource_api import ResourceApiConfig, create_resource_api_app
 from edgeloader_publisher.resource_api.server import KEY_FRAGMENT_FILE, RESOURCES_DIR, USERS_FILE
@@ -269,7 +269,7 @@ async def test_get_resource_round_trips_any_size(api: Api, size: int) -> None:
     r = await get_resource(api, token, "models", "m.small")
     assert r.status == 200
     data = r.body
-    assert len(data) == crypto.IV_SIZE + crypto.padded_length(size)
+    assert len(data) == _core.BLOCK_SIZE + _core.v1_padded_length(size)
     assert crypto.decrypt_v1(crypto.api_key(OPERATOR, PASSWORD, HARDWARE), data) == part
 
 

@@ -118,3 +118,13 @@ def oracle_decrypt(key: bytes, data: bytes) -> bytes:
         )
         for i in range(k)
     )
+
+
+# -- segment lists, from the text of docs/protocol.md ("Segment lists") --------------
+
+
+def segment_list(ct: bytes, segment: int) -> bytes:
+    """SHA-256 of each ``segment``-byte slice of ``ct``, concatenated."""
+    return b"".join(
+        hashlib.sha256(ct[i : i + segment]).digest() for i in range(0, len(ct), segment)
+    )

@@ -14,7 +14,7 @@ from tests.support.stack import ADMIN, Stack
 __all__ = [
     "CREDS",
     "IMAGES",
-    "SERVICES",
+    "REPOS",
     "encrypted_archive",
     "final_status",
     "flip_byte",
@@ -23,8 +23,9 @@ __all__ = [
     "unlock_outcome",
 ]
 
-SERVICES = ("localhost/edgeloader-svc-a", "localhost/edgeloader-svc-b")
-IMAGES = tuple(f"{repo}:latest" for repo in SERVICES)
+#: The repositories of the service images (``EDGELOADER_API_SERVICES``).
+REPOS = ("localhost/edgeloader-svc-a", "localhost/edgeloader-svc-b")
+IMAGES = tuple(f"{repo}:latest" for repo in REPOS)
 CREDS = {"email": ADMIN[0], "password": ADMIN[1]}
 
 
@@ -53,7 +54,7 @@ async def unlock_outcome(stack: Stack, engine: PodmanService, archive: Path) -> 
 async def start_unlocker(stack: Stack, engine: PodmanService, archive: Path, **extra: Any) -> None:
     settings = stack.settings(
         images_path=archive,
-        api_services=SERVICES,
+        api_services=REPOS,
         docker_host=engine.docker_host,
         **extra,
     )

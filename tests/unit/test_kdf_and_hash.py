@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from edgeloader import crypto
+from edgeloader import _core, crypto
 
 
 def ref_hash_b64(s: str) -> str:
@@ -20,11 +20,11 @@ HARDWARE = "CPU: Test CPU. GPU: unknown. Memory: 2048 MB. DriveSerial: SN123"
 
 @pytest.mark.parametrize("text", ["", "abc", "Azaion_x_%$$$)0_", "ünïcødé ✓"])
 def test_hash_b64(text: str) -> None:
-    assert crypto.hash_b64(text) == ref_hash_b64(text)
+    assert _core.hash_b64(text) == ref_hash_b64(text)
 
 
 def test_hw_hash() -> None:
-    assert crypto.hw_hash(HARDWARE) == ref_hash_b64(f"Azaion_{HARDWARE}_%$$$)0_")
+    assert _core.hw_hash(HARDWARE) == ref_hash_b64(f"Azaion_{HARDWARE}_%$$$)0_")
 
 
 def test_api_key() -> None:
@@ -47,7 +47,7 @@ def test_archive_key_hashes_the_raw_fragment() -> None:
 
 
 def test_key_from_str() -> None:
-    assert crypto.key_from_str("abc") == hashlib.sha256(b"abc").digest()
+    assert _core.key_from_str("abc") == hashlib.sha256(b"abc").digest()
 
 
 def test_streaming_sha256_matches_hashlib() -> None:

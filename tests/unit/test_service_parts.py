@@ -65,16 +65,13 @@ def test_parts_are_named_in_one_place() -> None:
     assert crypto.big_name("yolo.bin") == "yolo.bin.big"
 
 
-def test_split_plaintext_length_reads_only_the_tail() -> None:
+def test_the_plaintext_length_of_v1_reads_only_the_tail() -> None:
     for size in (0, 1, 15, 16, 37, 5000, 20_000):
         plain = os.urandom(size)
         ct = crypto.encrypt_v1(crypto.resource_key(), plain)
-        cut = crypto.small_part_length(len(ct))
-        small, big = ct[:cut], ct[cut:]
-        tail = big[-crypto.V1_TAIL :]
-        assert crypto.split_plaintext_length(small, len(big), tail) == size
+        assert crypto.resource_plaintext_length(1, ct[:32], len(ct), ct[-crypto.V1_TAIL :]) == size
     with pytest.raises(DecryptionError):
-        crypto.split_plaintext_length(b"x" * 20, 7, b"y" * 7)
+        crypto.resource_plaintext_length(1, b"x" * 32, 27, b"y" * 27)
 
 
 # -- the model cache --------------------------------------------------------------------
@@ -95,15 +92,16 @@ async def test_cache_commit_makes_one_entry_visible_and_drops_the_old(tmp_path: 
     assert entry is not None
     assert entry.path.read_bytes() == b"big part, version 1"
     assert entry.sha256 == hashlib.sha256(b"big part, version 1").hexdigest()
-    assert entry.matches(b"small-1")
-    assert not entry.matches(b"small-2")
+    assert entry.matches(b"small-1", None)
+    assert not entry.matches(b"small-2", None)
+    assert not entry.matches(b"small-1", entry.sha256)  # not named by a release
 
     await commit(cache, b"small-2", b"version 2")
     entries = list((tmp_path / "models" / "m").iterdir())
     assert len(entries) == 1
     latest = cache.lookup("models", "m")
     assert latest is not None
-    assert latest.matches(b"small-2")
+    assert latest.matches(b"small-2", None)
 
 
 async def test_cache_abort_keeps_the_previous_entry_and_no_partial(tmp_path: Path) -> None:

@@ -21,11 +21,11 @@ from aiohttp import web
 
 from edgeloader.publishing import (
     ARCHIVE_KEY,
-    Artifact,
     CdnOverrides,
     Progress,
     Role,
     UsageError,
+    crypto,
     read_password,
     run_command,
     safe_folder,
@@ -36,6 +36,7 @@ from edgeloader_publisher.archive import encrypt_archive
 from edgeloader_publisher.release import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
+    Listed,
     Release,
     archive_artifact,
     generate_keypair,
@@ -381,11 +382,14 @@ def _add_manifest(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "manifest",
         help="write and sign the release manifest",
         description=(
-            "Compute the SHA-256, size and format of each artifact's ciphertext, write "
-            "manifest.json with VERSION and an expiry, sign it with KEY, and store both "
-            "files in the Resource API's data folder (--data-dir), where it serves them, or "
-            "in --out. Resources are read back from the Resource API and the CDN as a box "
-            "reads them (account options as for `publish resource`)."
+            "Compute the SHA-256, size, format and segment list of each artifact's "
+            "ciphertext, write manifest.json with VERSION and an expiry, sign it with KEY, "
+            "and store both files in the Resource API's data folder (--data-dir), where it "
+            "serves them, or in --out. Resources are read back from the Resource API and "
+            "the CDN as a box reads them (account options as for `publish resource`), and "
+            "their segment lists are uploaded beside their small parts; the archive's list "
+            "is written beside the manifest as images.enc.segments. Run it again over an "
+            "existing release to add segment lists without encrypting anything again."
         ),
     )
     manifest.add_argument("--key", type=Path, required=True, help="the private key (PEM)")
@@ -405,11 +409,29 @@ def _add_manifest(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     manifest.add_argument(
         "--archive", type=Path, metavar="IMAGES.enc", help="the encrypted image archive"
     )
+    manifest.add_argument(
+        "--segment",
+        type=_segment_size,
+        default=crypto.SEGMENT_DEFAULT,
+        metavar="BYTES",
+        help="segment size of the segment lists: a power of two from 64 KiB to 16 MiB "
+        "(default: 1 MiB)",
+    )
     place = manifest.add_mutually_exclusive_group(required=True)
     place.add_argument("--data-dir", type=Path, help="the reference Resource API's data folder")
     place.add_argument("--out", type=Path, metavar="DIR", help="write the two files here")
     _add_account(manifest)
     manifest.set_defaults(func=manifest_command)
+
+
+def _segment_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of bytes: {text!r}") from None
+    if not crypto.SEGMENT_MIN <= value <= crypto.SEGMENT_MAX or value & (value - 1):
+        raise argparse.ArgumentTypeError("must be a power of two from 65536 to 16777216")
+    return value
 
 
 def manifest_command(args: argparse.Namespace) -> int:
@@ -428,18 +450,24 @@ def manifest_command(args: argparse.Namespace) -> int:
     key = load_private_key(args.key)
     target = _target(args) if resources else None
 
-    async def collect() -> dict[str, Artifact]:
+    async def collect() -> dict[str, Listed]:
         found = {}
         if args.archive is not None:
-            found[ARCHIVE_KEY] = await archive_artifact(args.archive)
+            found[ARCHIVE_KEY] = await archive_artifact(args.archive, args.segment)
         for folder, name in resources:
             assert target is not None
-            found[f"{folder}/{name}"] = await resource_artifact(target, folder, name)
+            found[f"{folder}/{name}"] = await resource_artifact(target, folder, name, args.segment)
         return found
 
-    artifacts = asyncio.run(collect())
+    listed = asyncio.run(collect())
+    artifacts = {key: entry.artifact for key, entry in listed.items()}
+    # The archive's list goes beside the manifest; resources' lists went to
+    # the Resource API beside their small parts.
+    lists = {}
+    if ARCHIVE_KEY in listed:
+        lists[crypto.segments_name(ARCHIVE_KEY)] = listed[ARCHIVE_KEY].segments
     expires = datetime.now(UTC) + timedelta(days=args.valid_days)
     release = Release(args.version, expires.replace(microsecond=0), artifacts)
-    manifest, signature = release.write(key, args.data_dir or args.out)
+    manifest, signature = release.write(key, args.data_dir or args.out, lists)
     print(f"wrote {manifest} (version {args.version}, {len(artifacts)} artifacts) and {signature}")
     return 0

@@ -50,9 +50,11 @@ async def publish_file(
     name: str,
     progress: Callable[[int], None] | None = None,
     fmt: int = 2,
+    segment: int = crypto.SEGMENT_DEFAULT,
 ) -> Published:
     """Logs in and publishes one file in format ``fmt`` (v2 unless a fleet
-    still runs Azaion-compatible loaders); ``progress`` gets plaintext bytes read."""
+    still runs Azaion-compatible loaders), with its segment list of
+    ``segment``-byte segments; ``progress`` gets plaintext bytes read."""
 
     async def chunks() -> AsyncIterator[bytes]:
         async for chunk in read_file_chunks(path, CHUNK_SIZE):
@@ -67,5 +69,5 @@ async def publish_file(
         config = await fetch_cdn_config(api, key, PUBLISHER_HARDWARE, target.cdn)
         async with Cdn(config) as cdn:
             return await Uploader().upload(
-                cdn, api, folder, name, chunks(), part_size=PART_SIZE, fmt=fmt
+                cdn, api, folder, name, chunks(), part_size=PART_SIZE, fmt=fmt, segment=segment
             )

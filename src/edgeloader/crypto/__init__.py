@@ -1,4 +1,15 @@
-"""The Python face of the Rust crypto core.
+"""The Python face of the Rust crypto core: what the services need, and
+nothing chunk-sized (docs/protocol.md describes the formats).
+
+- keys: ``api_key``, ``resource_key``, ``archive_key``;
+- streams: ``encrypt_chunks``, ``decrypt_stream``, ``Sha256``; the small
+  part's transport wrapping, ``encrypt_v1`` and ``decrypt_v1``;
+- facts about the formats: ``detect_format``, the lengths, the v2 chunk
+  geometry;
+- integrity: the segment list of a release (``SegmentHasher``,
+  ``SegmentGate``) and v2's per-chunk check of stored ciphertext
+  (``ChunkGate``);
+- the names and the split of a resource's parts (``parts.py``).
 
 Everything here streams or works on borrowed buffers; the heavy calls
 release the GIL inside the core for inputs of 64 KiB and more.
@@ -10,33 +21,32 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 from edgeloader._core import (
     BLOCK_SIZE,
+    SEGMENT_DEFAULT,
+    SEGMENT_MAX,
+    SEGMENT_MIN,
+    ChunkGate,
     Decryptor,
     DecryptorV2,
     Encryptor,
     EncryptorV2,
+    SegmentGate,
+    SegmentHasher,
     Sha256,
     api_key,
     archive_key,
-    decrypt_range,
     decrypt_v1,
-    decrypt_v2,
     detect_format,
     encrypt_v1,
-    encrypt_v2,
-    hash_b64,
-    hw_hash,
-    key_from_str,
     resource_key,
-    v2_chunk_range,
-    v2_open_chunk,
+    segment_count,
+    v1_padded_length,
+    v1_plaintext_length,
     v2_plaintext_length,
+    v2_stored_chunk_size,
 )
-from edgeloader._core import v1_padded_length as padded_length
-from edgeloader._core import v1_plaintext_length as plaintext_length
 from edgeloader.crypto.parts import (
-    FULL_SMALL_PART_FROM,
-    MAX_SMALL_PART,
     big_name,
+    segments_name,
     small_name,
     small_part_length,
     split_ciphertext,
@@ -47,48 +57,37 @@ from edgeloader.errors import DecryptionError
 __all__ = [
     "BLOCK_SIZE",
     "FORMAT_PREFIX",
-    "FULL_SMALL_PART_FROM",
-    "IV_SIZE",
-    "MAX_SMALL_PART",
+    "SEGMENT_DEFAULT",
+    "SEGMENT_MAX",
+    "SEGMENT_MIN",
     "V1_TAIL",
     "V2_HEADER_SIZE",
+    "ChunkGate",
     "DecryptionError",
-    "Decryptor",
-    "DecryptorV2",
-    "Encryptor",
-    "EncryptorV2",
+    "SegmentGate",
+    "SegmentHasher",
     "Sha256",
     "api_key",
     "archive_key",
     "big_name",
-    "decrypt_range",
     "decrypt_stream",
     "decrypt_v1",
-    "decrypt_v2",
     "detect_format",
     "encrypt_chunks",
     "encrypt_v1",
-    "encrypt_v2",
-    "hash_b64",
-    "hw_hash",
-    "key_from_str",
-    "padded_length",
-    "plaintext_length",
     "resource_key",
     "resource_plaintext_length",
+    "segment_count",
+    "segments_name",
     "small_name",
     "small_part_length",
     "split_ciphertext",
-    "split_plaintext_length",
     "staging_name",
-    "v2_chunk_range",
-    "v2_open_chunk",
-    "v2_plaintext_length",
+    "v1_length",
+    "v2_stored_chunk_size",
 ]
 
 IV_SIZE = BLOCK_SIZE
-
-
 #: How much of a v1 ciphertext's end ``plaintext_length`` needs.
 V1_TAIL = 2 * BLOCK_SIZE
 #: The v2 header, from which, with the size, a v2 file's plaintext length follows.
@@ -97,12 +96,9 @@ V2_HEADER_SIZE = 32
 FORMAT_PREFIX = 4
 
 
-def split_plaintext_length(small: bytes, big_size: int, big_tail: bytes) -> int:
-    """Plaintext length of a v1 resource under the resource key, from its
-    small part, the big part's size and the big part's last ``V1_TAIL`` bytes
-    (fewer when the big part is shorter: then the small part supplies the rest)."""
-    last = (small + big_tail)[-V1_TAIL:]
-    return plaintext_length(resource_key(), len(small) + big_size, last)
+def v1_length(plaintext_length: int) -> int:
+    """The length of a v1 file holding ``plaintext_length`` bytes."""
+    return IV_SIZE + v1_padded_length(plaintext_length)
 
 
 async def encrypt_chunks(
@@ -171,4 +167,4 @@ def resource_plaintext_length(fmt: int, start: bytes, size: int, tail: bytes) ->
     for v1 from its last 32 bytes (``tail``) under the resource key."""
     if fmt == 2:
         return v2_plaintext_length(start[:V2_HEADER_SIZE], size)
-    return plaintext_length(resource_key(), size, tail[-V1_TAIL:])
+    return v1_plaintext_length(resource_key(), size, tail[-V1_TAIL:])

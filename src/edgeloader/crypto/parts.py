@@ -21,6 +21,7 @@ __all__ = [
     "FULL_SMALL_PART_FROM",
     "MAX_SMALL_PART",
     "big_name",
+    "segments_name",
     "small_name",
     "small_part_length",
     "split_ciphertext",
@@ -36,6 +37,12 @@ def small_name(name: str) -> str:
 def big_name(name: str) -> str:
     """The CDN's object key of a resource's big part."""
     return f"{name}.big"
+
+
+def segments_name(name: str) -> str:
+    """The Resource API's file name of a resource's segment list
+    (``ARCHIVE.segments`` for the unlock archive, in the empty folder)."""
+    return f"{name}.segments"
 
 
 def staging_name(name: str, token: str) -> str:

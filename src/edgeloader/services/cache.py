@@ -3,10 +3,17 @@
 Layout: ``{root}/{folder}/{name}/{tag}-{sha256}.big``. ``tag`` is a hash of
 the resource's small part: a re-published resource has a new random IV or
 salt and so a new small part, which makes a stale entry miss instead of
-yielding wrong plaintext. ``sha256`` is the digest of the entry's own bytes,
-checked as the entry streams, so a damaged file (a flipped byte, a
-truncation) is caught even in format v1, which has no MAC; the name carries
-it so that entry and digest can never disagree after a crash.
+yielding wrong plaintext. The name carries what the entry is checked
+against as it streams, so that entry and check can never disagree after a
+crash, and a damaged file (a flipped byte, a truncation) is caught even in
+format v1, which has no MAC:
+
+- without a trusted publisher, ``sha256`` is the digest of the entry's own
+  bytes;
+- under a signed release, the name is ``{tag}-r{sha256}.big`` with the
+  artifact's identity (the manifest's ``sha256``), and every read verifies
+  the entry segment by segment against the release's segment list: the
+  box's disk is not trusted.
 
 Entries are written under a temporary name and renamed only after a
 complete, successful read. The cache never follows a symbolic link: a
@@ -42,7 +49,7 @@ log = logging.getLogger(__name__)
 
 _SUFFIX = ".big"
 _PREFETCH = ".prefetch"
-_ENTRY = re.compile(r"^(?P<tag>[0-9a-f]{32})-(?P<sha256>[0-9a-f]{64})\.big$")
+_ENTRY = re.compile(r"^(?P<tag>[0-9a-f]{32})-(?P<release>r)?(?P<sha256>[0-9a-f]{64})\.big$")
 
 
 def cache_tag(small_ciphertext: bytes) -> str:
@@ -54,9 +61,21 @@ class CacheEntry:
     path: Path
     tag: str
     sha256: str
+    #: Named by a release's identity (checked by segments), not by its own hash.
+    release: bool = False
 
-    def matches(self, small_ciphertext: bytes) -> bool:
-        return self.tag == cache_tag(small_ciphertext)
+    def matches(self, small_ciphertext: bytes, identity: str | None) -> bool:
+        """Whether the entry holds this small part's big part, of the
+        release ``identity`` (None: no release is trusted)."""
+        if self.tag != cache_tag(small_ciphertext):
+            return False
+        if identity is None:
+            return not self.release
+        return self.release and self.sha256 == identity
+
+
+def entry_name(tag: str, sha256: str, release: bool) -> str:
+    return f"{tag}-{'r' if release else ''}{sha256}{_SUFFIX}"
 
 
 class EntryCheck:
@@ -107,7 +126,10 @@ class ModelCache:
             for item in items:
                 match = _ENTRY.match(item.name)
                 if match and item.is_file(follow_symlinks=False):
-                    found.append(CacheEntry(Path(item.path), match["tag"], match["sha256"]))
+                    entry = CacheEntry(
+                        Path(item.path), match["tag"], match["sha256"], bool(match["release"])
+                    )
+                    found.append(entry)
                 elif item.name.endswith(_SUFFIX) or item.is_dir(follow_symlinks=False):
                     self.discard(Path(item.path))
         return min(found, key=lambda e: e.path.name) if found else None
@@ -124,10 +146,15 @@ class ModelCache:
             return None
         return directory
 
-    def writer(self, folder: str, name: str, small_ciphertext: bytes) -> CacheWriter | None:
-        """A writer for a new entry; None when the folder is not safe to write."""
+    def writer(
+        self, folder: str, name: str, small_ciphertext: bytes, identity: str | None = None
+    ) -> CacheWriter | None:
+        """A writer for a new entry (of the release ``identity``, if any);
+        None when the folder is not safe to write."""
         directory = self._writable_dir(folder, name)
-        return CacheWriter(directory, cache_tag(small_ciphertext)) if directory else None
+        if directory is None:
+            return None
+        return CacheWriter(directory, cache_tag(small_ciphertext), identity)
 
     def partial(self, folder: str, name: str, tag: str) -> PartialEntry | None:
         """The pre-staged big part of the resource whose small part has
@@ -178,23 +205,30 @@ class ModelCache:
 
 class CacheWriter:
     """Writes one entry under a temporary name; ``commit`` makes it visible
-    under its final name, which carries its digest."""
+    under its final name: the release's identity, or else its own digest
+    (the one case where the writer hashes what it writes)."""
 
-    def __init__(self, directory: Path, tag: str) -> None:
+    def __init__(self, directory: Path, tag: str, identity: str | None = None) -> None:
         self.directory = directory
         self.tag = tag
+        self.identity = identity
         self._file = AtomicFile(directory / f"{tag}{_SUFFIX}")
-        self._hash = crypto.Sha256()
+        self._hash = crypto.Sha256() if identity is None else None
 
     def _write(self, data: bytes) -> None:
         self._file.write(data)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
 
     async def write(self, data: bytes) -> None:
         await asyncio.to_thread(self._write, data)
 
     def _commit(self) -> None:
-        final = self.directory / f"{self.tag}-{self._hash.hexdigest()}{_SUFFIX}"
+        if self._hash is not None:
+            final = self.directory / entry_name(self.tag, self._hash.hexdigest(), False)
+        else:
+            assert self.identity is not None
+            final = self.directory / entry_name(self.tag, self.identity, True)
         self._file.target = final
         self._file.commit()
         with os.scandir(self.directory) as items:
@@ -267,18 +301,26 @@ class PartialEntry:
                 os.close(self._fd)
                 self._fd = None
 
-    def chunks(self, chunk_size: int) -> Iterator[bytes]:
-        """The file's bytes, read again from the start (blocking)."""
+    def chunks(self, chunk_size: int, limit: int | None = None) -> Iterator[bytes]:
+        """The file's bytes (its first ``limit``), read again from the start
+        (blocking)."""
+        left = limit
         with self.path.open("rb") as handle:
-            while data := handle.read(chunk_size):
+            while left is None or left > 0:
+                data = handle.read(chunk_size if left is None else min(chunk_size, left))
+                if not data:
+                    return
+                if left is not None:
+                    left -= len(data)
                 yield data
 
-    def commit(self, sha256: str) -> CacheEntry:
-        """The file becomes the entry (whose bytes have ``sha256``); other
-        entries of the resource are dropped."""
+    def commit(self, sha256: str, release: bool = False) -> CacheEntry:
+        """The file becomes the entry named by ``sha256``: its bytes' own
+        digest, or with ``release`` the release's identity. Other entries of
+        the resource are dropped."""
         self.sync()
         self.close()
-        final = self.directory / f"{self.tag}-{sha256}{_SUFFIX}"
+        final = self.directory / entry_name(self.tag, sha256, release)
         os.replace(self.path, final)
         fsync_dir(self.directory)
         with os.scandir(self.directory) as items:
@@ -286,7 +328,7 @@ class PartialEntry:
         for other in others:
             if other != final:
                 ModelCache.discard(other)
-        return CacheEntry(final, self.tag, sha256)
+        return CacheEntry(final, self.tag, sha256, release)
 
     def discard(self) -> None:
         self.close()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from edgeloader import crypto
 from edgeloader.config import DownloadSettings
-from edgeloader.errors import CdnError, CdnReadFailed, NotFound, ObjectChanged
+from edgeloader.errors import CdnError, CdnReadFailed, DecryptionError, NotFound, ObjectChanged
 from edgeloader.metrics import Metrics
 from edgeloader.services.budget import ByteBudget, Claim, TokenBucket
 from edgeloader.upstream.cdn import MAX_POOL, Cdn, CdnRange
@@ -34,8 +34,6 @@ MAX_BACKOFF = 8.0
 READ_SIZE = 128 * 1024
 # Below the CDN client's pool: the rest is for the short reads (v1 tails).
 CONNECTION_SLOTS = MAX_POOL - 4
-_V2_TAG = 16
-_V2_CHUNK_LOG2 = range(16, 25)
 _jitter = random.Random()  # noqa: S311 - spreads retries out, nothing secret
 
 
@@ -52,11 +50,20 @@ class Alignment:
         ciphertext: whole 16-byte blocks in v1, whole chunks in v2."""
         n = len(small)
         if n >= crypto.FORMAT_PREFIX and crypto.detect_format(small[: crypto.FORMAT_PREFIX]) == 2:
-            if n < crypto.V2_HEADER_SIZE or small[6] not in _V2_CHUNK_LOG2:
-                return cls()  # a tiny (or malformed) resource: one part anyway
-            chunk = (1 << small[6]) + _V2_TAG
+            if n < crypto.V2_HEADER_SIZE:
+                return cls()  # a tiny resource: one part anyway
+            try:
+                chunk = crypto.v2_stored_chunk_size(small[: crypto.V2_HEADER_SIZE])
+            except DecryptionError:
+                return cls()  # a malformed header fails at the decryptor
             return cls(chunk, (crypto.V2_HEADER_SIZE - n) % chunk)
         return cls(crypto.BLOCK_SIZE, -n % crypto.BLOCK_SIZE)
+
+    @classmethod
+    def segments(cls, small: bytes, segment: int) -> Alignment:
+        """Boundaries of a release's segments (``k·segment`` in the whole
+        ciphertext) for the big part that follows ``small``."""
+        return cls(segment, -len(small) % segment)
 
     def up(self, position: int) -> int:
         """The first boundary at or after ``position``."""
@@ -124,6 +131,7 @@ class Download:
         start: int = 0,
         size: int | None = None,
         etag: str | None = None,
+        hold: int = 0,
     ) -> None:
         self.bucket = bucket
         self.key = key
@@ -139,6 +147,9 @@ class Download:
         self._slots = transfers.slots
         self._metrics = transfers.metrics
         self._alignment = alignment or Alignment()
+        # Bytes the reader itself holds between reading and releasing them
+        # (a segment being verified), reserved with its current part.
+        self._hold = hold
         self._part_size = self._alignment.round(self._settings.part_size)
         self._parts: list[_Part] = []
         self._current = 0  # the part the reader is on
@@ -213,7 +224,7 @@ class Download:
             part = self._parts[self._next]
             part.streamed = self._next == self._current
             if part.streamed:
-                part.claim = self._budget.claim(2 * self._chunk, urgent=True)
+                part.claim = self._budget.claim(2 * self._chunk + self._hold, urgent=True)
             else:
                 assert part.end is not None
                 part.claim = self._budget.claim(part.end - part.start)

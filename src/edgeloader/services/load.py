@@ -1,18 +1,16 @@
 """Load: small part (API) + big part (CDN or cache) → plaintext stream.
 
-The plaintext length is known before the first byte is sent. For format v2
-it follows from the header and the ciphertext's size alone; for v1 the last
-two ciphertext blocks, read up front with a ranged request, reveal the
-padding. Then the small part and the big part's chunks run through one
-streaming decryptor, and plaintext leaves as it is produced. The big part
-arrives in order from ``services/download.py`` (parallel ranged reads,
-resumed after a drop, pinned to one version of the object), which keeps
-memory within the process's budget of CDN bytes.
+The plaintext length is known before the first byte is sent: for v2 from
+the header and the ciphertext's size, for v1 from the last two ciphertext
+blocks (read up front). Then ``small ‖ big`` runs through one streaming
+decryptor and plaintext leaves as it is made (docs/architecture.md, "Load").
 
-With a trusted publisher (``services/manifest.py``) the manifest is checked
-first, the format and size before any byte, and the ciphertext's SHA-256
-as it streams: the last plaintext piece is held back until the hash
-matches, and a cache entry is committed only after it did.
+Under a signed release (``services/manifest.py``) the format, size and
+segment list are checked before the first byte, and the ciphertext passes
+through the release's gate before the decryptor sees it, so every byte of
+plaintext comes from verified segments, whether the ciphertext came from
+the CDN or from the cache (whose disk is not trusted either). A mismatch
+cuts the stream there: the client holds only verified plaintext.
 """
 
 from __future__ import annotations
@@ -24,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeloader import crypto
-from edgeloader.errors import CdnError, DecryptionError
+from edgeloader.errors import CdnError, DecryptionError, IntegrityError
 from edgeloader.metrics import Metrics
 from edgeloader.services.cache import CacheEntry, CacheWriter, EntryCheck, ModelCache
 from edgeloader.services.download import Alignment, Download, Transfers
-from edgeloader.services.manifest import Artifact, CiphertextHash, ReleaseGate
+from edgeloader.services.manifest import Release, ReleaseGate, Verified
 from edgeloader.services.session import DeviceSession
 
 log = logging.getLogger(__name__)
@@ -87,25 +85,24 @@ class LoadService:
     async def open(self, folder: str, name: str) -> PlaintextStream:
         """``folder/name``, checked as far as it can be before its first byte."""
         session, cache = self.session, self.cache
-        artifact = await self.gate.artifact(
-            lambda file_name: session.fetch_small("", file_name), f"{folder}/{name}"
-        )
+        release = await self.gate.release(session.fetch_small, folder, name)
+        identity = release.identity if release is not None else None
         cached = await asyncio.to_thread(cache.lookup, folder, name) if cache else None
         small: bytes | None = None
         if cached is not None:
             small = await session.fetch_small(folder, crypto.small_name(name))
-            if cached.matches(small):
+            if cached.matches(small, identity):
                 try:
-                    return await self._from_file(small, cached, artifact)
+                    return await self._from_file(small, cached, release)
                 except (OSError, DecryptionError):
                     # A damaged entry (truncated, emptied, a bad last block) is
                     # caught here, before any byte: drop it and use the CDN.
                     log.warning("cache entry %s is damaged; using the CDN", cached.path)
             await asyncio.to_thread(ModelCache.discard, cached.path)
-        return await self._from_cdn(folder, name, small, artifact)
+        return await self._from_cdn(folder, name, small, release)
 
     async def _from_cdn(
-        self, folder: str, name: str, small: bytes | None, artifact: Artifact | None
+        self, folder: str, name: str, small: bytes | None, release: Release | None
     ) -> PlaintextStream:
         """The small part first, then (v1 only) the big part's last blocks (its
         size and ETag pin the reads that follow), then the big part's body,
@@ -126,8 +123,15 @@ class LoadService:
             # The tail gives the size, and the version the body is pinned to.
             found, tail = await cdn.tail(folder, key, crypto.V1_TAIL)
             size, etag = found.total, found.etag or None
+        if release is not None:
+            # Parts start on segment boundaries, and the reader holds one
+            # segment while it is verified: reserved with its current part.
+            segment = release.artifact.segment
+            alignment, hold = Alignment.segments(small, segment), segment
+        else:
+            alignment, hold = Alignment.after(small), 0
         download = Download(
-            cdn, self.transfers, folder, key, alignment=Alignment.after(small), size=size, etag=etag
+            cdn, self.transfers, folder, key, alignment=alignment, size=size, etag=etag, hold=hold
         )
 
         async def close() -> None:
@@ -140,16 +144,20 @@ class LoadService:
             # v2 needs the header, which a tiny resource's small part may not hold whole.
             if len(small) < crypto.V2_HEADER_SIZE and ct.big_size:
                 ct.big_head = await anext(chunks, b"")
-            length = _check(ct, tail, artifact)
-            writer = await asyncio.to_thread(cache.writer, folder, name, small) if cache else None
+            length = _check(ct, tail, release)
+            writer = None
+            if cache is not None:
+                identity = release.identity if release is not None else None
+                writer = await asyncio.to_thread(cache.writer, folder, name, small, identity)
         except BaseException:
             download.close()
             raise
-        plain = self._decrypt(ct, length, writer, artifact)
+        verified = release.gate() if release is not None else None
+        plain = self._decrypt(ct, length, writer, verified)
         return PlaintextStream(length, _Closing(plain, ct), "cdn")
 
     async def _from_file(
-        self, small: bytes, entry: CacheEntry, artifact: Artifact | None
+        self, small: bytes, entry: CacheEntry, release: Release | None
     ) -> PlaintextStream:
         chunk_size = self.session.settings.chunk_size
         handle = await asyncio.to_thread(entry.path.open, "rb")
@@ -174,11 +182,16 @@ class LoadService:
                     yield data
 
             ct = _Ciphertext(small, size, b"", chunks(), close)
-            length = _check(ct, tail, artifact, head=head)
+            length = _check(ct, tail, release, head=head)
         except BaseException:
             handle.close()
             raise
-        plain = self._decrypt(ct, length, None, artifact, EntryCheck(entry))
+        # Under a release the entry is verified by segments as it streams;
+        # without one, by its own digest with the last piece held back.
+        if release is not None:
+            plain = self._decrypt(ct, length, None, release.gate(), cached=entry)
+        else:
+            plain = self._decrypt(ct, length, None, None, cached=entry, check=EntryCheck(entry))
         return PlaintextStream(length, _Closing(plain, ct), "cache")
 
     async def _decrypt(
@@ -186,71 +199,75 @@ class LoadService:
         ct: _Ciphertext,
         length: int,
         writer: CacheWriter | None,
-        artifact: Artifact | None,
-        entry: EntryCheck | None = None,
+        verified: Verified | None,
+        *,
+        cached: CacheEntry | None = None,
+        check: EntryCheck | None = None,
     ) -> AsyncGenerator[bytes, None]:
-        """Decrypts ``small ‖ big`` as one stream; tees ``big`` to the cache.
+        """Decrypts ``small ‖ big`` as one stream, from verified segments
+        only when ``verified`` gates it; tees the big part to the cache.
+        ``check`` is an entry's own digest (read without a release)."""
 
-        With a manifest entry (the whole ciphertext's hash) or a cache entry
-        (the big part's hash), the last plaintext piece waits for the check.
-        """
-        digest = CiphertextHash(artifact) if artifact is not None else None
-        hold_back = digest is not None or entry is not None
-
-        async def big() -> AsyncIterator[bytes]:
+        async def read() -> AsyncIterator[bytes]:
+            yield ct.small
             if ct.big_head:
                 yield ct.big_head
             async for chunk in ct.big:
+                if check is not None:
+                    check.update(chunk)
                 yield chunk
 
         async def ciphertext() -> AsyncIterator[bytes]:
-            yield ct.small
-            if digest is not None:
-                digest.update(ct.small)
-            async for chunk in big():
+            released = 0  # ciphertext bytes passed on so far
+            async for piece in read():
+                out = verified.update(piece) if verified is not None else piece
+                if not out:
+                    continue
                 if writer is not None:
-                    await writer.write(chunk)
-                if digest is not None:
-                    digest.update(chunk)
-                if entry is not None:
-                    entry.update(chunk)
-                yield chunk
+                    big = out[max(0, len(ct.small) - released) :]
+                    if big:
+                        await writer.write(big)
+                released += len(out)
+                yield out
+            if verified is not None:
+                verified.finish()
 
         sent = 0
         held = b""
         committed = False
         try:
+            # The last piece waits for the end: the entry's digest (``check``),
+            # the full length, and the cache's commit, so that a client
+            # holding the whole body also finds the entry in place.
             async for plain in crypto.decrypt_stream(crypto.resource_key(), ciphertext()):
                 if sent + len(held) + len(plain) > length:
                     raise DecryptionError()
-                if not hold_back:
-                    sent += len(plain)
-                    yield plain
-                    continue
                 if held:
                     sent += len(held)
                     yield held
                 held = plain
-            if entry is not None:
-                entry.verify()
-            if digest is not None:
-                digest.verify()
-            if held:
-                sent += len(held)
-                yield held
-            if sent != length:
+            if check is not None:
+                check.verify()
+            if sent + len(held) != length:
                 raise DecryptionError()
             if writer is not None:
                 await writer.commit()
                 committed = True
+            if held:
+                sent += len(held)
+                yield held
         except CdnError:
             log.warning("CDN failed mid-stream after %d of %d bytes", sent, length)
+            raise
+        except IntegrityError:
+            if cached is not None:  # the box's own copy is forged or damaged: drop it
+                await asyncio.to_thread(ModelCache.discard, cached.path)
             raise
         finally:
             if writer is not None and not committed:
                 writer.abort()
             await ct.close()
-            self.metrics.load_sent("cache" if entry is not None else "cdn", sent)
+            self.metrics.load_sent("cache" if cached is not None else "cdn", sent)
 
 
 class _Closing(AsyncGenerator[bytes, None]):
@@ -277,11 +294,11 @@ class _Closing(AsyncGenerator[bytes, None]):
             await self._ct.close()
 
 
-def _check(ct: _Ciphertext, tail: bytes, artifact: Artifact | None, head: bytes = b"") -> int:
-    """The manifest's format and size, then the plaintext length: all
-    before any byte is sent."""
+def _check(ct: _Ciphertext, tail: bytes, release: Release | None, head: bytes = b"") -> int:
+    """The release's format and size, then the plaintext length: all before
+    any byte is sent."""
     start = ct.start + head
     fmt = crypto.detect_format(start[: crypto.FORMAT_PREFIX])
-    if artifact is not None:
-        artifact.check(fmt=fmt, size=ct.size)
+    if release is not None:
+        release.check(fmt=fmt, size=ct.size)
     return crypto.resource_plaintext_length(fmt, start, ct.size, ct.small + tail)

@@ -1,20 +1,18 @@
-"""The signed release manifest and the box's version floor (docs/security.md).
+"""The signed release manifest, its segment lists and the box's version
+floor (docs/security.md, "The signed release manifest").
 
-When the device trusts a publisher (``EDGELOADER_PUBLISHER_KEY``), every
-load and every unlock first fetches ``manifest.json`` and its signature from
-the Resource API, fresh, and checks, before any plaintext leaves:
+With a publisher key (``EDGELOADER_PUBLISHER_KEY``), every load, pre-staging,
+unlock and model mount first asks :class:`ReleaseGate` for the artifact's
+:class:`Release`: the manifest fetched fresh and checked (signature, expiry,
+version floor, the artifact listed), then the artifact's segment list,
+checked against the manifest. The flow then checks the format and size
+before its first byte (:meth:`Release.check`) and passes the ciphertext
+through :meth:`Release.gate`, which releases it only in segments whose
+SHA-256 matched their entry: no plaintext is ever made from bytes that
+were not verified.
 
-- the Ed25519 signature over the manifest's exact bytes;
-- that it has not expired;
-- that its ``version`` is not below the highest this box has accepted (the
-  floor, kept durably in the state folder; an equal version is fine, a
-  higher one raises the floor);
-- that the artifact is listed, with the expected ``format`` and ``size``.
-
-The caller then hashes the ciphertext as it streams (:class:`CiphertextHash`)
-and releases the last plaintext only when the hash matches. Every refusal is
-an :class:`IntegrityError` naming one fixed reason, counted by reason in the
-metrics (``edgeloader_integrity_failures_total``).
+Every refusal is an :class:`IntegrityError` naming one fixed reason, counted
+once by reason in the metrics (``edgeloader_integrity_failures_total``).
 """
 
 from __future__ import annotations
@@ -22,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
+import hashlib
 import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from edgeloader import crypto
-from edgeloader.errors import ConfigError, EdgeloaderError, IntegrityError
+from edgeloader.errors import (
+    ConfigError,
+    EdgeloaderError,
+    IntegrityError,
+    NotAuthenticated,
+    NotFound,
+)
 from edgeloader.metrics import Metrics
 from edgeloader.storage.files import atomic_write
 
@@ -46,9 +52,10 @@ __all__ = [
     "MANIFEST_FILE",
     "SIGNATURE_FILE",
     "Artifact",
-    "CiphertextHash",
     "Manifest",
+    "Release",
     "ReleaseGate",
+    "Verified",
     "load_publisher_key",
     "parse_manifest",
 ]
@@ -61,34 +68,20 @@ SIGNATURE_FILE = "manifest.json.sig"
 ARCHIVE_KEY = "images.enc"
 FLOOR_FILE = "release_floor"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_KEPT_LISTS = 64
 _RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
-
-Fetch = Callable[[str], Awaitable[bytes]]
 
 
 @dataclass(frozen=True)
 class Artifact:
+    """A manifest's entry: the whole published ciphertext's SHA-256 and
+    size, its format, and its segment size and segment list's SHA-256."""
+
     sha256: str
     size: int
     format: int
-    # Where its refusals are counted; the gate that admitted it sets it.
-    metrics: Metrics | None = field(default=None, compare=False, repr=False)
-
-    def _counted(self, error: IntegrityError) -> IntegrityError:
-        if self.metrics is not None:
-            self.metrics.integrity_failure(error.reason)
-        return error
-
-    def check(self, *, fmt: int, size: int) -> None:
-        """The published format and ciphertext size, before any byte leaves."""
-        if fmt != self.format:
-            raise self._counted(
-                IntegrityError("format", f"the manifest says v{self.format}, found v{fmt}")
-            )
-        if size != self.size:
-            raise self._counted(
-                IntegrityError("size", f"the manifest says {self.size} bytes, found {size}")
-            )
+    segment: int
+    segments: str
 
 
 @dataclass(frozen=True)
@@ -139,15 +132,31 @@ def parse_manifest(raw: bytes) -> Manifest:
     for key, entry in artifacts.items():
         if not isinstance(entry, dict):
             raise _malformed(f"artifact {key!r} must be an object")
-        sha, size, fmt = entry.get("sha256"), entry.get("size"), entry.get("format")
-        if not isinstance(sha, str) or not _SHA256.match(sha):
-            raise _malformed(f"artifact {key!r}: sha256 must be 64 lowercase hex digits")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise _malformed(f"artifact {key!r}: size must be a non-negative integer")
-        if fmt not in (1, 2):
-            raise _malformed(f"artifact {key!r}: format must be 1 or 2")
-        parsed[str(key)] = Artifact(sha, size, int(fmt))
+        parsed[str(key)] = _artifact(str(key), entry)
     return Manifest(version, expires_at, parsed)
+
+
+def _artifact(key: str, entry: dict[str, Any]) -> Artifact:
+    sha, size, fmt = entry.get("sha256"), entry.get("size"), entry.get("format")
+    segment, segments = entry.get("segment"), entry.get("segments")
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        raise _malformed(f"artifact {key!r}: sha256 must be 64 lowercase hex digits")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _malformed(f"artifact {key!r}: size must be a non-negative integer")
+    if fmt not in (1, 2) or isinstance(fmt, bool):
+        raise _malformed(f"artifact {key!r}: format must be 1 or 2")
+    if segment is None or segments is None:
+        raise _malformed(f"artifact {key!r}: segment and segments are required")
+    if (
+        not isinstance(segment, int)
+        or isinstance(segment, bool)
+        or not crypto.SEGMENT_MIN <= segment <= crypto.SEGMENT_MAX
+        or segment & (segment - 1)
+    ):
+        raise _malformed(f"artifact {key!r}: segment must be a power of two from 2^16 to 2^24")
+    if not isinstance(segments, str) or not _SHA256.match(segments):
+        raise _malformed(f"artifact {key!r}: segments must be 64 lowercase hex digits")
+    return Artifact(sha, size, int(fmt), segment, segments)
 
 
 def _verify_signature(key: Ed25519PublicKey, manifest: bytes, signature_file: bytes) -> None:
@@ -186,6 +195,9 @@ class VersionFloor:
                 log.info("release floor raised from %d to %d", floor, version)
 
 
+Fetch = Callable[[str, str], Awaitable[bytes]]
+
+
 class ReleaseGate:
     """The device's side of the manifest: disabled without a publisher key."""
 
@@ -195,10 +207,13 @@ class ReleaseGate:
         self.key = key
         self.metrics = metrics
         self.floor = VersionFloor(state_dir)
+        # Segment lists by their SHA-256: checked against the manifest, so a
+        # list kept here is as good as one fetched again.
+        self._lists: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         if key is None:
             log.warning(
-                "EDGELOADER_PUBLISHER_KEY is not set: loads and unlocks are not checked "
-                "against a signed release manifest"
+                "EDGELOADER_PUBLISHER_KEY is not set: content from the CDN is not "
+                "authenticated against a forger (no signed release manifest is checked)"
             )
 
     @classmethod
@@ -212,48 +227,138 @@ class ReleaseGate:
     def enabled(self) -> bool:
         return self.key is not None
 
-    async def artifact(self, fetch: Fetch, name: str) -> Artifact | None:
-        """The verified manifest's entry for ``name``; None when disabled.
+    def count(self, error: IntegrityError) -> IntegrityError:
+        """Counts a refusal in the metrics; returns it, to be raised."""
+        if self.metrics is not None:
+            self.metrics.integrity_failure(error.reason)
+        return error
 
-        ``fetch(file_name)`` returns a file served like ``cdn.yaml``.
+    async def release(self, fetch: Fetch, folder: str, name: str) -> Release | None:
+        """``folder/name`` as the verified manifest lists it, with its segment
+        list checked; None when no publisher is trusted.
+
+        ``fetch(folder, file_name)`` returns a file served like ``cdn.yaml``.
+        The unlock archive is ``("", ARCHIVE_KEY)``.
         """
-        try:
-            return await self._artifact(fetch, name)
-        except IntegrityError as exc:
-            if self.metrics is not None:
-                self.metrics.integrity_failure(exc.reason)
-            raise
-
-    async def _artifact(self, fetch: Fetch, name: str) -> Artifact | None:
         if self.key is None:
             return None
         try:
-            raw, signature = await asyncio.gather(fetch(MANIFEST_FILE), fetch(SIGNATURE_FILE))
+            return await self._release(self.key, fetch, folder, name)
+        except IntegrityError as exc:
+            raise self.count(exc) from None
+
+    async def _release(
+        self, key: Ed25519PublicKey, fetch: Fetch, folder: str, name: str
+    ) -> Release:
+        try:
+            raw, signature = await asyncio.gather(
+                fetch("", MANIFEST_FILE), fetch("", SIGNATURE_FILE)
+            )
         except EdgeloaderError as exc:
-            if isinstance(exc, IntegrityError):
-                raise
+            if isinstance(exc, IntegrityError | NotAuthenticated):
+                raise  # a device not logged in is told so, not a manifest fault
             raise IntegrityError("unavailable", exc.detail) from None
-        _verify_signature(self.key, raw, signature)
+        _verify_signature(key, raw, signature)
         manifest = parse_manifest(raw)
         if manifest.expires <= time.time():
             raise IntegrityError("expired")
         await self.floor.admit(manifest.version)
-        entry = manifest.artifacts.get(name)
-        if entry is None:
-            raise IntegrityError("not-listed", name)
-        return replace(entry, metrics=self.metrics)
+        listed = f"{folder}/{name}" if folder else name
+        artifact = manifest.artifacts.get(listed)
+        if artifact is None:
+            raise IntegrityError("not-listed", listed)
+        segments = await self._segment_list(fetch, folder, name, artifact)
+        return Release(listed, artifact, segments, self)
+
+    async def _segment_list(
+        self, fetch: Fetch, folder: str, name: str, artifact: Artifact
+    ) -> bytes:
+        kept = self._lists.get(artifact.segments)
+        if kept is not None:
+            self._lists.move_to_end(artifact.segments)
+            found = kept
+        else:
+            file_name = crypto.segments_name(name)
+            try:
+                found = await fetch(folder, file_name)
+            except NotFound:
+                where = f"{folder}/{file_name}" if folder else file_name
+                raise IntegrityError("segments", f"{where} is missing upstream") from None
+            except NotAuthenticated:
+                raise
+            except EdgeloaderError as exc:
+                raise IntegrityError("unavailable", exc.detail) from None
+        # The length is checked for every artifact: one list may be named by
+        # another artifact whose size does not fit it.
+        expected = 32 * crypto.segment_count(artifact.size, artifact.segment)
+        if len(found) != expected:
+            raise IntegrityError(
+                "segments", f"the list has {len(found)} bytes, the manifest implies {expected}"
+            )
+        if kept is None:
+            if hashlib.sha256(found).hexdigest() != artifact.segments:
+                raise IntegrityError("segments", "the list does not match the manifest")
+            self._lists[artifact.segments] = found
+            while len(self._lists) > _KEPT_LISTS:
+                self._lists.popitem(last=False)
+        return found
 
 
-class CiphertextHash:
-    """SHA-256 of a ciphertext as it streams, compared with the manifest's."""
+class Release:
+    """An artifact of a verified manifest whose segment list matched it."""
 
-    def __init__(self, artifact: Artifact) -> None:
+    def __init__(self, listed: str, artifact: Artifact, segments: bytes, gate: ReleaseGate) -> None:
+        self.listed = listed
         self.artifact = artifact
-        self._hash = crypto.Sha256()
+        self.segments = segments
+        self._gate = gate
 
-    def update(self, data: bytes) -> None:
-        self._hash.update(data)
+    @property
+    def identity(self) -> str:
+        """The artifact's identity: the whole ciphertext's SHA-256, from the
+        manifest (not computed again: the segments cover every byte)."""
+        return self.artifact.sha256
 
-    def verify(self) -> None:
-        if self._hash.hexdigest() != self.artifact.sha256:
-            raise self.artifact._counted(IntegrityError("hash"))
+    def check(self, *, fmt: int, size: int) -> None:
+        """The published format and ciphertext size, before any byte leaves."""
+        a = self.artifact
+        if fmt != a.format:
+            raise self._gate.count(
+                IntegrityError("format", f"the manifest says v{a.format}, found v{fmt}")
+            )
+        if size != a.size:
+            raise self._gate.count(
+                IntegrityError("size", f"the manifest says {a.size} bytes, found {size}")
+            )
+
+    def gate(self, start: int = 0) -> Verified:
+        """A pass-through for the ciphertext from ``start`` (a segment
+        boundary) that releases only whole verified segments."""
+        a = self.artifact
+        return Verified(crypto.SegmentGate(a.segment, a.size, self.segments, start), self._gate)
+
+
+class Verified:
+    """Ciphertext released segment by segment once each one's SHA-256
+    matched (``crypto.SegmentGate``); a mismatch is counted once."""
+
+    def __init__(self, gate: crypto.SegmentGate, counter: ReleaseGate) -> None:
+        self._gate = gate
+        self._counter = counter
+
+    @property
+    def position(self) -> int:
+        """The ciphertext offset up to which everything has been released."""
+        return self._gate.position
+
+    def update(self, data: bytes | memoryview) -> bytes:
+        try:
+            return self._gate.update(data)
+        except IntegrityError as exc:
+            raise self._counter.count(exc) from None
+
+    def finish(self) -> None:
+        try:
+            self._gate.finish()
+        except IntegrityError as exc:
+            raise self._counter.count(exc) from None

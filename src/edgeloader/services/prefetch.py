@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +33,7 @@ from edgeloader.errors import (
 from edgeloader.events import PREFETCH, Event, EventBus, Pacer
 from edgeloader.services.cache import ModelCache, PartialEntry, cache_tag
 from edgeloader.services.download import Alignment, Download, Transfers
-from edgeloader.services.manifest import Artifact, CiphertextHash, ReleaseGate
+from edgeloader.services.manifest import Release, ReleaseGate, Verified
 from edgeloader.services.session import DeviceSession
 from edgeloader.storage.sqlite import Database
 from edgeloader.wire import OneOf, Record
@@ -89,6 +88,10 @@ class _Row:
     big_size: int = 0
     good: int = 0
     error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.folder, self.name
 
 
 class _Journal:
@@ -306,9 +309,7 @@ class PrefetchService:
         folder, name = job.row.folder, job.row.name
         try:
             small = await self.session.fetch_small(folder, crypto.small_name(name))
-            artifact = await self.gate.artifact(
-                lambda file_name: self.session.fetch_small("", file_name), f"{folder}/{name}"
-            )
+            release = await self.gate.release(self.session.fetch_small, folder, name)
         except IntegrityError as exc:
             if exc.reason == "unavailable":
                 raise _Transient(exc.detail) from exc
@@ -318,8 +319,9 @@ class PrefetchService:
         except EdgeloaderError as exc:
             raise _Transient(exc.detail) from exc
         tag = cache_tag(small)
+        identity = release.identity if release is not None else None
         cached = await asyncio.to_thread(self.cache.lookup, folder, name)
-        if cached is not None and cached.matches(small):
+        if cached is not None and cached.matches(small, identity):
             size = await asyncio.to_thread(lambda: cached.path.stat().st_size)
             job.row = replace(job.row, tag=tag, small_size=len(small), big_size=size, good=size)
             await self._end(job, DONE, None)
@@ -331,31 +333,51 @@ class PrefetchService:
         if partial is None:
             raise Conflict(f"the cache folder of {folder}/{name} cannot be written")
         try:
-            await self._fetch(job, partial, small, artifact)
-            await self._verify(job, partial, small, artifact)
+            written = await self._fetch(job, partial, small, release)
+            await self._commit(job, partial, small, release, written)
         except BaseException:
             partial.close()
             raise
 
     async def _fetch(
-        self, job: _Job, partial: PartialEntry, small: bytes, artifact: Artifact | None
-    ) -> None:
+        self, job: _Job, partial: PartialEntry, small: bytes, release: Release | None
+    ) -> _Written:
+        """Reads the big part into the partial file, from what the journal
+        kept (checked again first), writing only checked bytes."""
         row = job.row
-        fmt = crypto.detect_format(small[: crypto.FORMAT_PREFIX])
-        # A resumed v2 file needs its header, which only a tiny resource lacks.
-        keep = row.good if fmt == 1 or len(small) >= crypto.V2_HEADER_SIZE else 0
-        good = await asyncio.to_thread(partial.open, keep)
-        if good != keep:  # the file lost what the journal counted: start over
-            good = await asyncio.to_thread(partial.open, 0)
+        good = await asyncio.to_thread(partial.open, row.good)
+        written: _Written | None = None
+        if good:
+            # The file on the box's disk is not trusted: what it holds is
+            # checked again, and only what passes, from the start, is kept.
+            total = len(small) + row.big_size
+            written = _Written(small, total, release)
+            try:
+                kept = await asyncio.to_thread(written.replay, partial, good)
+            except (IntegrityError, DecryptionError) as exc:
+                log.warning("the pre-staged part of %s/%s fails its check: %s", *row.key, exc)
+                kept = 0
+            if kept != good:
+                good = await asyncio.to_thread(partial.open, kept)
+                # Checked again from a fresh start, which ends on a boundary.
+                written = _Written(small, total, release) if good else None
+                if written is not None:
+                    await asyncio.to_thread(written.replay, partial, good)
+        if release is not None:
+            segment = release.artifact.segment
+            alignment, hold = Alignment.segments(small, segment), segment
+        else:
+            alignment, hold = Alignment.after(small), 0
         download = Download(
             await self._cdn(),
             self.transfers,
             row.folder,
             crypto.big_name(row.name),
-            alignment=Alignment.after(small),
+            alignment=alignment,
             start=good,
             size=row.big_size if good else None,
             etag=row.etag if good else None,
+            hold=hold,
         )
         try:
             try:
@@ -365,8 +387,12 @@ class PrefetchService:
                     raise
                 raise _Transient(exc.detail) from exc
             assert download.size is not None
-            if artifact is not None:
-                artifact.check(fmt=fmt, size=len(small) + download.size)
+            total = len(small) + download.size
+            if release is not None:
+                fmt = crypto.detect_format(small[: crypto.FORMAT_PREFIX])
+                release.check(fmt=fmt, size=total)
+            if written is None:
+                written = _Written(small, total, release)
             job.row = row = replace(
                 row,
                 state=RUNNING,
@@ -379,14 +405,10 @@ class PrefetchService:
             job.written = good
             await self._save(job)
             self._publish(job, force=True)
-            total = len(small) + download.size
-            # v2 bytes are released chunk by chunk once opened; a file complete
-            # before a restart holds only chunks opened then.
-            chunks = _V2Chunks(small, total, good) if fmt == 2 and good < download.size else None
             synced_at = time.monotonic()
             try:
                 async for data in download.chunks():
-                    for piece in chunks.feed(data) if chunks else (data,):
+                    if piece := written.feed(data):
                         await asyncio.to_thread(partial.write, piece)
                         job.written += len(piece)
                     if job.written - job.row.good >= CHECKPOINT_BYTES or (
@@ -397,51 +419,41 @@ class PrefetchService:
                         synced_at = time.monotonic()
                     self._publish(job)
             except EdgeloaderError as exc:
-                if isinstance(exc, (DecryptionError, ObjectChanged, NotFound)):
+                if isinstance(exc, (DecryptionError, IntegrityError, ObjectChanged, NotFound)):
                     raise
                 raise _Transient(exc.detail) from exc
             finally:
-                # What arrived in order is good to keep, whatever ended the read.
+                # What arrived in order and passed its check is good to keep,
+                # whatever ended the read.
                 with contextlib.suppress(OSError):
                     await self._checkpoint(job, partial)
-            if chunks is not None:
-                chunks.finish()
+            written.finish()
+            return written
         finally:
             download.close()
 
-    async def _verify(
-        self, job: _Job, partial: PartialEntry, small: bytes, artifact: Artifact | None
+    async def _commit(
+        self,
+        job: _Job,
+        partial: PartialEntry,
+        small: bytes,
+        release: Release | None,
+        written: _Written,
     ) -> None:
+        """The checked file becomes the cache entry: named by the release's
+        identity, or by its own digest (computed as it was written)."""
         await self._set(job, VERIFYING, None)
         total = job.row.small_size + job.row.big_size
-        whole = CiphertextHash(artifact) if artifact is not None else None
-        chunk_size = self.settings.chunk_size
-
-        def digest() -> tuple[str, bytes, bytes, int]:
-            own = crypto.Sha256()
-            if whole is not None:
-                whole.update(small)
-            head, tail, size = small, small[-crypto.V1_TAIL :], 0
-            for data in partial.chunks(chunk_size):
-                own.update(data)
-                if whole is not None:
-                    whole.update(data)
-                if len(head) < crypto.V2_HEADER_SIZE:
-                    head += data[: crypto.V2_HEADER_SIZE]
-                tail = (tail + data)[-crypto.V1_TAIL :]
-                size += len(data)
-            return own.hexdigest(), head, tail, size
-
-        sha256, head, tail, size = await asyncio.to_thread(digest)
-        if size != job.row.big_size:
+        if written.size != job.row.big_size:
             await self._forget(job)
-            raise _Transient(f"the partial file held {size} of {job.row.big_size} bytes")
+            raise _Transient(f"the partial file held {written.size} of {job.row.big_size} bytes")
         fmt = crypto.detect_format(small[: crypto.FORMAT_PREFIX])
-        # v1: the padding of the last block (v2's final chunk was opened as final).
-        crypto.resource_plaintext_length(fmt, head, total, tail)
-        if whole is not None:
-            whole.verify()
-        await asyncio.to_thread(partial.commit, sha256)
+        # v1: the padding of the last block (v2's final chunk was checked as final).
+        crypto.resource_plaintext_length(fmt, written.head, total, written.tail)
+        if release is not None:
+            await asyncio.to_thread(partial.commit, release.identity, True)
+        else:
+            await asyncio.to_thread(partial.commit, written.digest())
         job.written = job.row.big_size
         job.row = replace(job.row, good=job.row.big_size)
         await self._end(job, DONE, None)
@@ -501,59 +513,70 @@ class PrefetchService:
         self.events.publish(Event(PREFETCH, job.status.wire()))
 
 
-class _V2Chunks:
-    """The big part's bytes, released only in whole v2 chunks whose tags
-    verified (chunks span small and big parts: ``small ‖ big`` is one v2
-    file of ``total`` bytes). ``start`` is where the big part resumes: 0,
-    or the end of a verified chunk."""
+class _Written:
+    """What of ``small ‖ big`` may be written to the partial file, fed from
+    the start of the ciphertext: under a release, whole verified segments;
+    without one, v2's whole chunks whose tags verified, and in v1 (no MAC)
+    every byte. Only the big part's share comes out. It also keeps the
+    start and end of what came out and, without a release, its digest,
+    which will name the entry."""
 
-    def __init__(self, small: bytes, total: int, start: int) -> None:
-        self._key = crypto.resource_key()
+    def __init__(self, small: bytes, total: int, release: Release | None) -> None:
         self._small = len(small)
         self._total = total
-        self._base = self._small + start if start else 0  # ct offset of _pending[0]
-        self._pending = bytearray() if start else bytearray(small)
-        self._header = small[: crypto.V2_HEADER_SIZE]
-        self._index: int | None = None
-        self.finished = False
+        self._release = release
+        self._gate: Verified | crypto.ChunkGate | None = None
+        self._v2 = crypto.detect_format(small[: crypto.FORMAT_PREFIX]) == 2
+        self._pending = b""  # v2 without a release: bytes before the header is whole
+        self._released = 0  # ciphertext bytes that came out of the check
+        self._own = crypto.Sha256() if release is None else None
+        self.size = 0  # big-part bytes that came out
+        self.head = b""
+        self.tail = small[-crypto.V1_TAIL :]
+        if release is not None:
+            self._gate = release.gate()
+        self._feed_ciphertext(small)
 
-    def _first_index(self) -> int:
-        if self._base == 0:
-            return 0
-        unit = (1 << self._header[6]) + 16
-        index = (self._base - crypto.V2_HEADER_SIZE) // unit
-        if crypto.v2_chunk_range(self._header, self._total, index)[0] != self._base:
-            raise DecryptionError()
-        return index
-
-    def feed(self, data: bytes) -> Iterable[bytes]:
-        if self.finished:
-            if data:
-                raise DecryptionError()  # bytes after the final chunk
-            return ()
-        self._pending += data
-        if len(self._header) < crypto.V2_HEADER_SIZE:
+    def _feed_ciphertext(self, data: bytes) -> bytes:
+        if self._release is None and self._v2 and self._gate is None:
+            self._pending += data
             if len(self._pending) < crypto.V2_HEADER_SIZE:
-                return ()
-            self._header = bytes(self._pending[: crypto.V2_HEADER_SIZE])
-        if self._index is None:
-            self._index = self._first_index()
-        out = []
-        while not self.finished:
-            start, end, final = crypto.v2_chunk_range(self._header, self._total, self._index)
-            if self._base + len(self._pending) < end:
-                break
-            body = self._pending[start - self._base : end - self._base]
-            crypto.v2_open_chunk(self._key, self._header, self._index, final, body)
-            release = max(self._base, self._small)
-            if end > release:
-                out.append(bytes(self._pending[release - self._base : end - self._base]))
-            del self._pending[: end - self._base]
-            self._base, self._index, self.finished = end, self._index + 1, final
-        if self.finished and self._pending:
-            raise DecryptionError()
-        return out
+                return b""
+            header = self._pending[: crypto.V2_HEADER_SIZE]
+            self._gate = crypto.ChunkGate(crypto.resource_key(), header, self._total)
+            data, self._pending = self._pending, b""
+        out = self._gate.update(data) if self._gate is not None else data
+        if not out:
+            return b""
+        if len(self.head) < crypto.V2_HEADER_SIZE:
+            self.head += out[: crypto.V2_HEADER_SIZE - len(self.head)]
+        big = out[max(0, self._small - self._released) :]
+        self._released += len(out)
+        if big:
+            self.size += len(big)
+            self.tail = (self.tail + big)[-crypto.V1_TAIL :]
+            if self._own is not None:
+                self._own.update(big)
+        return big
+
+    def feed(self, big: bytes) -> bytes:
+        """The big part's next bytes in; what may be written out."""
+        return self._feed_ciphertext(big)
+
+    def replay(self, partial: PartialEntry, good: int) -> int:
+        """Checks the partial file's first ``good`` bytes again (blocking);
+        returns how many of them passed, from the start."""
+        passed = 0
+        for data in partial.chunks(1 << 20, good):
+            passed += len(self._feed_ciphertext(data))
+        return passed
 
     def finish(self) -> None:
-        if not self.finished:
-            raise DecryptionError()
+        if self._pending or (self._release is None and self._v2 and self._gate is None):
+            raise DecryptionError()  # a v2 file too short for its header
+        if self._gate is not None:
+            self._gate.finish()
+
+    def digest(self) -> str:
+        assert self._own is not None
+        return self._own.hexdigest()

@@ -33,7 +33,7 @@ from edgeloader.auth.service import AuthService, LoginAttempt
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound
 from edgeloader.events import UNLOCK, Event, EventBus, Pacer
 from edgeloader.metrics import Metrics
-from edgeloader.services.manifest import ARCHIVE_KEY, Artifact, CiphertextHash, ReleaseGate
+from edgeloader.services.manifest import ARCHIVE_KEY, Release, ReleaseGate
 from edgeloader.services.session import DeviceSession, UpstreamUser
 from edgeloader.streams import read_ahead
 from edgeloader.upstream.engine import Engine
@@ -72,26 +72,33 @@ async def decrypted_archive(
     path: Path,
     chunk_size: int,
     progress: Callable[[int], None],
-    artifact: Artifact | None = None,
+    release: Release | None = None,
 ) -> AsyncIterator[bytes]:
-    """Plaintext of the archive (v1 or v2); ``progress`` gets ciphertext bytes read.
+    """Plaintext of the archive (v1 or v2), read once; ``progress`` gets the
+    ciphertext bytes read.
 
-    With a manifest entry the whole file is hashed and checked first, through
-    the same open handle that then streams it, so what is checked is what
-    is sent: a swap of the file in between cannot slip through.
+    Under a release, the format and size are checked first and every chunk
+    read passes the release's segment gate before the decryptor sees it, so
+    no byte the engine receives was made from unverified ciphertext.
     """
     handle = await asyncio.to_thread(path.open, "rb")
     try:
-        if artifact is not None:
-            await asyncio.to_thread(_check_archive, handle, artifact, chunk_size)
+        verified = None
+        if release is not None:
+            await asyncio.to_thread(_check_archive, handle, release)
+            verified = release.gate()
 
-        async def counted() -> AsyncIterator[bytes]:
+        async def ciphertext() -> AsyncIterator[bytes]:
             while chunk := await asyncio.to_thread(handle.read, chunk_size):
                 progress(len(chunk))
-                yield chunk
+                out = verified.update(chunk) if verified is not None else chunk
+                if out:
+                    yield out
+            if verified is not None:
+                verified.finish()
 
         # The next chunks are read and decrypted while the engine takes this one.
-        plain = read_ahead(crypto.decrypt_stream(key, counted()), READ_AHEAD)
+        plain = read_ahead(crypto.decrypt_stream(key, ciphertext()), READ_AHEAD)
         async with contextlib.aclosing(plain):
             async for chunk in plain:
                 yield chunk
@@ -99,17 +106,12 @@ async def decrypted_archive(
         handle.close()
 
 
-def _check_archive(handle: BinaryIO, artifact: Artifact, chunk_size: int) -> None:
-    """Format, size and SHA-256 of the open archive, leaving it at the start."""
+def _check_archive(handle: BinaryIO, release: Release) -> None:
+    """The open archive's format and size, leaving it at the start."""
     size = os.fstat(handle.fileno()).st_size
     fmt = crypto.detect_format(handle.read(crypto.FORMAT_PREFIX))
-    artifact.check(fmt=fmt, size=size)
     handle.seek(0)
-    digest = CiphertextHash(artifact)
-    while chunk := handle.read(chunk_size):
-        digest.update(chunk)
-    digest.verify()
-    handle.seek(0)
+    release.check(fmt=fmt, size=size)
 
 
 @dataclass(frozen=True)
@@ -217,14 +219,11 @@ class UnlockManager:
             )
             self._set(UnlockState.DOWNLOADING_KEY)
             key = crypto.archive_key(await user.key_fragment())
-            signed_in = user
-            artifact = await self.gate.artifact(
-                lambda file_name: signed_in.fetch_small("", file_name), ARCHIVE_KEY
-            )
+            release = await self.gate.release(user.fetch_small, "", ARCHIVE_KEY)
             before = await self.engine.image_ids()
             self._set(UnlockState.DECRYPTING)
             archive = decrypted_archive(
-                key, settings.images_path, settings.chunk_size, self._progress, artifact
+                key, settings.images_path, settings.chunk_size, self._progress, release
             )
             messages = await self.engine.load(self._mark_sent(archive))
             for line in messages:

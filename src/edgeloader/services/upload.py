@@ -73,16 +73,21 @@ class Uploader:
         *,
         part_size: int,
         fmt: int = 1,
+        segment: int | None = None,
         before_publish: Callable[[], Awaitable[None]] | None = None,
     ) -> Published:
         """Stages, then publishes; on any failure before publishing, discards.
 
         ``api`` must be logged in as a user that may upload. ``fmt`` is the
-        container format of the resource's ciphertext (1 or 2).
-        ``before_publish`` runs between the two steps (the web layer reads the
-        rest of its form there); if it raises, nothing is published.
+        container format of the resource's ciphertext (1 or 2). With
+        ``segment``, the ciphertext's segment list (docs/protocol.md) is
+        computed as it streams and published as ``NAME.segments`` beside the
+        small part. ``before_publish`` runs between the two steps (the web
+        layer reads the rest of its form there); if it raises, nothing is
+        published.
         """
         counted = 0
+        hasher = crypto.SegmentHasher(segment) if segment is not None else None
 
         async def counting() -> AsyncIterator[bytes]:
             nonlocal counted
@@ -90,7 +95,13 @@ class Uploader:
                 counted += len(chunk)
                 yield chunk
 
-        ciphertext = crypto.encrypt_chunks(crypto.resource_key(), counting(), fmt)
+        async def listed(ciphertext: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+            async for chunk in ciphertext:
+                if hasher is not None:
+                    hasher.update(chunk)
+                yield chunk
+
+        ciphertext = listed(crypto.encrypt_chunks(crypto.resource_key(), counting(), fmt))
         small, big = await crypto.split_ciphertext(ciphertext)
         staged = crypto.staging_name(name, secrets.token_hex(8))
         try:
@@ -100,8 +111,9 @@ class Uploader:
         except BaseException:
             await _discard(cdn, folder, staged)
             raise
+        segments = hasher.finish() if hasher is not None else None
         finishing = asyncio.create_task(
-            self._publish(cdn, api, folder, name, staged, small, big_bytes),
+            self._publish(cdn, api, folder, name, staged, small, big_bytes, segments),
             name=f"publish {name}",
         )
         self._finishing.add(finishing)
@@ -140,9 +152,14 @@ class Uploader:
         staged: str,
         small: bytes,
         big_bytes: int,
+        segments: bytes | None,
     ) -> None:
         async with self._one_publish_at_a_time(folder, name):
             try:
+                # The list first: a box finds it as soon as a manifest names
+                # the new resource, which needs its small part first.
+                if segments is not None:
+                    await api.upload_part(folder, crypto.segments_name(name), segments)
                 await api.upload_part(folder, crypto.small_name(name), small)
             except BaseException:
                 await _discard(cdn, folder, staged)

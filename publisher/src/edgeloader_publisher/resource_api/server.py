@@ -6,6 +6,7 @@ Layout under ``data_dir``::
     key_fragment             64 random bytes, made on first start (0600)
     cdn.yaml                 optional; served from the empty folder
     manifest.json(.sig)      optional signed release manifest; served from the empty folder
+    images.enc.segments      optional, the archive's segment list; served from the empty folder
     resources/<folder>/<fileName>
 """
 
@@ -26,6 +27,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.typedefs import Handler
 
 from edgeloader.publishing import (
+    ARCHIVE_KEY,
     MANIFEST_FILE,
     SIGNATURE_FILE,
     UPLOADERS,
@@ -65,7 +67,9 @@ KEY_FRAGMENT_FILE: Final = "key_fragment"
 KEY_FRAGMENT_SIZE: Final = 64
 CDN_FILE: Final = "cdn.yaml"
 #: What the empty folder serves: the CDN settings and the signed release manifest.
-ROOT_FILES: Final = frozenset({CDN_FILE, MANIFEST_FILE, SIGNATURE_FILE})
+ROOT_FILES: Final = frozenset(
+    {CDN_FILE, MANIFEST_FILE, SIGNATURE_FILE, crypto.segments_name(ARCHIVE_KEY)}
+)
 RESOURCES_DIR: Final = "resources"
 
 _JWT_ALGORITHM = "HS256"
@@ -304,7 +308,7 @@ async def _send_encrypted(request: web.Request, source: BinaryIO, key: bytes) ->
     # file cannot change under us.
     size = os.fstat(source.fileno()).st_size
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    response.content_length = crypto.IV_SIZE + crypto.padded_length(size)
+    response.content_length = crypto.v1_length(size)
     await response.prepare(request)
 
     async def plaintext() -> AsyncIterator[bytes]:

@@ -1,6 +1,6 @@
 # edgeloader: the two commands are `make run` and `make test`.
 # Both bootstrap what they need: a virtual environment with the locked
-# dependencies, the Rust extension, and (for tests, as root) the podman engine.
+# dependencies, the Rust extension, and (for tests, as root) the podman and Docker engines.
 
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -35,7 +35,7 @@ $(EXT_STAMP): $(DEPS_STAMP) $(RUST_SOURCES) pyproject.toml
 
 dev: $(EXT_STAMP)  ## Set up the virtual environment and build the extension
 
-engine:  ## Install podman, runc and busybox-static for the engine tests (root)
+engine:  ## Install podman, docker.io, runc and busybox-static for the engine tests (root)
 	bash scripts/install-engine.sh
 
 run: dev  ## Start the full local stack and the loader in the foreground

@@ -1,33 +1,52 @@
 #!/usr/bin/env bash
-# Install the container engine used by the integration tests (Debian 12):
-# podman's Docker-compatible API service with runc, and a static busybox to
-# build test images without a registry. Idempotent; needs root to install.
+# Install the container engines used by the integration tests (Debian 12):
+# podman's Docker-compatible API service with runc, Docker Engine (dockerd
+# with containerd), and a static busybox to build test images without a
+# registry. Idempotent; needs root to install.
+#
+# The tests start their own private services (tests/support/podman.py and
+# docker.py); nothing here starts one. Package scripts are kept from starting
+# the system's dockerd or containerd during the install (policy-rc.d), so no
+# system service is left running and systemd is not needed.
 set -euo pipefail
 
 # podman pulls conmon and containers-common. netavark and iptables are named
 # so that default (bridge) networking works without the recommends; rootless
 # helpers (uidmap, slirp4netns, fuse-overlayfs), catatonit, criu and buildah
-# are not needed when running as root with the vfs storage driver.
-PACKAGES=(podman runc netavark iptables busybox-static)
+# are not needed when running as root with the vfs storage driver. docker.io
+# brings containerd, runc and tini.
+PACKAGES=(podman runc netavark iptables busybox-static docker.io containerd)
+COMMANDS=(podman runc dockerd containerd containerd-shim-runc-v2)
 
 installed() {
-    command -v podman >/dev/null 2>&1 &&
-        command -v runc >/dev/null 2>&1 &&
-        [ -x /bin/busybox ] &&
+    local name
+    for name in "${COMMANDS[@]}"; do
+        command -v "$name" >/dev/null 2>&1 || return 1
+    done
+    [ -x /bin/busybox ] &&
         # The dynamic "busybox" package also ships /bin/busybox, which cannot
         # run inside an image without a libc.
         dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
 }
 
 if installed; then
-    echo "install-engine: podman, runc and busybox-static already installed"
+    echo "install-engine: podman, docker.io, runc and busybox-static already installed"
     exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "install-engine: podman, runc or busybox-static is missing; run as root" \
+    echo "install-engine: podman, docker.io, runc or busybox-static is missing; run as root" \
         "(or: sudo apt-get install -y --no-install-recommends ${PACKAGES[*]})" >&2
     exit 1
+fi
+
+# invoke-rc.d and deb-systemd-invoke ask policy-rc.d before starting a
+# service; 101 means "not allowed". An existing policy is left as it is.
+POLICY=/usr/sbin/policy-rc.d
+if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$POLICY"
+    chmod 0755 "$POLICY"
+    trap 'rm -f "$POLICY"' EXIT
 fi
 
 export DEBIAN_FRONTEND=noninteractive
@@ -35,7 +54,8 @@ apt-get update
 apt-get install -y --no-install-recommends "${PACKAGES[@]}"
 
 if ! installed; then
-    echo "install-engine: installation finished but the engine is still incomplete" >&2
+    echo "install-engine: installation finished but the engines are still incomplete" >&2
     exit 1
 fi
 podman --version
+dockerd --version

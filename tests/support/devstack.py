@@ -2,7 +2,9 @@
 
 - moto's S3 server as the CDN,
 - the reference Resource API with a demo user,
-- podman's engine service, when podman is installed,
+- a private engine service, when the engine is installed: podman's by
+  default, Docker's with ``--engine docker`` (or ``EDGELOADER_DEV_ENGINE=docker
+  make run``),
 - a published sample resource and a sample image archive,
 - then the loader in the foreground, until Ctrl-C.
 
@@ -33,7 +35,14 @@ from edgeloader_publisher.resource_api.server import (
     ResourceApiConfig,
     read_or_create_secret,
 )
-from tests.support import podman
+from tests.support import docker, podman
+from tests.support.engines import (
+    EngineKind,
+    EngineService,
+    import_busybox_image,
+    remove_image,
+    save_images,
+)
 from tests.support.harness.loader import serve_loader
 from tests.support.harness.resource_api import User, serve_resource_api, write_api_data
 from tests.support.harness.s3 import create_bucket, s3_server
@@ -47,19 +56,30 @@ SAMPLE = "sample-model.bin"
 DEMO_SERVICE = "localhost/edgeloader-demo"
 
 
-def _sample_archive(state: Path, fragment: bytes) -> podman.PodmanService | None:
-    """Builds a demo image with podman and encrypts it as images.enc."""
-    if not podman.available():
-        log.warning("podman not installed: no engine and no sample archive (`make engine`)")
-        return None
-    service = podman.PodmanService(state / "podman")
+def _sample_archive(state: Path, fragment: bytes, kind: EngineKind) -> EngineService | None:
+    """Builds a demo image in the engine and encrypts it as images.enc."""
+    service: EngineService
+    if kind == "docker":
+        if not docker.available():
+            log.warning("docker.io not installed: no engine and no sample archive (`make engine`)")
+            return None
+        service = docker.DockerService(state / "docker")
+    else:
+        if not podman.available():
+            log.warning("podman not installed: no engine and no sample archive (`make engine`)")
+            return None
+        service = podman.PodmanService(state / "podman")
     service.start()
-    ref = f"{DEMO_SERVICE}:latest"
-    podman.import_busybox_image(service, ref)
-    tar = podman.save_images(service, [ref], state / "images.tar")
-    asyncio.run(encrypt_archive(tar, state / "images.enc", fragment))
-    tar.unlink()
-    podman.remove_image(service, ref)  # so that /unlock has something to do
+    try:
+        ref = f"{DEMO_SERVICE}:latest"
+        import_busybox_image(service, ref)
+        tar = save_images(service, [ref], state / "images.tar")
+        asyncio.run(encrypt_archive(tar, state / "images.enc", fragment))
+        tar.unlink()
+        remove_image(service, ref)  # so that /unlock has something to do
+    except BaseException:
+        service.stop()
+        raise
     return service
 
 
@@ -92,7 +112,7 @@ async def run(args: argparse.Namespace) -> None:
         target = PublishTarget(api_url, DEMO_EMAIL, DEMO_PASSWORD)
         await publish_file(target, sample, FOLDER, SAMPLE)
 
-        engine = await asyncio.to_thread(_sample_archive, state, fragment)
+        engine = await asyncio.to_thread(_sample_archive, state, fragment, args.engine)
         if engine is not None:
             stack.callback(engine.stop)
             env |= {"DOCKER_HOST": engine.docker_host, "EDGELOADER_API_SERVICES": DEMO_SERVICE}
@@ -141,6 +161,12 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("EDGELOADER_PORT", 8080)))
     parser.add_argument("--api-port", type=int, default=8090)
     parser.add_argument("--s3-port", type=int, default=9000)
+    parser.add_argument(
+        "--engine",
+        choices=("podman", "docker"),
+        default=os.environ.get("EDGELOADER_DEV_ENGINE", "podman"),
+        help="the container engine to start (default: $EDGELOADER_DEV_ENGINE or podman)",
+    )
     args = parser.parse_args()
     logs.configure("text", "INFO")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

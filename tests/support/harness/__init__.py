@@ -6,7 +6,8 @@ starts and stops the real components on loopback and writes their data.
 - ``resource_api``: the reference Resource API, its users and ``cdn.yaml``;
 - ``loader``: the loader;
 - ``processes``: a component as its own process (the benchmarks);
-- the engine is ``tests.support.podman.PodmanService``.
+- the engines are ``tests.support.podman.PodmanService`` and
+  ``tests.support.docker.DockerService`` (``tests.support.engines``).
 
 The submodules are imported one by one: ``python -m
 tests.support.harness.s3`` must not find its own module already imported.

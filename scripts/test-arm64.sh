@@ -10,7 +10,7 @@
 # the core (the aes crate and AWS-LC) is what runs.
 #
 #   make test-arm64
-#   bash scripts/test-arm64.sh [pytest arguments]     (default: the three test files)
+#   bash scripts/test-arm64.sh [pytest arguments]     (default: the core's test files)
 #   ARM64_SMOKE=0 ...                                  skip the smoke figure
 #   QEMU_CPU=max ...                                   another CPU model (default cortex-a72)
 set -euo pipefail
@@ -23,7 +23,7 @@ SYSROOT=$CACHE/sysroot
 SITE=$CACHE/site
 DEBS=$CACHE/debs
 WHEELS=$CACHE/wheels
-TESTS=(tests/unit/test_cipher.py tests/unit/test_v2.py tests/unit/test_kdf_and_hash.py)
+TESTS=(tests/unit/test_cipher.py tests/unit/test_v2.py tests/unit/test_segments.py tests/unit/test_kdf_and_hash.py)
 
 # Debian's arm64 CPython and the libraries its modules load. Not the whole
 # dependency tree: curses, readline, sqlite, dbm and nis are never imported.
@@ -31,7 +31,7 @@ SYSROOT_PACKAGES=(
     python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
     libc6 libgcc-s1 libssl3 zlib1g libexpat1 libffi8 libbz2-1.0 liblzma5 libuuid1
 )
-# What the three test files and the smoke run import, at dev.lock's versions.
+# What the test files and the smoke run import, at dev.lock's versions.
 PY_PACKAGES=(pytest pytest-timeout pytest-asyncio hypothesis cryptography)
 
 ensure_packages qemu-user-static

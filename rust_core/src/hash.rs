@@ -1,4 +1,4 @@
-//! Hashing: SHA-256 streaming, and the `hash_b64` of DESIGN §4.
+//! Hashing: SHA-256 streaming, and the `hash_b64` of docs/protocol.md.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

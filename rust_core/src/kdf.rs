@@ -1,4 +1,4 @@
-//! Key derivation, exactly as DESIGN §4 (Azaion-compatible).
+//! Key derivation, exactly as docs/protocol.md gives it (Azaion-compatible).
 
 use crate::hash::{hash_b64, sha256};
 

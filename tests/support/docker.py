@@ -4,7 +4,7 @@
 :class:`tests.support.podman.PodmanService`: one ``dockerd`` with its own
 data root, exec root, socket, configuration file and containerd, all under
 one folder, so tests never touch the machine's Docker (if it has one) and
-two services can run at once. The recipe is DESIGN §6's::
+two services can run at once. The recipe (docs/deployment.md, "Docker Engine")::
 
     dockerd --storage-driver=vfs --iptables=false --ip6tables=false \\
         --bridge=none --host unix://DIR/docker.sock --data-root DIR/root \\

@@ -1,7 +1,7 @@
 //! The container formats, each in one place, and the rules they share.
 //!
-//! - [`v1`]: `IV ‖ AES-256-CBC(key, PKCS7(plaintext))` (DESIGN §4.1);
-//! - [`v2`]: chunked AES-256-GCM with a 32-byte header (DESIGN §4.2).
+//! - [`v1`]: `IV ‖ AES-256-CBC(key, PKCS7(plaintext))` (docs/protocol.md, "Crypto (format v1)");
+//! - [`v2`]: chunked AES-256-GCM with a 32-byte header (docs/protocol.md, "Format v2").
 //!
 //! Detection and the resource split rule below apply to both.
 
@@ -33,7 +33,7 @@ pub fn detect(prefix: &[u8]) -> Result<Format, CoreError> {
     }
 }
 
-/// Largest small part of a resource (DESIGN §4.1).
+/// Largest small part of a resource (docs/protocol.md, "Crypto (format v1)").
 pub const MAX_SMALL_PART: u64 = 3072;
 
 /// From this ciphertext length on, the small part is always [`MAX_SMALL_PART`]:

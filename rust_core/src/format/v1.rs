@@ -1,4 +1,4 @@
-//! Format v1 (DESIGN §4.1): `IV ‖ AES-256-CBC(key, PKCS7(plaintext))`.
+//! Format v1 (docs/protocol.md, "Crypto (format v1)"): `IV ‖ AES-256-CBC(key, PKCS7(plaintext))`.
 //!
 //! The cipher is [`crate::cbc`]; this module is the container: the IV, the
 //! lengths, and the one-shot calls.

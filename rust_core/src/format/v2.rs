@@ -1,4 +1,4 @@
-//! Format v2 (DESIGN §4.2): authenticated streaming, STREAM-style chunked
+//! Format v2 (docs/protocol.md, "Format v2"): authenticated streaming, STREAM-style chunked
 //! AES-256-GCM.
 //!
 //! ```text

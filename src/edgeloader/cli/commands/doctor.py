@@ -263,7 +263,8 @@ def check_publisher_key(env: Mapping[str, str]) -> Check:
         return Check(
             "publisher key",
             WARN,
-            "not configured: loads and unlocks are not checked against a signed manifest",
+            "not configured: content from the CDN is not authenticated against a forger "
+            "(no signed release manifest is checked; set EDGELOADER_PUBLISHER_KEY)",
         )
     try:
         key = load_publisher_key(Path(value))

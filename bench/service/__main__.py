@@ -20,12 +20,20 @@ from bench.service import BenchError, MiB, log
 from bench.service.capped import bench_capped
 from bench.service.crowd import bench_crowd
 from bench.service.load import bench_loopback
-from bench.service.report import print_capped, print_crowd, print_header, print_loopback, print_p3
+from bench.service.report import (
+    print_capped,
+    print_crowd,
+    print_header,
+    print_loopback,
+    print_p3,
+    print_signed,
+)
 from bench.service.s3s import DEFAULT_BINARY, s3s_fs_version
+from bench.service.signed import bench_signed
 from bench.service.stack import MOTO, S3S_FS, start_upstream
 from bench.service.unlock import bench_p3
 
-PARTS = ("loopback", "capped", "crowd", "p3")
+PARTS = ("loopback", "capped", "crowd", "signed", "p3")
 P2_PARTS = ("loopback", "capped", "crowd")
 
 
@@ -40,6 +48,8 @@ def check_space(args: argparse.Namespace) -> None:
         p2 += args.capped_size
     if "crowd" in args.only:
         p2 += args.crowd_size
+    if "signed" in args.only:
+        p2 += args.signed_size
     p3 = 6 * args.p3_size if "p3" in args.only else 0
     need = (3 * p2 + p3 + 512) * MiB
     free = shutil.disk_usage(args.work_dir).free
@@ -54,7 +64,7 @@ async def bench(args: argparse.Namespace) -> None:
     if "p3" in parts and not available():
         raise BenchError("P3 needs podman, runc and busybox-static: run `make engine`")
     p2_server = args.p2_server
-    needs_s3s = any(p in parts for p in ("capped", "crowd")) and p2_server == S3S_FS
+    needs_s3s = any(p in parts for p in ("capped", "crowd", "signed")) and p2_server == S3S_FS
     needs_s3s |= "loopback" in parts and S3S_FS in args.loopback_servers
     check_space(args)
     work = Path(tempfile.mkdtemp(prefix="edgeloader-bench-", dir=args.work_dir))
@@ -66,7 +76,7 @@ async def bench(args: argparse.Namespace) -> None:
         s3s_fs = args.s3s_fs if needs_s3s else None
         upstream = await start_upstream(work, cleanup, s3s_fs)
         upstream.loader_env.update(args.loader_env)
-        loopback = capped = crowd = p3 = None
+        loopback = capped = crowd = signed = p3 = None
         if "loopback" in parts:
             # moto reads the whole object for each ranged GET: one size shows it.
             cases = [
@@ -85,6 +95,9 @@ async def bench(args: argparse.Namespace) -> None:
         if "crowd" in parts:
             size = args.crowd_size * MiB
             crowd = await bench_crowd(upstream, p2_server, size, args.crowd, args.runs, cleanup)
+        if "signed" in parts:
+            size = args.signed_size * MiB
+            signed = await bench_signed(upstream, p2_server, size, args.runs, cleanup)
         if "p3" in parts:
             p3 = await bench_p3(upstream, args.p3_size * MiB, args.runs, work, cleanup)
     servers = {MOTO: f"moto {version('moto')}, moto's ThreadedMotoServer"}
@@ -99,6 +112,8 @@ async def bench(args: argparse.Namespace) -> None:
         print_capped(capped, args.runs)
     if crowd is not None:
         print_crowd(crowd, args.runs)
+    if signed is not None:
+        print_signed(signed, args.runs)
     if p3 is not None:
         print_p3(p3, args.runs)
 
@@ -155,7 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_parts,
         default=PARTS,
         metavar="PART,...",
-        help="parts to run: loopback, capped, crowd (p2: all three), p3 (default: all)",
+        help="parts to run: loopback, capped, crowd (p2: all three), signed, p3 (default: all)",
     )
     parser.add_argument(
         "--p2-sizes",
@@ -182,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--p2-server",
         choices=(S3S_FS, MOTO),
         default=S3S_FS,
-        help="S3 server of the capped and crowd parts (default: %(default)s)",
+        help="S3 server of the capped, crowd and signed parts (default: %(default)s)",
     )
     parser.add_argument(
         "--capped-size", type=int, default=256, metavar="MiB", help="default: %(default)s"
@@ -206,6 +221,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--crowd-size", type=int, default=32, metavar="MiB", help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--signed-size", type=int, default=256, metavar="MiB", help="default: %(default)s"
     )
     parser.add_argument(
         "--p3-size", type=int, default=1024, metavar="MiB", help="payload for P3 (default: 1024)"
@@ -243,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.p2_sizes, args.moto_size, args.p3_size = [64], 64, 64
-        args.capped_size, args.crowd_size = 64, 16
+        args.capped_size, args.crowd_size, args.signed_size = 64, 16, 64
     numbers = [args.runs, args.p3_size, args.moto_size, args.capped_size]
     numbers += [args.crowd, args.crowd_size]
     if min(numbers) < 1 or args.capped_rate <= 0 or args.capped_latency < 0:

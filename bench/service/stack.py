@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from tests.support.harness.loader import start_loader_process
@@ -35,6 +36,8 @@ class Upstream:
     servers: dict[str, tuple[Child, str]]
     # Settings for every loader started here (--loader-env), e.g. a budget.
     loader_env: dict[str, str] = field(default_factory=dict)
+    # What the signed release of the run lists so far (bench/service/signed.py).
+    released: dict[str, Any] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:

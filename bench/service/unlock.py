@@ -29,9 +29,13 @@ from tests.support.podman import BUSYBOX, PodmanService, image_exists, remove_im
 
 from bench.service import CHUNK, NO_TIMEOUT, BenchError, MiB, log
 from bench.service.measure import Watcher, proc_status_bytes
+from bench.service.signed import sign_release
 from bench.service.stack import EMAIL, PASSWORD, Upstream, login, start_loader
+from edgeloader.crypto import segments_name
+from edgeloader.services.manifest import ARCHIVE_KEY
 from edgeloader.storage.files import read_file_chunks
 from edgeloader_publisher.archive import encrypt_archive
+from edgeloader_publisher.release import archive_artifact
 from edgeloader_publisher.resource_api.server import KEY_FRAGMENT_FILE
 
 IMAGE_REPO = "localhost/edgeloader-bench"
@@ -40,6 +44,7 @@ LIBPOD_API = "/v4.0.0/libpod"
 DOCKER_API = "/v1.41"  # what the loader's client (aiodocker) negotiates with podman 4
 POLL_SECONDS = 0.05  # /unlock/status
 CLI, UNLOCK = "podman load -i (CLI)", "loader /unlock"
+SIGNED = "loader /unlock, signed"  # under a release: every segment verified as it streams
 API, LIBPOD = "compat /images/load", "libpod /images/load"  # the engine's two HTTP loads
 API_PATHS = {API: f"{DOCKER_API}/images/load", LIBPOD: f"{LIBPOD_API}/images/load"}
 ENGINE_TMPFS = Path("/dev/shm")  # where the engine's TMPDIR goes, as documented
@@ -242,16 +247,21 @@ async def bench_p3(
     fragment = await asyncio.to_thread((upstream.api_dir / KEY_FRAGMENT_FILE).read_bytes)
     plain, encrypted = await build_archives(service, work, size, fragment)
 
+    listed = await archive_artifact(encrypted)
+    public = await sign_release(
+        upstream, {ARCHIVE_KEY: listed.artifact}, {segments_name(ARCHIVE_KEY): listed.segments}
+    )
     loader_tmp = work / "loader-tmpdir"
     await asyncio.to_thread(loader_tmp.mkdir)
-    loader, url = await start_loader(
-        upstream,
-        cleanup,
-        "p3",
-        DOCKER_HOST=service.docker_host,
-        EDGELOADER_API_SERVICES=IMAGE_REPO,
-        IMAGES_PATH=str(encrypted),
-        TMPDIR=str(loader_tmp),
+    env = {
+        "DOCKER_HOST": service.docker_host,
+        "EDGELOADER_API_SERVICES": IMAGE_REPO,
+        "IMAGES_PATH": str(encrypted),
+        "TMPDIR": str(loader_tmp),
+    }
+    loader, url = await start_loader(upstream, cleanup, "p3", **env)
+    signed, signed_url = await start_loader(
+        upstream, cleanup, "p3-signed", EDGELOADER_PUBLISHER_KEY=str(public), **env
     )
     folders = {
         "loader TMPDIR": loader_tmp,
@@ -260,11 +270,13 @@ async def bench_p3(
     }
     async with aiohttp.ClientSession(timeout=NO_TIMEOUT) as http:
         auth = await login(http, url)
+        signed_auth = await login(http, signed_url)
         methods: dict[str, Callable[[], Awaitable[P3Run]]] = {
             CLI: lambda: podman_load(service, plain, folders),
             API: lambda: api_load(service, plain, folders, API_PATHS[API]),
             LIBPOD: lambda: api_load(service, plain, folders, API_PATHS[LIBPOD]),
             UNLOCK: lambda: unlock(http, url, auth, service, loader, folders),
+            SIGNED: lambda: unlock(http, signed_url, signed_auth, service, signed, folders),
         }
         results: dict[str, list[P3Run]] = {method: [] for method in methods}
         for i in range(runs + 1):  # the first round warms up
@@ -279,6 +291,7 @@ async def bench_p3(
                     results[method].append(run)
     peak_rss = proc_status_bytes(loader.pid, "VmHWM")
     loader.stop()
+    signed.stop()
     await asyncio.to_thread(remove_image, service, IMAGE_REF)
     plain_bytes = (await asyncio.to_thread(plain.stat)).st_size
     return P3Result(plain_bytes, results, peak_rss, version)

@@ -125,7 +125,7 @@ async def test_deeply_nested_json_is_a_clear_4xx(stack: Stack, path: str) -> Non
         assert "detail" in await resp.json()
 
 
-MULTIPART_CASES = {
+FRAMING_CASES = {
     "no boundary": ("multipart/form-data", b"--x\r\n\r\nabc\r\n--x--\r\n"),
     "bad boundary": ("multipart/form-data; boundary=", b"--x\r\n\r\nabc\r\n--x--\r\n"),
     "no closing boundary": (
@@ -145,9 +145,9 @@ MULTIPART_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(MULTIPART_CASES))
+@pytest.mark.parametrize("case", sorted(FRAMING_CASES))
 async def test_malformed_multipart_is_a_clear_4xx(stack: Stack, case: str) -> None:
-    content_type, body = MULTIPART_CASES[case]
+    content_type, body = FRAMING_CASES[case]
     await stack.login()
     async with stack.http.post(
         f"{stack.loader_url}/upload/x.bin", data=body, headers={"Content-Type": content_type}

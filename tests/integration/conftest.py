@@ -1,5 +1,5 @@
-"""Fixtures of the integration tests: one S3 server and one engine per
-session, a real stack per test (tests/support/stack.py)."""
+"""Fixtures of the integration tests: one S3 server and one service of each
+engine per session, a real stack per test (tests/support/stack.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.docker import DockerService
+from tests.support.engines import (
+    EngineKind,
+    EngineService,
+    import_busybox_image,
+    remove_image,
+    save_images,
+)
 from tests.support.harness.s3 import s3_server
-from tests.support.podman import PodmanService, import_busybox_image, remove_image, save_images
+from tests.support.podman import PodmanService
 from tests.support.releases import Publisher
 from tests.support.stack import Stack, open_stack
 from tests.support.unlocks import IMAGES
+
+#: The engines every engine test runs on.
+ENGINES: tuple[EngineKind, ...] = ("podman", "docker")
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +34,16 @@ def s3_endpoint() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
-def engine() -> Iterator[PodmanService]:
-    """One podman service for the session, in a short-pathed folder: podman's
-    clean-up after a container refuses a run root over 50 characters (and
-    every wait then takes a 20 s fallback)."""
-    with PodmanService(Path(tempfile.mkdtemp(prefix="podman-"))) as service:
+@pytest.fixture(scope="session", params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Iterator[EngineService]:
+    """One service of each engine for the session, each in a short-pathed
+    folder (podman's clean-up after a container refuses a run root over 50
+    characters, and every wait then takes a 20 s fallback): every test
+    that uses an engine runs on podman and on Docker Engine."""
+    kind: EngineKind = request.param
+    folder = Path(tempfile.mkdtemp(prefix=f"{kind}-"))
+    service: EngineService = PodmanService(folder) if kind == "podman" else DockerService(folder)
+    with service:
         yield service
 
 
@@ -54,7 +69,7 @@ async def stack(make_stack: Callable[..., Awaitable[Stack]]) -> Stack:
 
 
 @pytest.fixture(scope="session")
-def plain_archive(engine: PodmanService, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plain_archive(engine: EngineService, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``docker save`` archive holding both service images."""
     for ref in IMAGES:
         import_busybox_image(engine, ref)
@@ -62,7 +77,7 @@ def plain_archive(engine: PodmanService, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture
-def clean_engine(engine: PodmanService) -> Iterator[PodmanService]:
+def clean_engine(engine: EngineService) -> Iterator[EngineService]:
     for ref in IMAGES:
         remove_image(engine, ref)
     yield engine

@@ -23,16 +23,16 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from edgeloader.cli.commands.common import format_bytes
 from edgeloader_publisher.archive import encrypt_archive
 from tests.support.cli import Cli, Result, peak_kib, run_in_pty
-from tests.support.harness.loader import start_loader_process
-from tests.support.harness.net import dead_url
-from tests.support.harness.s3 import s3_client
-from tests.support.podman import (
-    PodmanService,
+from tests.support.engines import (
+    EngineService,
     image_exists,
     import_busybox_image,
     remove_image,
     save_images,
 )
+from tests.support.harness.loader import start_loader_process
+from tests.support.harness.net import dead_url
+from tests.support.harness.s3 import s3_client
 from tests.support.stack import ADMIN, OPERATOR, Stack, pattern
 
 UNLOCK_SERVICES = ("localhost/edgeloader-cli-a",)
@@ -449,7 +449,7 @@ async def test_keys_create_list_revoke_and_the_audit(admin: Cli, stack: Stack) -
 
 
 @pytest.fixture(scope="session")
-def unlock_archive(engine: PodmanService, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unlock_archive(engine: EngineService, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for ref in UNLOCK_IMAGES:
         import_busybox_image(engine, ref)
     return save_images(engine, UNLOCK_IMAGES, tmp_path_factory.mktemp("cli-images") / "i.tar")
@@ -457,7 +457,7 @@ def unlock_archive(engine: PodmanService, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture
 async def unlocker(
-    make_stack: Callable[..., Awaitable[Stack]], engine: PodmanService, unlock_archive: Path
+    make_stack: Callable[..., Awaitable[Stack]], engine: EngineService, unlock_archive: Path
 ) -> Stack:
     """A loader in ``required`` mode with an archive to unlock, on a clean engine."""
     for ref in UNLOCK_IMAGES:
@@ -477,7 +477,7 @@ async def unlocker(
 
 
 async def test_unlock_wait_follows_to_ready(
-    cli: Cli, unlocker: Stack, engine: PodmanService
+    cli: Cli, unlocker: Stack, engine: EngineService
 ) -> None:
     cli.url = unlocker.loader_url
     await cli.login()
@@ -494,7 +494,7 @@ async def test_unlock_wait_follows_to_ready(
 
 
 async def test_unlock_with_a_wrong_password_fails_with_its_reason(
-    cli: Cli, unlocker: Stack, engine: PodmanService
+    cli: Cli, unlocker: Stack, engine: EngineService
 ) -> None:
     cli.url = unlocker.loader_url
     await cli.login()
@@ -520,14 +520,14 @@ async def test_unlock_without_wait_answers_the_state(cli: Cli, unlocker: Stack) 
 
 
 @pytest.fixture(scope="session")
-def fn_image(engine: PodmanService) -> str:
+def fn_image(engine: EngineService) -> str:
     import_busybox_image(engine, FN_IMAGE)
     return FN_IMAGE
 
 
 @pytest.fixture
 async def fn_admin(
-    cli: Cli, make_stack: Callable[..., Awaitable[Stack]], engine: PodmanService, fn_image: str
+    cli: Cli, make_stack: Callable[..., Awaitable[Stack]], engine: EngineService, fn_image: str
 ) -> Cli:
     stack = await make_stack()
     await stack.start_loader(stack.settings(auth_mode="required", docker_host=engine.docker_host))
@@ -631,7 +631,7 @@ def _verdicts(result: Result) -> dict[str, tuple[str, str]]:
 
 
 async def test_doctor_on_a_healthy_local_service(
-    cli: Cli, make_stack: Callable[..., Awaitable[Stack]], engine: PodmanService, tmp_path: Path
+    cli: Cli, make_stack: Callable[..., Awaitable[Stack]], engine: EngineService, tmp_path: Path
 ) -> None:
     stack = await make_stack()
     key = tmp_path / "publisher.pub.pem"
@@ -659,7 +659,8 @@ async def test_doctor_on_a_healthy_local_service(
         assert checks["resource api"][0] == "ok"
         assert stack.api_url in checks["resource api"][1]
         assert checks["engine"][0] == "ok"
-        assert checks["engine"][1].startswith("podman ")
+        name = {"podman": "podman ", "docker": "Docker Engine "}[engine.kind]
+        assert checks["engine"][1].startswith(name), checks["engine"]
         assert checks["state folder"] == ("ok", f"{state} exists, mode 0700, private")
         assert checks["publisher key"][0] == "ok"
         assert checks["aes"][0] in ("ok", "warn")

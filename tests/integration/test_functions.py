@@ -22,9 +22,9 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from tests.support.engines import EngineService, import_busybox_image
 from tests.support.harness.loader import start_loader_process
 from tests.support.harness.net import wait_for
-from tests.support.podman import PodmanService, import_busybox_image
 from tests.support.stack import ADMIN, OPERATOR, Stack
 
 JSON = dict[str, Any]
@@ -123,7 +123,7 @@ class Api:
 
 
 @pytest.fixture(scope="session")
-def image(engine: PodmanService) -> str:
+def image(engine: EngineService) -> str:
     import_busybox_image(engine, BASE_IMAGE)
     import_busybox_image(engine, IMAGE)
     return IMAGE
@@ -131,7 +131,7 @@ def image(engine: PodmanService) -> str:
 
 @pytest.fixture
 async def make_api(
-    make_stack: Callable[..., Awaitable[Stack]], engine: PodmanService, image: str
+    make_stack: Callable[..., Awaitable[Stack]], engine: EngineService, image: str
 ) -> Callable[..., Awaitable[Api]]:
     """A loader in the default auth mode on the test engine; ``functions``
     overrides the function settings."""
@@ -154,7 +154,7 @@ async def api(make_api: Callable[..., Awaitable[Api]]) -> Api:
     return await make_api()
 
 
-def containers_of(engine: PodmanService, run_id: str) -> list[str]:
+def containers_of(engine: EngineService, run_id: str) -> list[str]:
     filters = quote(json.dumps({"label": [f"edgeloader.run={run_id}"]}))
     status, body = engine.request("GET", f"/v1.41/containers/json?all=true&filters={filters}")
     assert status == 200, body
@@ -183,7 +183,7 @@ def build_form(context: bytes, spec: JSON | None = None) -> aiohttp.FormData:
 
 
 async def test_deploy_and_invoke_echoes_the_request_with_env_and_env_config(
-    api: Api, engine: PodmanService
+    api: Api, engine: EngineService
 ) -> None:
     created = await api.deploy("echo", command=sh(ECHO), env={"GREETING": "hello"})
     assert created["version"] == 1
@@ -316,6 +316,47 @@ async def test_isolation_seen_from_inside(api: Api) -> None:
     assert "/run" not in mounts
 
 
+# What a function finds in a folder its image declares as a VOLUME, and
+# whether it can exec from /tmp.
+VOLUME_PROBE = r"""
+echo small > /data/a; small=$?
+busybox dd if=/dev/zero of=/data/big bs=1M count=64 2>/dev/null; big=$?
+line=$(busybox grep ' /data ' /proc/self/mountinfo)
+busybox cp /bin/busybox /tmp/bb; /tmp/bb true; exec_tmp=$?
+echo "{\"small\": $small, \"big\": $big, \"exec\": $exec_tmp, \"mount\": \"$line\"}" > result.json
+"""
+
+
+def volumes(engine: EngineService) -> list[Any]:
+    """The engine's volumes (its compatible API, which both answer)."""
+    status, body = engine.request("GET", "/v1.41/volumes")
+    assert status == 200, body
+    return list(json.loads(body).get("Volumes") or [])
+
+
+async def test_an_image_volume_is_a_capped_tmpfs_and_no_volume_is_made(
+    api: Api, engine: EngineService
+) -> None:
+    """An image's VOLUME never becomes storage on the host's disk: the path
+    is a tmpfs capped at tmpfsMb (writes past it fail), and no engine makes
+    an anonymous volume, during the run or after it. And /tmp is noexec on
+    every engine."""
+    image = "localhost/edgeloader-fn-volume:1"
+    import_busybox_image(engine, image, ["VOLUME /data"])
+    before = volumes(engine)
+    await api.deploy("vol", image=image, command=sh(VOLUME_PROBE), limits={"tmpfsMb": 8})
+    run = await api.invoke("vol")
+    assert run["status"] == "succeeded", (run["error"], run)
+    seen = run["result"]
+    assert seen["small"] == 0  # writable
+    assert seen["big"] != 0  # 64 MiB into an 8 MiB tmpfs: ENOSPC
+    assert " - tmpfs " in seen["mount"]
+    assert "size=8192k" in seen["mount"]
+    assert seen["exec"] == 126  # /tmp is noexec: "Permission denied"
+    assert volumes(engine) == before
+    assert containers_of(engine, run["runId"]) == []
+
+
 async def test_a_fork_bomb_is_contained_by_the_pids_limit(api: Api) -> None:
     await api.deploy("forks", command=sh(FORK_BOMB), limits={"pids": 16})
     run = await api.invoke("forks")
@@ -323,7 +364,7 @@ async def test_a_fork_bomb_is_contained_by_the_pids_limit(api: Api) -> None:
     assert 1 <= run["result"]["processes"] <= 16
 
 
-async def test_a_memory_hog_ends_oom(api: Api, engine: PodmanService) -> None:
+async def test_a_memory_hog_ends_oom(api: Api, engine: EngineService) -> None:
     await api.deploy(
         "hog",
         command=["busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
@@ -341,7 +382,7 @@ async def test_a_memory_hog_ends_oom(api: Api, engine: PodmanService) -> None:
 
 
 async def test_a_run_past_its_deadline_is_killed_as_timeout(
-    api: Api, engine: PodmanService
+    api: Api, engine: EngineService
 ) -> None:
     await api.deploy("sleeper", command=["sleep", "60"], limits={"timeoutS": 2})
     async with asyncio.timeout(45):  # generous, and still far short of the sleep
@@ -542,7 +583,7 @@ async def test_concurrency_one_and_queue_four_admit_exactly_five_of_ten(api: Api
 
 
 async def test_a_killed_service_marks_its_run_interrupted_and_removes_the_container(
-    make_stack: Callable[..., Awaitable[Stack]], engine: PodmanService, image: str, tmp_path: Path
+    make_stack: Callable[..., Awaitable[Stack]], engine: EngineService, image: str, tmp_path: Path
 ) -> None:
     stack = await make_stack()
     state = tmp_path / "loader-state"

@@ -26,9 +26,9 @@ from edgeloader.auth.store import DB_FILE, AuthStore
 from edgeloader.auth.throttle import ENTRY_BYTES
 from edgeloader.config import AuthLimits, Settings
 from edgeloader.roles import Role
+from tests.support.engines import EngineService, import_busybox_image, remove_image
 from tests.support.harness.loader import start_loader_process
 from tests.support.harness.net import wait_for
-from tests.support.podman import PodmanService, import_busybox_image, remove_image
 from tests.support.stack import ADMIN, OPERATOR, Stack, pattern
 
 JSON = dict[str, Any]
@@ -213,7 +213,7 @@ async def test_unlock_by_an_admin_still_logs_the_device_in(stack: Stack) -> None
 
 
 async def test_with_the_images_present_any_credentials_answer_ready(
-    stack: Stack, engine: PodmanService
+    stack: Stack, engine: EngineService
 ) -> None:
     """The decision of docs/security.md: nothing is checked or unlocked then,
     so the answer tells a guesser nothing and costs no attempt."""

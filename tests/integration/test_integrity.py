@@ -22,9 +22,9 @@ from edgeloader.services.manifest import ARCHIVE_KEY, parse_manifest
 from edgeloader.web.state import SERVICES
 from edgeloader_publisher import cli as publisher_cli
 from edgeloader_publisher.release import generate_keypair
+from tests.support.engines import EngineService, image_exists
 from tests.support.harness.loader import start_loader_process
 from tests.support.harness.s3 import s3_client
-from tests.support.podman import PodmanService, image_exists
 from tests.support.reference import oracle_encrypt, segment_list
 from tests.support.releases import (
     SEGMENT,
@@ -90,7 +90,7 @@ async def test_v2_tampered_chunk_cuts_the_body_before_that_chunk(stack: Stack) -
 
 
 async def test_v2_archive_with_a_flipped_bit_loads_nothing(
-    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+    stack: Stack, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     archive = await encrypted_archive(stack, plain_archive, fmt=2)
     flip_byte(archive, archive.stat().st_size // 2)
@@ -102,7 +102,7 @@ async def test_v2_archive_with_a_flipped_bit_loads_nothing(
 
 
 async def test_v1_archive_still_unlocks(
-    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+    stack: Stack, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     archive = await encrypted_archive(stack, plain_archive, fmt=1)
     assert (await unlock_outcome(stack, clean_engine, archive))["state"] == "ready"
@@ -409,7 +409,7 @@ async def release_archive(
 
 
 async def test_an_archive_with_a_forged_segment_loads_nothing(
-    publisher: Publisher, clean_engine: PodmanService, plain_archive: Path
+    publisher: Publisher, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     stack = publisher.stack
     archive, ct = await release_archive(publisher, plain_archive)
@@ -437,7 +437,7 @@ async def test_an_archive_with_a_forged_segment_loads_nothing(
 
 
 async def test_unlock_refuses_an_archive_the_manifest_does_not_describe(
-    publisher: Publisher, clean_engine: PodmanService, plain_archive: Path
+    publisher: Publisher, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     stack = publisher.stack
     archive, ct = await release_archive(publisher, plain_archive)
@@ -452,7 +452,7 @@ async def test_unlock_refuses_an_archive_the_manifest_does_not_describe(
 
 
 async def test_a_genuine_archive_is_read_once(
-    publisher: Publisher, clean_engine: PodmanService, plain_archive: Path, tmp_path: Path
+    publisher: Publisher, clean_engine: EngineService, plain_archive: Path, tmp_path: Path
 ) -> None:
     """Verified as it streams into the engine: the loader's reads (``rchar``)
     grow by about one archive, not two."""
@@ -493,7 +493,7 @@ def read_chars(pid: int) -> int:
 
 async def test_the_publisher_commands_make_a_release_boxes_accept(
     publisher: Publisher,
-    clean_engine: PodmanService,
+    clean_engine: EngineService,
     plain_archive: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

@@ -27,8 +27,8 @@ from edgeloader.auth import signing_key
 from edgeloader.roles import Role
 from edgeloader.web.state import SERVICES
 from edgeloader_publisher.release import generate_keypair
+from tests.support.engines import EngineService, import_busybox_image
 from tests.support.harness.net import wait_for
-from tests.support.podman import PodmanService, import_busybox_image
 from tests.support.stack import ADMIN, CDN_KEYS, FINGERPRINT, OPERATOR, Stack, pattern
 from tests.support.unlocks import REPOS, encrypted_archive
 
@@ -43,7 +43,7 @@ Key = tuple[str, frozenset[tuple[str, str]]]
 
 
 @pytest.fixture(scope="session")
-def function_image(engine: PodmanService) -> str:
+def function_image(engine: EngineService) -> str:
     import_busybox_image(engine, FUNCTION_IMAGE)
     return FUNCTION_IMAGE
 
@@ -156,7 +156,7 @@ class Delta:
         return self.after.get(name, **labels) - self.before.get(name, **labels)
 
 
-async def start(stack: Stack, engine: PodmanService, archive: Path, **extra: Any) -> Loader:
+async def start(stack: Stack, engine: EngineService, archive: Path, **extra: Any) -> Loader:
     settings = stack.settings(
         auth_mode="required",
         docker_host=engine.docker_host,
@@ -169,7 +169,7 @@ async def start(stack: Stack, engine: PodmanService, archive: Path, **extra: Any
 
 @pytest.fixture
 async def loader(
-    make_stack: Any, clean_engine: PodmanService, plain_archive: Path, function_image: str
+    make_stack: Any, clean_engine: EngineService, plain_archive: Path, function_image: str
 ) -> Loader:
     """A loader in ``required`` mode with an archive to unlock and the
     function image in its engine."""

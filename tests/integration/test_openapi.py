@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.support.podman import PodmanService, import_busybox_image
+from tests.support.engines import EngineService, import_busybox_image
 from tests.support.stack import ADMIN, Stack, pattern
 
 #: Examples per operation, mode and caller; fixed (the env only lowers it
@@ -173,13 +173,13 @@ async def call(
 
 
 @pytest.fixture(scope="module")
-def known_image(engine: PodmanService) -> str:
+def known_image(engine: EngineService) -> str:
     import_busybox_image(engine, IMAGE)
     return IMAGE
 
 
 async def test_the_running_stack_answers_as_documented(
-    make_stack: Callable[..., Any], engine: PodmanService, known_image: str, tmp_path: Path
+    make_stack: Callable[..., Any], engine: EngineService, known_image: str, tmp_path: Path
 ) -> None:
     stack: Stack = await make_stack()
     settings_ = stack.settings(

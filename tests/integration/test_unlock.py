@@ -1,5 +1,5 @@
-"""Unlock against podman's service, started per session, and the engine's
-image loads it uses."""
+"""Unlock against each engine (podman and Docker Engine, one service each
+per session) and the engine's image load it uses."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 from edgeloader.errors import EngineError
 from edgeloader.roles import Role
 from edgeloader.storage.files import read_file_chunks
-from edgeloader.upstream.engine import Engine, LoadApi
+from edgeloader.upstream.engine import Engine
 from edgeloader.web.state import SERVICES
 from edgeloader_publisher.archive import encrypt_archive
-from tests.support.podman import (
-    PodmanService,
+from tests.support.engines import (
+    EngineService,
     image_exists,
 )
 from tests.support.stack import ADMIN, Stack
@@ -37,7 +37,7 @@ from tests.support.unlocks import (
 
 
 async def test_unlock_loads_every_expected_image(
-    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+    stack: Stack, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     archive = await encrypted_archive(stack, plain_archive)
     await start_unlocker(stack, clean_engine, archive)
@@ -55,7 +55,7 @@ async def test_unlock_loads_every_expected_image(
 
 
 async def test_already_loaded_is_ready_at_once(
-    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+    stack: Stack, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     archive = await encrypted_archive(stack, plain_archive)
     await start_unlocker(stack, clean_engine, archive)
@@ -67,7 +67,7 @@ async def test_already_loaded_is_ready_at_once(
 
 async def test_concurrent_unlocks_start_one_run(
     stack: Stack,
-    clean_engine: PodmanService,
+    clean_engine: EngineService,
     plain_archive: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -81,7 +81,7 @@ async def test_concurrent_unlocks_start_one_run(
     assert len(runs) == 1
 
 
-async def test_missing_archive_is_404(stack: Stack, clean_engine: PodmanService) -> None:
+async def test_missing_archive_is_404(stack: Stack, clean_engine: EngineService) -> None:
     await start_unlocker(stack, clean_engine, stack.tmp / "absent.enc")
     async with stack.http.post(f"{stack.loader_url}/unlock", json=CREDS) as resp:
         assert resp.status == 404
@@ -89,7 +89,7 @@ async def test_missing_archive_is_404(stack: Stack, clean_engine: PodmanService)
 
 
 async def test_corrupted_archive_ends_in_error_and_loads_nothing(
-    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+    stack: Stack, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     archive = await encrypted_archive(stack, plain_archive)
     flip_byte(archive, -1)  # the final chunk's tag no longer verifies
@@ -101,7 +101,7 @@ async def test_corrupted_archive_ends_in_error_and_loads_nothing(
 
 
 async def test_a_failed_run_is_over_when_its_status_says_so(
-    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+    stack: Stack, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     """A failed load is cleaned out of the engine before "error" goes out:
     a caller who sees it and retries at once starts a new run rather than
@@ -125,7 +125,7 @@ async def test_a_failed_run_is_over_when_its_status_says_so(
 
 
 async def test_wrong_fragment_ends_in_error(
-    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+    stack: Stack, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     out = stack.tmp / "images.enc"
     await encrypt_archive(plain_archive, out, b"some other fragment")
@@ -154,7 +154,7 @@ async def test_engine_down_ends_in_error_with_a_clear_message(
 
 
 async def test_bad_credentials_end_in_error(
-    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+    stack: Stack, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     archive = await encrypted_archive(stack, plain_archive)
     await start_unlocker(stack, clean_engine, archive)
@@ -173,7 +173,7 @@ async def test_bad_credentials_end_in_error(
 
 async def test_unlock_writes_no_file_under_tmpdir(
     stack: Stack,
-    clean_engine: PodmanService,
+    clean_engine: EngineService,
     plain_archive: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -215,23 +215,23 @@ async def garbage() -> AsyncIterator[bytes]:
         yield os.urandom(64 * 1024)
 
 
-async def test_podman_is_detected_as_offering_its_native_load(engine: PodmanService) -> None:
+async def test_the_engine_is_detected_once_with_its_version(engine: EngineService) -> None:
     client = Engine(engine.docker_host)
     try:
-        assert await client.load_api() is LoadApi.LIBPOD
+        described = await client.describe()
+        assert await client.backend() is await client.backend()
     finally:
         await client.close()
+    name = {"podman": "podman ", "docker": "Docker Engine "}[engine.kind]
+    assert described.startswith(name), described
 
 
-@pytest.mark.parametrize("api", list(LoadApi))
-async def test_each_load_api_loads_every_image(
-    clean_engine: PodmanService, plain_archive: Path, api: LoadApi
+async def test_the_engine_loads_every_image(
+    clean_engine: EngineService, plain_archive: Path
 ) -> None:
-    """The compatible load is Docker's engine's only one: forced here, it is
-    covered against podman's compatible API."""
     client = Engine(clean_engine.docker_host)
     try:
-        messages = await client.load(chunks_of(plain_archive), api)
+        messages = await client.load(chunks_of(plain_archive))
     finally:
         await client.close()
     assert any(line.startswith("Loaded image") for line in messages), messages
@@ -239,18 +239,25 @@ async def test_each_load_api_loads_every_image(
         assert image_exists(clean_engine, ref)
 
 
-@pytest.mark.parametrize("api", list(LoadApi))
-async def test_each_load_api_refuses_garbage_with_a_clear_error(
-    clean_engine: PodmanService, api: LoadApi
+# Each engine's own words for an archive that is not one.
+NOT_AN_ARCHIVE = {
+    "podman": "does not match any of the supported image formats",
+    "docker": "Error processing tar file",
+}
+
+
+async def test_a_refused_load_is_one_clear_error_on_every_engine(
+    clean_engine: EngineService,
 ) -> None:
+    """podman refuses with an HTTP error, Docker inside a 200 stream: both
+    become ``image load failed: <the engine's reason>``."""
     client = Engine(clean_engine.docker_host)
     try:
         with pytest.raises(EngineError, match=r"^image load failed: ") as refused:
-            await client.load(garbage(), api)
+            await client.load(garbage())
     finally:
         await client.close()
-    # The engine's own reason is passed on.
-    assert "does not match any of the supported image formats" in refused.value.detail
+    assert NOT_AN_ARCHIVE[clean_engine.kind] in refused.value.detail
     for ref in IMAGES:
         assert not image_exists(clean_engine, ref)
 
@@ -308,7 +315,7 @@ class EngineCutter:
 
 
 async def test_an_engine_that_vanishes_mid_load_leaves_nothing_and_a_retry_loads(
-    stack: Stack, clean_engine: PodmanService, plain_archive: Path
+    stack: Stack, clean_engine: EngineService, plain_archive: Path
 ) -> None:
     archive = await encrypted_archive(stack, plain_archive)
     after = archive.stat().st_size // 2

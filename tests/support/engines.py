@@ -267,15 +267,15 @@ class EngineService(abc.ABC):
 # -- images ------------------------------------------------------------------
 
 
-def import_busybox_image(service: EngineService, ref: str) -> str:
+def import_busybox_image(service: EngineService, ref: str, changes: Sequence[str] = ()) -> str:
     """Create image ``ref`` from a busybox root filesystem; returns its ID
-    (``sha256:…``).
+    (``sha256:…``). ``changes`` are more Dockerfile lines (``VOLUME /data``).
 
     The ref is stored as a label and in ``/etc/edgeloader-ref`` so that
     different refs always give different image IDs. The image's command is
     ``/bin/sh``.
     """
-    changes = [f"LABEL {REF_LABEL}={json.dumps(ref)}", 'CMD ["/bin/sh"]']
+    changes = [f"LABEL {REF_LABEL}={json.dumps(ref)}", 'CMD ["/bin/sh"]', *changes]
     if service.kind == "podman":
         return _import_libpod(service, ref, changes)
     return _import_docker(service, ref, changes)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeloader_publisher.archive import encrypt_archive
-from tests.support.podman import PodmanService
+from tests.support.engines import EngineService
 from tests.support.stack import ADMIN, Stack
 
 __all__ = [
@@ -44,14 +44,14 @@ def flip_byte(path: Path, index: int) -> None:
     path.write_bytes(bytes(data))
 
 
-async def unlock_outcome(stack: Stack, engine: PodmanService, archive: Path) -> dict[str, Any]:
+async def unlock_outcome(stack: Stack, engine: EngineService, archive: Path) -> dict[str, Any]:
     """Starts a loader on ``archive``, unlocks, and waits for the end state."""
     await start_unlocker(stack, engine, archive)
     await unlock(stack)
     return await final_status(stack)
 
 
-async def start_unlocker(stack: Stack, engine: PodmanService, archive: Path, **extra: Any) -> None:
+async def start_unlocker(stack: Stack, engine: EngineService, archive: Path, **extra: Any) -> None:
     settings = stack.settings(
         images_path=archive,
         api_services=REPOS,

@@ -231,16 +231,19 @@ def test_engine_maps_each_kind_of_failure() -> None:
     engine = Engine("unix:///nowhere/engine.sock")
     with (
         pytest.raises(NotFound, match="no such image"),
-        engine._mapped("x", missing="no such image"),
+        engine.api.mapped("x", missing="no such image"),
     ):
         raise docker_error(404)
-    with pytest.raises(EngineError, match="image load failed: boom"), engine._mapped("image load"):
+    with (
+        pytest.raises(EngineError, match="image load failed: boom"),
+        engine.api.mapped("image load"),
+    ):
         raise docker_error(500)
-    with pytest.raises(EngineError, match="unreachable at unix:///nowhere"), engine._mapped("x"):
+    with pytest.raises(EngineError, match="unreachable at unix:///nowhere"), engine.api.mapped("x"):
         raise docker_error(900)
-    with pytest.raises(EngineError, match="unreachable"), engine._mapped("x"):
+    with pytest.raises(EngineError, match="unreachable"), engine.api.mapped("x"):
         raise aiohttp.ClientConnectionError("refused")
-    with pytest.raises(EngineError, match="x failed"), engine._mapped("x", missing=None):
+    with pytest.raises(EngineError, match="x failed"), engine.api.mapped("x", missing=None):
         raise docker_error(404)
 
 
@@ -248,7 +251,7 @@ def test_our_error_inside_a_streamed_body_surfaces_as_itself() -> None:
     engine = Engine(None)
     wrapped = aiohttp.ClientPayloadError("upload broke")
     wrapped.__cause__ = DecryptionError()
-    with pytest.raises(DecryptionError), engine._mapped("image load"):
+    with pytest.raises(DecryptionError), engine.api.mapped("image load"):
         raise wrapped
 
 

@@ -6,12 +6,13 @@ The container is created with the isolation of :class:`ContainerSpec`
 exit, its output (capped) and ``result.json`` are read, and the container
 is removed whatever happened, also when the run is cancelled.
 
-OOM: the engine's ``OOMKilled`` decides where it is reported. Podman 4
-never reports it (its monitor leaves the OOM note where podman does not
-look), so a run whose main process was killed by SIGKILL (exit code 137)
-that the loader did not send is also ``oom``: a process inside the
-container cannot SIGKILL the container's PID 1, so the kernel's OOM killer
-is what remains, short of an operator killing the container by hand.
+OOM: the engine's ``OOMKilled`` decides where it is reported (Docker
+Engine). Podman 4 never reports it (its monitor leaves the OOM note where
+podman does not look), so there a run whose main process was killed by
+SIGKILL (exit code 137) that the loader did not send is also ``oom``: a
+process inside the container cannot SIGKILL the container's PID 1, so the
+kernel's OOM killer is what remains, short of an operator killing the
+container by hand.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ class Ending:
     exit: ContainerExit
     output: CapturedOutput
     timed_out: bool
+    reports_oom: bool  # the engine's OOMKilled can be trusted
+
+    @property
+    def oom(self) -> bool:
+        if self.reports_oom:
+            return self.exit.oom_killed
+        return self.exit.oom_killed or self.exit.code == SIGKILLED
 
 
 class Runner:
@@ -55,10 +63,11 @@ class Runner:
         spec = function.spec
         env = {**spec.env, "EDGELOADER_RUN_ID": run_id, "EDGELOADER_FUNCTION": function.name}
         work = await asyncio.to_thread(self.folders.prepare, run_id, request, env, spec.user)
+        # The image deployed, by ID: a tag moved since cannot change the code.
+        image = function.image_id or spec.image
         container = ContainerSpec(
             name=f"edgeloader-run-{run_id}",
-            # The image deployed, by ID: a tag moved since cannot change the code.
-            image=function.image_id or spec.image,
+            image=image,
             command=tuple(spec.command) if spec.command else None,
             env=env,
             uid=spec.user,
@@ -69,6 +78,7 @@ class Runner:
             pids=spec.limits.pids,
             tmpfs_bytes=spec.limits.tmpfs_mb * MiB,
             labels={LABEL_RUN: run_id, LABEL_FUNCTION: function.name},
+            volumes=await self.engine.image_volumes(image),
         )
         container_id = await self.engine.create_container(container)
         try:
@@ -98,7 +108,8 @@ class Runner:
                     log.warning("container %s did not stop after SIGKILL", container_id)
         exit_ = await self.engine.container_exit(container_id)
         output = await self.engine.container_output(container_id, self.output_max)
-        return Ending(exit_, output, timed_out)
+        reports_oom = (await self.engine.backend()).reports_oom
+        return Ending(exit_, output, timed_out, reports_oom)
 
     async def _remove(self, container_id: str) -> None:
         """Removes the container even when the run is being cancelled."""
@@ -124,7 +135,7 @@ class Runner:
                 f"killed after the time limit of {limits.timeout_s} s",
                 truncated=truncated,
             )
-        if ending.exit.oom_killed or code == SIGKILLED:
+        if ending.oom:
             return Outcome(
                 RunStatus.OOM,
                 code,

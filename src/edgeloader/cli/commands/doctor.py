@@ -212,7 +212,7 @@ async def check_engine(env: Mapping[str, str]) -> Check:
         note = "" if configured else " (DOCKER_HOST unset: unlock and functions are off)"
         return Check("engine", verdict, f"{docker_host} cannot be reached: {_why(exc)}{note}")
     components = [str(c.get("Name", "")) for c in version.get("Components") or []]
-    kind = "podman" if any("podman" in c.lower() for c in components) else "docker"
+    kind = "podman" if any("podman" in c.lower() for c in components) else "Docker Engine"
     return Check("engine", OK, f"{kind} {version.get('Version', '?')} answers at {docker_host}")
 
 

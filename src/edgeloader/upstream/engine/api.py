@@ -1,0 +1,205 @@
+"""The engine's HTTP API, as both engines answer it: the aiodocker client on
+``DOCKER_HOST``, and the one place where aiodocker's, aiohttp's and the
+OS's errors become ours (:meth:`EngineApi.mapped`):
+
+- a connection failure is "engine unreachable";
+- a 404 is :class:`NotFound`, for the calls where absence is an answer;
+- our own error raised inside a streamed request body (say, a decryption
+  failure while an archive uploads) reaches us wrapped in transport errors,
+  and is dug out and raised as itself;
+- anything else is :class:`EngineError` naming the operation.
+
+Also the readers of the engine's streamed answers (the multiplexed log
+stream, line-delimited JSON), which both engines share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterable, Collection, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from edgeloader.errors import EdgeloaderError, EngineError, NotFound, ValidationFailed
+
+__all__ = ["NO_TIMEOUT", "CapturedOutput", "EngineApi", "demultiplex", "json_lines"]
+
+# aiodocker's status for "could not connect to the engine".
+_CANNOT_CONNECT = 900
+_MAX_LINE = 64 * 1024  # a longer line of a JSON stream is cut
+NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
+
+
+@dataclass(frozen=True)
+class CapturedOutput:
+    stdout: bytes
+    stderr: bytes
+    truncated: bool
+
+
+def _find_cause(exc: BaseException) -> EdgeloaderError | None:
+    """Our own error somewhere in ``exc``'s chain of causes, if any."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, EdgeloaderError):
+            return current
+        stack += [current.__cause__, current.__context__]
+    return None
+
+
+class EngineApi:
+    """The aiodocker client of one engine, opened on first use."""
+
+    def __init__(self, docker_host: str | None) -> None:
+        self.docker_host = docker_host
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        # Created lazily: aiodocker needs a running loop, and a box without
+        # an engine should still serve models.
+        if self._docker is None:
+            try:
+                self._docker = aiodocker.Docker(url=self.docker_host)
+            except (AssertionError, ValueError):
+                # aiodocker asserts when neither DOCKER_HOST nor a default
+                # socket exists: a box without an engine, not a bug.
+                raise EngineError(
+                    "no container engine: set DOCKER_HOST (none is set, and no default "
+                    "socket exists)"
+                ) from None
+        return self._docker
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    @contextlib.contextmanager
+    def mapped(
+        self,
+        what: str,
+        *,
+        missing: str | None = None,
+        invalid: str | None = None,
+        ignore: Collection[int] = (),
+        refused: type[EdgeloaderError] = EngineError,
+    ) -> Iterator[None]:
+        """Maps lower layers' errors to ours; ``missing`` words a 404, and
+        ``invalid`` a 400 (the caller's input was refused: a 422, not a 502).
+
+        An engine answer whose status is in ``ignore`` is no error (the
+        block ends there); any other refusal becomes ``refused``.
+        """
+        try:
+            yield
+        except EdgeloaderError:
+            raise
+        except aiodocker.DockerError as exc:
+            cause = _find_cause(exc)
+            if cause is not None:
+                raise cause from None
+            if exc.status == _CANNOT_CONNECT or isinstance(
+                exc.__context__, aiohttp.ClientConnectionError
+            ):
+                raise self._unreachable(exc) from exc
+            if exc.status in ignore:
+                return
+            if exc.status == 404 and missing is not None:
+                raise NotFound(missing) from None
+            if exc.status == 400 and invalid is not None:
+                raise ValidationFailed(f"{invalid}: {exc.message}") from None
+            raise refused(f"{what} failed: {exc.message}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            cause = _find_cause(exc)
+            if cause is not None:
+                raise cause from None
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: BaseException) -> EngineError:
+        where = self.docker_host or "the default socket"
+        return EngineError(f"container engine unreachable at {where}: {exc}")
+
+    def query(
+        self, path: str, method: str = "GET", *, versioned: bool = True, **kw: Any
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """A raw request (``versioned=False`` for podman's own routes, which
+        carry their version in the path)."""
+        return self.docker._query(path, method, versioned_api=versioned, **kw)
+
+
+async def demultiplex(stream: aiohttp.StreamReader, limit: int) -> CapturedOutput:
+    """Splits the engine's log stream (8-byte frame headers: stream type,
+    then the payload's length) into stdout and stderr, each cut at ``limit``.
+
+    Read as a stream, so memory does not grow with the output; after a few
+    times ``limit`` of cut output the rest is not read at all."""
+    kept = {1: bytearray(), 2: bytearray()}
+    truncated = False
+    skipped = 0
+    while skipped <= 4 * limit:
+        try:
+            header = await stream.readexactly(8)
+        except asyncio.IncompleteReadError:
+            break
+        size = int.from_bytes(header[4:8], "big")
+        # 1 is stdout; 2 stderr and 3 the engine's own errors go to stderr.
+        buffer = kept[1] if header[0] == 1 else kept[2]
+        take = min(size, limit - len(buffer))
+        if take > 0:
+            buffer += await stream.readexactly(take)
+        rest = size - take
+        if rest:
+            truncated = True
+            skipped += rest
+            while rest:
+                chunk = await stream.read(min(rest, 1 << 16))
+                if not chunk:
+                    break
+                rest -= len(chunk)
+    return CapturedOutput(bytes(kept[1]), bytes(kept[2]), truncated)
+
+
+async def json_lines(stream: aiohttp.StreamReader) -> AsyncIterable[dict[str, Any]]:
+    """The JSON objects of a line-delimited stream; lines past ``_MAX_LINE``
+    are cut, and lines that are not JSON objects are skipped."""
+    pending = b""
+    while True:
+        chunk = await stream.read(1 << 16)
+        data = pending + chunk
+        *complete, pending = data.split(b"\n")
+        if len(pending) > _MAX_LINE:
+            complete.append(pending[:_MAX_LINE])
+            pending = b""
+        if not chunk and pending:
+            complete.append(pending)
+            pending = b""
+        for line in complete:
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict):
+                yield item
+        if not chunk:
+            return
+
+
+def stream_error(item: dict[str, Any]) -> str | None:
+    """The engine's refusal inside a streamed answer (``errorDetail`` or
+    ``error``), if this item is one."""
+    error = item.get("errorDetail") or item.get("error")
+    if not error:
+        return None
+    detail = error.get("message") if isinstance(error, dict) else error
+    return str(detail).strip()

@@ -56,7 +56,7 @@ test-rust:  ## cargo test on the pure core, with the native and the portable AES
 	RUSTFLAGS='--cfg aes_backend="soft"' AWS_LC_SYS_NO_ASM=1 AWS_LC_SYS_CMAKE_BUILDER=0 \
 		CARGO_TARGET_DIR=target/soft-aes cargo test --locked
 
-test-python: dev engine  ## pytest: unit and integration tests (S3 via moto, engine via podman)
+test-python: dev engine  ## pytest: unit and integration tests (S3 via moto, engines: podman and Docker)
 	$(BIN)/pytest
 
 # The stages of `make test`, in order; each one's time is printed.

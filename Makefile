@@ -93,10 +93,10 @@ S3S_FS := .cache/s3s-fs/bin/s3s-fs
 $(S3S_FS):
 	cargo install --locked --quiet s3s-fs@$(S3S_FS_VERSION) --features binary --root .cache/s3s-fs
 
-bench-service: dev engine $(S3S_FS)  ## P2 (load, capped link, 50 loads vs raw S3 GETs) and P3 (unlock vs podman load); ARGS=--quick
+bench-service: dev engine $(S3S_FS)  ## P2 (loads vs raw S3 GETs), P4 (signed loads), P3 (unlock vs each engine's own load); ARGS=--quick
 	$(BIN)/python -m bench.service --s3s-fs $(S3S_FS) $(ARGS)
 
-bench-functions: dev engine  ## Function runs (invoke latency, throughput) vs podman run --rm
+bench-functions: dev engine  ## Function runs (invoke latency, throughput) vs podman run --rm and docker run --rm
 	$(BIN)/python -m bench.bench_functions $(ARGS)
 
 bench: bench-crypto bench-service bench-functions  ## All benchmarks

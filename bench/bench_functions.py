@@ -1,19 +1,22 @@
-"""Function runs through the loader against ``podman run --rm`` through the
-CLI, measured in the same run on the same private podman storage.
+"""Function runs through the loader against the engine's own CLI (``podman
+run --rm``, ``docker run --rm``), measured in the same run on the same
+private engine storage, on each engine.
 
 F1  Sync invoke latency: ``POST /api/functions/NAME/invoke`` (request in →
-    run record out) of a trivial busybox function, against ``podman run
-    --rm`` of the same image and command with the same isolation flags and a
-    run folder mounted the same way. Median and p95 over ``--runs`` runs,
-    the two alternating; target: the loader's median at most 1.25 times the CLI's.
+    run record out) of a trivial busybox function, against ``run --rm`` of
+    the same image and command with the same isolation flags and a run
+    folder mounted the same way. Median and p95 over ``--runs`` runs, the
+    two alternating; target: the loader's median at most 1.25 times
+    podman's CLI, 1.15 times Docker's.
 F2  Throughput: ``--runs`` runs, 2 at a time (the loader's default
     ``EDGELOADER_MAX_RUNS``), against the CLI run 2 at a time.
 
-    make bench-functions      (or: python -m bench.bench_functions [--runs N])
+    make bench-functions      (or: python -m bench.bench_functions [--runs N] [--engine E])
 
-The bench starts its own podman service (tests/support/podman.py), the
-reference Resource API (for a token) and the loader (``python -m edgeloader
-serve``, default auth mode), each as its own process. The CLI's run folders
+The bench starts its own engine services (tests/support/podman.py,
+tests/support/docker.py), the reference Resource API (for a token) and a
+loader per engine (``python -m edgeloader serve``, default auth mode), each
+as its own process. The CLI's run folders
 are prepared before its clock starts; the loader's preparation is inside
 its time. Figures vary between machines and runs; the ratios are what to
 compare. Linux only, as root (run folders are given to uid 65534).
@@ -36,11 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from tests.support import docker, podman
+from tests.support.docker import DockerService
+from tests.support.engines import EngineKind, EngineService, import_busybox_image
 from tests.support.harness.loader import start_loader_process
 from tests.support.harness.net import dead_url
 from tests.support.harness.processes import clean_env
 from tests.support.harness.resource_api import User, start_resource_api_process, write_api_data
-from tests.support.podman import PodmanService, available, import_busybox_image
+from tests.support.podman import PodmanService
 
 from edgeloader.roles import Role
 
@@ -49,15 +55,14 @@ IMAGE = "localhost/edgeloader-bench-fn:1"
 FUNCTION = "bench-echo"
 SCRIPT = "cat request.json > result.json"
 UID = 65534
-TARGET_RATIO = 1.25
+TARGET_RATIO: dict[EngineKind, float] = {"podman": 1.25, "docker": 1.15}
 WARMUP = 3
 MAX_RUN_ROOT = 50  # characters podman accepts in a run root
-# The isolation the loader gives every run, as podman CLI flags.
+# The isolation the loader gives every run, as CLI flags both engines take.
 CLI_ISOLATION = (
     "--network=none",
     "--read-only",
-    "--read-only-tmpfs=false",
-    "--tmpfs=/tmp:rw,size=16m,mode=1777,nosuid,nodev",
+    "--tmpfs=/tmp:rw,noexec,nosuid,nodev,size=16m,mode=1777",
     "--shm-size=16m",
     "--cap-drop=ALL",
     "--security-opt=no-new-privileges",
@@ -66,11 +71,10 @@ CLI_ISOLATION = (
     "--memory-swap=128m",
     "--cpus=0.5",
     f"--user={UID}:{UID}",
-    "--passwd=false",
-    "--no-hosts",
-    "--image-volume=ignore",
     "--workdir=/app/functions",
 )
+# What podman's CLI adds that the loader leaves out (docs/functions.md).
+PODMAN_ONLY = ("--read-only-tmpfs=false", "--passwd=false", "--no-hosts", "--image-volume=ignore")
 
 
 class BenchError(RuntimeError):
@@ -107,16 +111,19 @@ class Loader:
 
 
 class Cli:
-    """``podman run --rm`` against the service's storage, with run folders."""
+    """``podman run --rm`` or ``docker run --rm`` against the service's
+    storage, with run folders."""
 
-    def __init__(self, engine: PodmanService, work: Path) -> None:
+    def __init__(self, engine: EngineService, work: Path) -> None:
+        self.kind = engine.kind
         self.env = {**os.environ, **engine.env}
+        self.program = shutil.which(self.kind) or self.kind
         self.work = work
         self.count = 0
 
     def folder(self, n: int) -> Path:
         self.count += 1
-        folder = self.work / f"cli-run-{self.count}"
+        folder = self.work / f"cli-{self.kind}-run-{self.count}"
         folder.mkdir(mode=0o700)
         (folder / "request.json").write_text(json.dumps({"n": n}))
         for path in (folder / "request.json", folder):
@@ -126,9 +133,11 @@ class Cli:
     async def run(self, n: int) -> float:
         folder = await asyncio.to_thread(self.folder, n)
         args = [*CLI_ISOLATION, f"--volume={folder}:/app/functions:rw"]
+        if self.kind == "podman":
+            args += PODMAN_ONLY
         started = time.perf_counter()
         process = await asyncio.create_subprocess_exec(
-            "podman",
+            self.program,
             "run",
             "--rm",
             *args,
@@ -144,7 +153,9 @@ class Cli:
         took = time.perf_counter() - started
         result = (folder / "result.json").read_bytes() if process.returncode == 0 else b""
         if process.returncode != 0 or json.loads(result) != {"n": n}:
-            raise BenchError(f"podman run exited {process.returncode}: {stderr.decode()[-2000:]}")
+            raise BenchError(
+                f"{self.kind} run exited {process.returncode}: {stderr.decode()[-2000:]}"
+            )
         await asyncio.to_thread(shutil.rmtree, folder)
         return took
 
@@ -174,7 +185,8 @@ async def throughput(run: Callable[[int], Awaitable[float]], runs: int, width: i
     return runs / (time.perf_counter() - started)
 
 
-async def start(work: Path, engine: PodmanService, cleanup: contextlib.ExitStack) -> Loader:
+async def start(work: Path, engine: EngineService, cleanup: contextlib.ExitStack) -> Loader:
+    await asyncio.to_thread(work.mkdir)
     logs = work / "logs"
     logs.mkdir()
     env = clean_env(TMPDIR=str(work / "tmp"))
@@ -203,19 +215,34 @@ async def start(work: Path, engine: PodmanService, cleanup: contextlib.ExitStack
     return loader
 
 
-async def bench(work: Path, runs: int) -> None:
-    with PodmanService(work / "podman") as engine, contextlib.ExitStack() as cleanup:
-        log("podman service up; importing the busybox image")
+@dataclass
+class EngineResult:
+    name: str  # the engine and its CLI's version
+    kind: EngineKind
+    loader_times: list[float]
+    cli_times: list[float]
+    loader_cpu: float  # CPU seconds per run
+    loader_rate: float
+    cli_rate: float
+
+
+async def bench_engine(kind: EngineKind, work: Path, runs: int) -> EngineResult:
+    service: EngineService = (
+        PodmanService(work / kind) if kind == "podman" else DockerService(work / kind)
+    )
+    with service as engine, contextlib.ExitStack() as cleanup:
+        log(f"{kind} service up; importing the busybox image")
         await asyncio.to_thread(import_busybox_image, engine, IMAGE)
-        loader = await start(work, engine, cleanup)
+        loader = await start(work / f"loader-{kind}", engine, cleanup)
         try:
             cli = Cli(engine, work)
-            log(f"warm-up: {WARMUP} runs each")
+            version = await _cli_version(cli)
+            log(f"{kind}: warm-up, {WARMUP} runs each")
             for n in range(WARMUP):
                 await loader.invoke(n)
                 await cli.run(n)
 
-            log(f"F1: {runs} sync runs each, alternating")
+            log(f"{kind} F1: {runs} sync runs each, alternating")
             loader_times, cli_times = [], []
             cpu_before = cpu_seconds(loader.pid)
             for n in range(runs):
@@ -223,51 +250,82 @@ async def bench(work: Path, runs: int) -> None:
                 cli_times.append(await cli.run(n))
             loader_cpu = (cpu_seconds(loader.pid) - cpu_before) / runs
 
-            log(f"F2: {runs} runs, 2 at a time, each")
+            log(f"{kind} F2: {runs} runs, 2 at a time, each")
             loader_rate = await throughput(loader.invoke, runs, 2)
             cli_rate = await throughput(cli.run, runs, 2)
         finally:
             await loader.http.close()
+    return EngineResult(version, kind, loader_times, cli_times, loader_cpu, loader_rate, cli_rate)
 
-    median_l, median_c = statistics.median(loader_times), statistics.median(cli_times)
-    ratio = median_l / median_c
+
+async def _cli_version(cli: Cli) -> str:
+    process = await asyncio.create_subprocess_exec(
+        cli.program, "--version", env=cli.env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await process.communicate()
+    return out.decode().strip()
+
+
+def report(result: EngineResult, runs: int) -> None:
+    loader_times, cli_times = result.loader_times, result.cli_times
+    ratio = statistics.median(loader_times) / statistics.median(cli_times)
+    target = TARGET_RATIO[result.kind]
     print()
+    print(f"{result.kind}: CLI {result.name}")
     print(f"F1  sync invoke latency, {runs} runs (ms)     median     p95")
     for label, times in (
         ("loader  POST /invoke → record", loader_times),
-        ("podman run --rm (CLI)", cli_times),
+        (f"{result.kind} run --rm (CLI)", cli_times),
     ):
         median, p95 = statistics.median(times) * 1000, percentile(times, 95) * 1000
         print(f"    {label:<36} {median:7.0f} {p95:7.0f}")
-    verdict = "met" if ratio <= TARGET_RATIO else "missed"
-    print(f"    ratio of medians: {ratio:.2f}x (target <= {TARGET_RATIO}x: {verdict})")
-    print(f"    loader CPU per run: {loader_cpu * 1000:.0f} ms")
+    verdict = "met" if ratio <= target else "missed"
+    print(f"    ratio of medians: {ratio:.2f}x (target <= {target}x: {verdict})")
+    print(f"    loader CPU per run: {result.loader_cpu * 1000:.0f} ms")
     print(f"F2  throughput, {runs} runs 2 at a time (runs/s)")
     print(
-        f"    loader {loader_rate:.2f}   CLI {cli_rate:.2f}   ratio {loader_rate / cli_rate:.2f}x"
+        f"    loader {result.loader_rate:.2f}   CLI {result.cli_rate:.2f}"
+        f"   ratio {result.loader_rate / result.cli_rate:.2f}x"
     )
+
+
+async def bench(work: Path, runs: int, kinds: tuple[EngineKind, ...]) -> None:
+    results = [await bench_engine(kind, work, runs) for kind in kinds]
+    for result in results:
+        report(result, runs)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30, help="runs per measurement (30)")
     parser.add_argument("--work-dir", type=Path, help="work folder (default: a temporary one)")
+    parser.add_argument(
+        "--engine",
+        choices=("podman", "docker", "both"),
+        default="both",
+        help="the engines to measure (default: both)",
+    )
     args = parser.parse_args()
-    if not available():
-        print("bench_functions: podman, runc and a static busybox are required", file=sys.stderr)
+    kinds: tuple[EngineKind, ...] = (
+        ("podman", "docker") if args.engine == "both" else (args.engine,)
+    )
+    if ("podman" in kinds and not podman.available()) or (
+        "docker" in kinds and not docker.available()
+    ):
+        print("bench_functions: the engines are not installed (make engine)", file=sys.stderr)
         return 2
     if os.geteuid() != 0:
         print("bench_functions: run as root (run folders go to uid 65534)", file=sys.stderr)
         return 2
     work = (args.work_dir or Path(tempfile.mkdtemp(prefix="bench-fn-"))).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    if len(str(work / "podman" / "run")) > MAX_RUN_ROOT:
+    if "podman" in kinds and len(str(work / "podman" / "run")) > MAX_RUN_ROOT:
         # Podman's clean-up after each container refuses it, and every run
         # would then wait for podman's 20-second fallback.
         print(f"bench_functions: {work} is too long a path for podman", file=sys.stderr)
         return 2
     try:
-        asyncio.run(bench(work, args.runs))
+        asyncio.run(bench(work, args.runs, kinds))
     except BenchError as exc:
         print(f"bench_functions: {exc}", file=sys.stderr)
         return 1

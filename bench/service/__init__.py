@@ -5,8 +5,11 @@ P2  POST /load through the loader against raw aiobotocore GETs of the same
     loopback   one load at a time, on s3s-fs and on moto;
     capped     through a proxy pacing each connection (20 MB/s, 20 ms);
     crowd      50 concurrent loads of one resource (aggregate, peak RSS).
-P3  POST /unlock of an encrypted docker-archive into podman against
-    `podman load -i` of the plain archive into the same storage.
+P4  a v2 load under a signed release (every 1 MiB segment verified) against
+    the same load with no publisher key.
+P3  POST /unlock of an encrypted docker-archive into each engine (podman,
+    Docker Engine) against its CLI load (`podman load -i`, `docker load
+    -i`) and its HTTP image loads of the plain archive, also under a release.
 
     make bench-service        (or: python -m bench.service --quick --only p2)
 
@@ -25,7 +28,7 @@ what to compare. MB is 10^6 bytes, MiB 2^20. Linux only (reads /proc).
 Modules: `stack` starts the components (with tests/support/harness), `s3s`
 starts s3s-fs, `throttle` the proxy; `load` is P2 on loopback (and the
 publishing and consumers the others share), `capped` the capped link,
-`crowd` the concurrent loads, `unlock` is P3; `measure` samples time, CPU,
+`crowd` the concurrent loads, `signed` is P4, `unlock` is P3; `measure` samples time, CPU,
 RSS and temp bytes, `report` prints the tables, `__main__` parses the
 options and runs them.
 """

@@ -12,8 +12,8 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
+from tests.support import docker, podman
 from tests.support.harness.net import HarnessError
-from tests.support.podman import available
 
 from bench import service
 from bench.service import BenchError, MiB, log
@@ -50,7 +50,7 @@ def check_space(args: argparse.Namespace) -> None:
         p2 += args.crowd_size
     if "signed" in args.only:
         p2 += args.signed_size
-    p3 = 6 * args.p3_size if "p3" in args.only else 0
+    p3 = 6 * max(args.p3_sizes) if "p3" in args.only else 0
     need = (3 * p2 + p3 + 512) * MiB
     free = shutil.disk_usage(args.work_dir).free
     if free < need:
@@ -61,8 +61,8 @@ def check_space(args: argparse.Namespace) -> None:
 
 async def bench(args: argparse.Namespace) -> None:
     parts = args.only
-    if "p3" in parts and not available():
-        raise BenchError("P3 needs podman, runc and busybox-static: run `make engine`")
+    if "p3" in parts and not all(_installed(kind) for kind in args.p3_engines):
+        raise BenchError("P3 needs its engines, runc and busybox-static: run `make engine`")
     p2_server = args.p2_server
     needs_s3s = any(p in parts for p in ("capped", "crowd", "signed")) and p2_server == S3S_FS
     needs_s3s |= "loopback" in parts and S3S_FS in args.loopback_servers
@@ -76,7 +76,8 @@ async def bench(args: argparse.Namespace) -> None:
         s3s_fs = args.s3s_fs if needs_s3s else None
         upstream = await start_upstream(work, cleanup, s3s_fs)
         upstream.loader_env.update(args.loader_env)
-        loopback = capped = crowd = signed = p3 = None
+        loopback = capped = crowd = signed = None
+        p3 = []
         if "loopback" in parts:
             # moto reads the whole object for each ranged GET: one size shows it.
             cases = [
@@ -99,7 +100,9 @@ async def bench(args: argparse.Namespace) -> None:
             size = args.signed_size * MiB
             signed = await bench_signed(upstream, p2_server, size, args.runs, cleanup)
         if "p3" in parts:
-            p3 = await bench_p3(upstream, args.p3_size * MiB, args.runs, work, cleanup)
+            for kind in args.p3_engines:
+                for size in args.p3_sizes:
+                    p3.append(await bench_p3(upstream, kind, size * MiB, args.runs, work, cleanup))
     servers = {MOTO: f"moto {version('moto')}, moto's ThreadedMotoServer"}
     if s3s_fs is not None:
         servers[S3S_FS] = f"{s3s_fs_version(s3s_fs)}, on {args.work_dir}"
@@ -114,8 +117,12 @@ async def bench(args: argparse.Namespace) -> None:
         print_crowd(crowd, args.runs)
     if signed is not None:
         print_signed(signed, args.runs)
-    if p3 is not None:
-        print_p3(p3, args.runs)
+    for result in p3:
+        print_p3(result, args.runs)
+
+
+def _installed(kind: str) -> bool:
+    return podman.available() if kind == "podman" else docker.available()
 
 
 def _parts(text: str) -> tuple[str, ...]:
@@ -144,6 +151,13 @@ def _servers(text: str) -> list[str]:
     if not servers or any(s not in (S3S_FS, MOTO) for s in servers):
         raise argparse.ArgumentTypeError(f"expected {S3S_FS} and/or {MOTO}, got {text!r}")
     return servers
+
+
+def _engines(text: str) -> list[str]:
+    engines = [w.strip() for w in text.split(",") if w.strip()]
+    if not engines or any(e not in ("podman", "docker") for e in engines):
+        raise argparse.ArgumentTypeError(f"expected podman and/or docker, got {text!r}")
+    return engines
 
 
 def _sizes(text: str) -> list[int]:
@@ -226,7 +240,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--signed-size", type=int, default=256, metavar="MiB", help="default: %(default)s"
     )
     parser.add_argument(
-        "--p3-size", type=int, default=1024, metavar="MiB", help="payload for P3 (default: 1024)"
+        "--p3-sizes",
+        type=_sizes,
+        default=[512, 1024],
+        metavar="MiB,...",
+        help="payloads for P3 (default: 512,1024)",
+    )
+    parser.add_argument(
+        "--p3-engines",
+        type=_engines,
+        default=["podman", "docker"],
+        metavar="NAME,...",
+        help="engines of P3 (default: podman,docker)",
     )
     parser.add_argument(
         "--quick",
@@ -260,9 +285,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.p2_sizes, args.moto_size, args.p3_size = [64], 64, 64
+        args.p2_sizes, args.moto_size, args.p3_sizes = [64], 64, [64]
         args.capped_size, args.crowd_size, args.signed_size = 64, 16, 64
-    numbers = [args.runs, args.p3_size, args.moto_size, args.capped_size]
+    numbers = [args.runs, args.moto_size, args.capped_size]
     numbers += [args.crowd, args.crowd_size]
     if min(numbers) < 1 or args.capped_rate <= 0 or args.capped_latency < 0:
         parser.error("counts, sizes and the rate must be positive")

@@ -173,11 +173,11 @@ def print_p3(result: P3Result, runs: int) -> None:
     api = medians[fastest]
     names = list(ours.temp_bytes)
     print()
-    print("P3  POST /unlock (decrypt + stream into the engine) vs `podman load -i` and the")
-    print("    engine's HTTP image loads, both of the plain archive")
+    print(f"P3  on {result.engine_version}: POST /unlock (decrypt + stream into the engine)")
+    print(f"    vs `{result.kind} load -i` and the engine's HTTP image loads, of the plain archive")
     print(
-        f"    one {result.plain_bytes / 1e9:.2f} GB docker-archive; {result.podman_version}, vfs;"
-        f" the engine's TMPDIR on tmpfs ({result.engine_tmpdir})"
+        f"    one {result.plain_bytes / 1e9:.2f} GB docker-archive; vfs;"
+        f" the engine's spool on tmpfs ({result.engine_tmpdir})"
     )
     print(f"    median of {runs} runs after 1 warm-up; the methods alternate, each round")
     print("    starting with the next one; API loads stream the body chunked, 1 MiB pieces")

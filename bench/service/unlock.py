@@ -1,17 +1,19 @@
-"""P3: POST /unlock of an encrypted docker-archive into podman against
-`podman load -i` of the plain archive, and against the plain archive sent to
-each of the engine's HTTP image loads (the Docker-compatible one and podman's
-native one).
+"""P3: POST /unlock of an encrypted docker-archive into an engine (podman,
+Docker Engine) against the engine's CLI load of the plain archive (`podman
+load -i`, `docker load -i`) and against the plain archive sent to each of the
+engine's HTTP image loads (the compatible one; podman's native one too).
 
-The engine's processes (service and CLI) get a ``TMPDIR`` on tmpfs, as
-docs/deployment.md tells: podman's API spools every upload there before it
-loads it, and its load unpacks the archive there once more."""
+The engine's spool is on tmpfs, as docs/deployment.md tells: podman's API
+writes every upload to its ``TMPDIR`` before it loads it (and its load
+unpacks the archive there once more); Docker unpacks the upload into its
+``DOCKER_TMPDIR``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -24,8 +26,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+from tests.support.docker import DockerService
+from tests.support.engines import (
+    BUSYBOX,
+    EngineKind,
+    EngineService,
+    image_exists,
+    remove_image,
+    save_images,
+)
 from tests.support.harness.processes import Child
-from tests.support.podman import BUSYBOX, PodmanService, image_exists, remove_image, save_images
+from tests.support.podman import PodmanService
 
 from bench.service import CHUNK, NO_TIMEOUT, BenchError, MiB, log
 from bench.service.measure import Watcher, proc_status_bytes
@@ -43,11 +54,11 @@ IMAGE_REF = f"{IMAGE_REPO}:latest"
 LIBPOD_API = "/v4.0.0/libpod"
 DOCKER_API = "/v1.41"  # what the loader's client (aiodocker) negotiates with podman 4
 POLL_SECONDS = 0.05  # /unlock/status
-CLI, UNLOCK = "podman load -i (CLI)", "loader /unlock"
+CLI, UNLOCK = "CLI load -i", "loader /unlock"
 SIGNED = "loader /unlock, signed"  # under a release: every segment verified as it streams
-API, LIBPOD = "compat /images/load", "libpod /images/load"  # the engine's two HTTP loads
+API, LIBPOD = "compat /images/load", "libpod /images/load"  # the engine's HTTP loads
 API_PATHS = {API: f"{DOCKER_API}/images/load", LIBPOD: f"{LIBPOD_API}/images/load"}
-ENGINE_TMPFS = Path("/dev/shm")  # where the engine's TMPDIR goes, as documented
+ENGINE_TMPFS = Path("/dev/shm")  # where the engine's spool goes, as documented
 
 
 class BenchPodman(PodmanService):
@@ -56,9 +67,7 @@ class BenchPodman(PodmanService):
 
     def __init__(self, base_dir: Path) -> None:
         super().__init__(base_dir)
-        if not ENGINE_TMPFS.is_dir():
-            raise BenchError(f"P3 puts the engine's TMPDIR on tmpfs: {ENGINE_TMPFS} is missing")
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="edgeloader-bench-engine-", dir=ENGINE_TMPFS))
+        self.tmpdir = engine_tmpfs()
 
     def stop(self) -> None:
         try:
@@ -70,9 +79,34 @@ class BenchPodman(PodmanService):
     def env(self) -> dict[str, str]:
         return super().env | {"TMPDIR": str(self.tmpdir)}
 
-    @property
-    def image_tmp(self) -> Path:
-        return self.base_dir / "image-tmp"  # image_copy_tmp_dir in containers.conf
+    def load_cli(self, archive: Path) -> None:
+        self.run_podman("load", "-i", str(archive), timeout=1800)
+
+
+class BenchDocker(DockerService):
+    """A DockerService whose daemon spools uploads (``DOCKER_TMPDIR``) on tmpfs."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.tmpdir = engine_tmpfs()
+        super().__init__(base_dir, tmp_dir=self.tmpdir)
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def load_cli(self, archive: Path) -> None:
+        self.run_docker("load", "-i", str(archive), timeout=1800)
+
+
+BenchEngine = BenchPodman | BenchDocker
+
+
+def engine_tmpfs() -> Path:
+    if not ENGINE_TMPFS.is_dir():
+        raise BenchError(f"P3 puts the engine's spool on tmpfs: {ENGINE_TMPFS} is missing")
+    return Path(tempfile.mkdtemp(prefix="edgeloader-bench-engine-", dir=ENGINE_TMPFS))
 
 
 @dataclass
@@ -85,11 +119,12 @@ class P3Run:
 
 @dataclass
 class P3Result:
+    kind: EngineKind
     plain_bytes: int
-    runs: dict[str, list[P3Run]]  # per method: CLI, API, LIBPOD, UNLOCK
+    runs: dict[str, list[P3Run]]  # per method: CLI, API (LIBPOD), UNLOCK, SIGNED
     peak_rss: int
-    podman_version: str
-    api_methods: tuple[str, ...] = (API, LIBPOD)  # the engine's HTTP loads
+    engine_version: str
+    api_methods: tuple[str, ...]  # the engine's HTTP loads
     engine_tmpdir: str = str(ENGINE_TMPFS)
 
 
@@ -124,7 +159,7 @@ def write_rootfs(path: Path, payload: int) -> None:
         tar.addfile(info, io.BufferedReader(_RandomBytes(), CHUNK))
 
 
-async def post_tar(service: PodmanService, path: str, body: Any, what: str) -> None:
+async def post_tar(service: EngineService, path: str, body: Any, what: str) -> None:
     """POST a tar ``body`` (a file or an async iterator) to the engine's API."""
     connector = aiohttp.UnixConnector(path=str(service.socket_path))
     async with (
@@ -138,24 +173,37 @@ async def post_tar(service: PodmanService, path: str, body: Any, what: str) -> N
             raise BenchError(f"{what}: HTTP {resp.status}: {text[-2000:]}")
 
 
-async def import_rootfs(service: PodmanService, rootfs: Path) -> None:
-    """libpod's image import, the body streamed from the file."""
-    query = urlencode([("reference", IMAGE_REF), ("changes", 'CMD ["/bin/sh"]')])
+async def import_rootfs(service: EngineService, rootfs: Path) -> None:
+    """The engine's image import (libpod's, or Docker's create from a
+    source), the body streamed from the file."""
+    if service.kind == "podman":
+        query = urlencode([("reference", IMAGE_REF), ("changes", 'CMD ["/bin/sh"]')])
+        path = f"{LIBPOD_API}/images/import?{query}"
+    else:
+        query = urlencode(
+            [
+                ("fromSrc", "-"),
+                ("repo", IMAGE_REPO),
+                ("tag", "latest"),
+                ("changes", 'CMD ["/bin/sh"]'),
+            ]
+        )
+        path = f"{DOCKER_API}/images/create?{query}"
     body = await asyncio.to_thread(open, rootfs, "rb")
     try:
-        await post_tar(service, f"{LIBPOD_API}/images/import?{query}", body, "image import")
+        await post_tar(service, path, body, "image import")
     finally:
         body.close()
 
 
 async def build_archives(
-    service: BenchPodman, work: Path, size: int, fragment: bytes
+    service: BenchEngine, work: Path, size: int, fragment: bytes
 ) -> tuple[Path, Path]:
     """``images.tar`` (docker save of one ~``size`` image) and its ``images.enc``."""
     rootfs, plain, encrypted = work / "rootfs.tar", work / "images.tar", work / "images.enc"
     log(f"P3: writing a rootfs with {size // MiB} MiB of random data")
     await asyncio.to_thread(write_rootfs, rootfs, size)
-    log("P3: importing it into podman")
+    log(f"P3: importing it into {service.kind}")
     await import_rootfs(service, rootfs)
     await asyncio.to_thread(rootfs.unlink)
     log("P3: saving the image as a docker-archive")
@@ -168,18 +216,18 @@ async def build_archives(
 # -- the four methods -------------------------------------------------------------
 
 
-async def podman_load(service: BenchPodman, plain: Path, folders: dict[str, Path]) -> P3Run:
-    """The baseline: ``podman load -i`` (the CLI, same storage)."""
+async def cli_load(service: BenchEngine, plain: Path, folders: dict[str, Path]) -> P3Run:
+    """The baseline: ``podman load -i`` or ``docker load -i`` (the CLI, same storage)."""
     await asyncio.to_thread(remove_image, service, IMAGE_REF)
     with Watcher(folders) as watch:
         start = time.perf_counter()
-        await asyncio.to_thread(service.run_podman, "load", "-i", str(plain), timeout=1800)
+        await asyncio.to_thread(service.load_cli, plain)
         seconds = time.perf_counter() - start
     await _check_loaded(service)
     return P3Run(seconds, watch.peak_bytes)
 
 
-async def api_load(service: BenchPodman, plain: Path, folders: dict[str, Path], path: str) -> P3Run:
+async def api_load(service: BenchEngine, plain: Path, folders: dict[str, Path], path: str) -> P3Run:
     """The plain archive through one of the engine's HTTP image loads,
     streamed chunked in 1 MiB pieces like the loader does: the engine's own
     cost of that API path, without any decryption."""
@@ -204,7 +252,7 @@ async def unlock(
     http: aiohttp.ClientSession,
     url: str,
     auth: dict[str, str],
-    service: BenchPodman,
+    service: BenchEngine,
     loader: Child,
     folders: dict[str, Path],
 ) -> P3Run:
@@ -231,19 +279,29 @@ async def unlock(
     return P3Run(seconds, watch.peak_bytes, phases, watch.peak_rss)
 
 
-async def _check_loaded(service: PodmanService) -> None:
+async def _check_loaded(service: EngineService) -> None:
     if not await asyncio.to_thread(image_exists, service, IMAGE_REF):
         raise BenchError(f"the load did not create {IMAGE_REF}")
 
 
 async def bench_p3(
-    upstream: Upstream, size: int, runs: int, work: Path, cleanup: contextlib.ExitStack
+    upstream: Upstream,
+    kind: EngineKind,
+    size: int,
+    runs: int,
+    work: Path,
+    cleanup: contextlib.ExitStack,
 ) -> P3Result:
-    log("P3: starting a private podman service")
-    service = BenchPodman(work / "podman")
-    cleanup.callback(service.stop)  # also removes its TMPDIR on tmpfs
+    log(f"P3: starting a private {kind} service")
+    mib = size // MiB
+    work = work / f"p3-{kind}-{mib}mib"
+    await asyncio.to_thread(work.mkdir)
+    service: BenchEngine = (
+        BenchPodman(work / kind) if kind == "podman" else BenchDocker(work / kind)
+    )
+    cleanup.callback(service.stop)  # also removes its spool on tmpfs
     await asyncio.to_thread(service.start)
-    version = (await asyncio.to_thread(service.run_podman, "--version")).stdout.decode().strip()
+    version = await _engine_version(service)
     fragment = await asyncio.to_thread((upstream.api_dir / KEY_FRAGMENT_FILE).read_bytes)
     plain, encrypted = await build_archives(service, work, size, fragment)
 
@@ -259,22 +317,24 @@ async def bench_p3(
         "IMAGES_PATH": str(encrypted),
         "TMPDIR": str(loader_tmp),
     }
-    loader, url = await start_loader(upstream, cleanup, "p3", **env)
+    loader, url = await start_loader(upstream, cleanup, f"p3-{kind}-{mib}", **env)
     signed, signed_url = await start_loader(
-        upstream, cleanup, "p3-signed", EDGELOADER_PUBLISHER_KEY=str(public), **env
+        upstream, cleanup, f"p3-{kind}-{mib}-signed", EDGELOADER_PUBLISHER_KEY=str(public), **env
     )
-    folders = {
-        "loader TMPDIR": loader_tmp,
-        "podman TMPDIR": service.tmpdir,
-        "podman image-tmp": service.image_tmp,
-    }
+    folders = {"loader TMPDIR": loader_tmp, f"{kind} spool": service.tmpdir}
+    if isinstance(service, BenchPodman):
+        folders["podman image-tmp"] = service.base_dir / "image-tmp"
+    api_methods = (API, LIBPOD) if kind == "podman" else (API,)
     async with aiohttp.ClientSession(timeout=NO_TIMEOUT) as http:
         auth = await login(http, url)
         signed_auth = await login(http, signed_url)
+
+        def through(path: str) -> Callable[[], Awaitable[P3Run]]:
+            return lambda: api_load(service, plain, folders, path)
+
         methods: dict[str, Callable[[], Awaitable[P3Run]]] = {
-            CLI: lambda: podman_load(service, plain, folders),
-            API: lambda: api_load(service, plain, folders, API_PATHS[API]),
-            LIBPOD: lambda: api_load(service, plain, folders, API_PATHS[LIBPOD]),
+            CLI: lambda: cli_load(service, plain, folders),
+            **{api: through(API_PATHS[api]) for api in api_methods},
             UNLOCK: lambda: unlock(http, url, auth, service, loader, folders),
             SIGNED: lambda: unlock(http, signed_url, signed_auth, service, signed, folders),
         }
@@ -284,7 +344,8 @@ async def bench_p3(
             # follows the same other one.
             names = list(methods)
             order = names[i % len(names) :] + names[: i % len(names)]
-            log(f"P3: {'warm-up' if i == 0 else f'run {i}/{runs}'}: {', '.join(order)}")
+            which = "warm-up" if i == 0 else f"run {i}/{runs}"
+            log(f"P3 on {kind}, {mib} MiB: {which}: {', '.join(order)}")
             for method in order:
                 run = await methods[method]()
                 if i > 0:
@@ -294,4 +355,15 @@ async def bench_p3(
     signed.stop()
     await asyncio.to_thread(remove_image, service, IMAGE_REF)
     plain_bytes = (await asyncio.to_thread(plain.stat)).st_size
-    return P3Result(plain_bytes, results, peak_rss, version)
+    for path in (plain, encrypted):
+        await asyncio.to_thread(path.unlink)
+    return P3Result(kind, plain_bytes, results, peak_rss, version, api_methods)
+
+
+async def _engine_version(service: BenchEngine) -> str:
+    status, body = await asyncio.to_thread(service.request, "GET", f"{DOCKER_API}/version")
+    if status != 200:
+        raise BenchError(f"engine version: HTTP {status}")
+    version = json.loads(body)
+    name = "podman" if service.kind == "podman" else "Docker Engine"
+    return f"{name} {version.get('Version', '?')}"

@@ -54,7 +54,9 @@ class FunctionSettings:
 
     max_runs: int = 2  # runs at once, all functions together (a 2-core box)
     dir: Path | None = None  # default: STATE_DIR/functions
-    run_retention: float = 7 * 86_400  # run folders older than this are deleted
+    run_retention: float = 7 * 86_400  # records of runs that ended longer ago are dropped
+    run_records_max: int = 10_000  # and the oldest beyond this many
+    run_kept_bytes_max: int = 256 * MiB  # and beyond this much kept output in all
     output_max: int = 1 * MiB  # per captured stream, result.json and logs.json
     request_max: int = 1 * MiB  # an invoke body, which becomes request.json
     build_context_max: int = 256 * MiB  # an uploaded build context
@@ -67,6 +69,12 @@ class FunctionSettings:
             max_runs=_integer(env, "EDGELOADER_MAX_RUNS", cls.max_runs, 1, 64),
             dir=Path(folder) if folder else None,
             run_retention=_seconds(env, "EDGELOADER_RUN_RETENTION", cls.run_retention),
+            run_records_max=_integer(
+                env, "EDGELOADER_RUN_RECORDS_MAX", cls.run_records_max, 10, 10_000_000
+            ),
+            run_kept_bytes_max=_integer(
+                env, "EDGELOADER_RUN_KEPT_BYTES_MAX", cls.run_kept_bytes_max, MiB, 1 << 40
+            ),
             output_max=_integer(env, "EDGELOADER_RUN_OUTPUT_MAX", cls.output_max, 1024, 64 * MiB),
             request_max=_integer(
                 env, "EDGELOADER_INVOKE_BODY_MAX", cls.request_max, 1024, 64 * MiB

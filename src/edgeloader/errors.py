@@ -129,6 +129,12 @@ class Conflict(EdgeloaderError):
     status = 409
 
 
+class Unavailable(EdgeloaderError):
+    """Not available on this box as it is set up."""
+
+    status = 503
+
+
 class UpstreamError(EdgeloaderError):
     """Upstream service failed."""
 

@@ -1,12 +1,15 @@
 """Fixtures of the integration tests: one S3 server and one service of each
-engine per session, a real stack per test (tests/support/stack.py)."""
+engine per session, a real stack per test (tests/support/stack.py), and a
+loader with functions on the test engine (tests/support/functions.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,10 +21,11 @@ from tests.support.engines import (
     remove_image,
     save_images,
 )
+from tests.support.functions import BASE_IMAGE, IMAGE, Api
 from tests.support.harness.s3 import s3_server
 from tests.support.podman import PodmanService
 from tests.support.releases import Publisher
-from tests.support.stack import Stack, open_stack
+from tests.support.stack import ADMIN, OPERATOR, Stack, open_stack
 from tests.support.unlocks import IMAGES
 
 #: The engines every engine test runs on.
@@ -90,3 +94,38 @@ async def publisher(make_stack: Callable[..., Awaitable[Stack]], tmp_path: Path)
     """A stack with a publisher's key pair, to sign release manifests."""
     stack = await make_stack()
     return Publisher(stack, tmp_path / "publisher-keys")
+
+
+# Functions
+
+
+@pytest.fixture(scope="session")
+def image(engine: EngineService) -> str:
+    import_busybox_image(engine, BASE_IMAGE)
+    import_busybox_image(engine, IMAGE)
+    return IMAGE
+
+
+@pytest.fixture
+async def make_api(
+    make_stack: Callable[..., Awaitable[Stack]], engine: EngineService, image: str
+) -> Callable[..., Awaitable[Api]]:
+    """A loader in the default auth mode on the test engine; ``functions``
+    overrides the function settings."""
+
+    async def make(**functions: Any) -> Api:
+        stack = await make_stack()
+        settings = stack.settings(auth_mode="required", docker_host=engine.docker_host)
+        settings = settings.with_overrides(functions=replace(settings.functions, **functions))
+        await stack.start_loader(settings)
+        api = Api(stack.http, stack.loader_url)
+        api.admin = await api.login(ADMIN)
+        api.operator = await api.login(OPERATOR)
+        return api
+
+    return make
+
+
+@pytest.fixture
+async def api(make_api: Callable[..., Awaitable[Api]]) -> Api:
+    return await make_api()

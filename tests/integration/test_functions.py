@@ -1,4 +1,4 @@
-"""Functions on podman's service: deploy, invoke, isolation seen from
+"""Functions on each engine: deploy, invoke, isolation seen from
 inside, deadlines, failures, bad input, scheduling, restart and roles.
 
 Every function runs the same busybox image with a different command; the
@@ -9,27 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import signal
-import tarfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
-
-import aiohttp
-import pytest
 
 from tests.support.engines import EngineService, import_busybox_image
+from tests.support.functions import (
+    BASE_IMAGE,
+    IMAGE,
+    JSON,
+    Api,
+    build_form,
+    containers_of,
+    context_tar,
+    sh,
+)
 from tests.support.harness.loader import start_loader_process
 from tests.support.harness.net import wait_for
-from tests.support.stack import ADMIN, OPERATOR, Stack
-
-JSON = dict[str, Any]
-IMAGE = "localhost/edgeloader-fn-base:1"
-BASE_IMAGE = "localhost/edgeloader-fn-busybox:latest"
+from tests.support.stack import ADMIN, Stack
 
 ECHO = """
 cat request.json > result.json
@@ -63,122 +62,6 @@ echo "{\\"processes\\": $#}" > result.json
 """
 
 
-def sh(script: str) -> list[str]:
-    return ["sh", "-c", script]
-
-
-@dataclass
-class Api:
-    """The loader seen by an agent: JSON calls with a bearer token."""
-
-    http: aiohttp.ClientSession
-    url: str
-    admin: str = ""
-    operator: str = ""
-
-    async def call(
-        self, method: str, path: str, token: str | None, **kwargs: Any
-    ) -> tuple[int, Any, aiohttp.ClientResponse]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.http.request(method, self.url + path, headers=headers, **kwargs) as resp:
-            text = await resp.text()
-            body = json.loads(text) if "json" in resp.headers.get("Content-Type", "") else text
-            return resp.status, body, resp
-
-    async def login(self, creds: tuple[str, str]) -> str:
-        status, body, _ = await self.call(
-            "POST", "/api/auth/login", None, json={"email": creds[0], "password": creds[1]}
-        )
-        assert status == 200, body
-        return str(body["accessToken"])
-
-    async def deploy(self, name: str, expect: int = 201, **fields: Any) -> JSON:
-        body = {"name": name, "image": IMAGE, **fields}
-        status, answer, _ = await self.call("POST", "/api/functions", self.admin, json=body)
-        assert status == expect, answer
-        return answer  # type: ignore[no-any-return]
-
-    async def invoke(self, name: str, payload: Any = None, token: str | None = None) -> JSON:
-        status, answer, _ = await self.call(
-            "POST", f"/api/functions/{name}/invoke", token or self.admin, json=payload or {}
-        )
-        assert status == 200, answer
-        return answer  # type: ignore[no-any-return]
-
-    async def get(self, path: str, token: str | None = None) -> Any:
-        status, answer, _ = await self.call("GET", path, token or self.admin)
-        assert status == 200, answer
-        return answer
-
-    async def run_ended(self, run_id: str, within: float = 120) -> JSON:
-        ended: JSON = {}
-
-        async def done() -> bool:
-            nonlocal ended
-            ended = await self.get(f"/api/runs/{run_id}")
-            return ended["status"] not in ("queued", "running")
-
-        await wait_for(done, within)
-        return ended
-
-
-@pytest.fixture(scope="session")
-def image(engine: EngineService) -> str:
-    import_busybox_image(engine, BASE_IMAGE)
-    import_busybox_image(engine, IMAGE)
-    return IMAGE
-
-
-@pytest.fixture
-async def make_api(
-    make_stack: Callable[..., Awaitable[Stack]], engine: EngineService, image: str
-) -> Callable[..., Awaitable[Api]]:
-    """A loader in the default auth mode on the test engine; ``functions``
-    overrides the function settings."""
-
-    async def make(**functions: Any) -> Api:
-        stack = await make_stack()
-        settings = stack.settings(auth_mode="required", docker_host=engine.docker_host)
-        settings = settings.with_overrides(functions=replace(settings.functions, **functions))
-        await stack.start_loader(settings)
-        api = Api(stack.http, stack.loader_url)
-        api.admin = await api.login(ADMIN)
-        api.operator = await api.login(OPERATOR)
-        return api
-
-    return make
-
-
-@pytest.fixture
-async def api(make_api: Callable[..., Awaitable[Api]]) -> Api:
-    return await make_api()
-
-
-def containers_of(engine: EngineService, run_id: str) -> list[str]:
-    filters = quote(json.dumps({"label": [f"edgeloader.run={run_id}"]}))
-    status, body = engine.request("GET", f"/v1.41/containers/json?all=true&filters={filters}")
-    assert status == 200, body
-    return [str(c["Id"]) for c in json.loads(body)]
-
-
-def context_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def build_form(context: bytes, spec: JSON | None = None) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    if spec is not None:
-        form.add_field("spec", json.dumps(spec), content_type="application/json")
-    form.add_field("context", context, filename="context.tar", content_type="application/x-tar")
-    return form
-
-
 # -- deploy and invoke ----------------------------------------------------------
 
 
@@ -197,6 +80,7 @@ async def test_deploy_and_invoke_echoes_the_request_with_env_and_env_config(
         "pids": 64,
         "timeoutS": 30,
         "tmpfsMb": 16,
+        "diskMb": 16,
     }
     assert (created["concurrency"], created["queue"], created["user"]) == (1, 8, 65534)
 
@@ -297,8 +181,8 @@ async def test_isolation_seen_from_inside(api: Api) -> None:
     assert seen["otherRunSeen"] == 0
     assert seen["app"] == ". .. functions"
 
-    # Of the mounts, the only writable one from the host's disks is the run
-    # folder; /tmp is a tmpfs capped at tmpfsMb; podman's own /var/tmp and
+    # No mount writes to the host's disks: the run folder is a tmpfs of
+    # diskMb (nosuid, nodev), /tmp one of tmpfsMb; podman's own /var/tmp and
     # /run tmpfs mounts are not there.
     logs = await api.get(f"/api/runs/{run['runId']}/logs")
     mounts = {}
@@ -308,7 +192,12 @@ async def test_isolation_seen_from_inside(api: Api) -> None:
         mounts[fields[4]] = (fields[5].split(","), fields[dash + 1], fields[dash + 3])
     kernel = {"tmpfs", "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2"}
     disk_writable = [m for m, (opts, fs, _) in mounts.items() if "rw" in opts and fs not in kernel]
-    assert disk_writable == ["/app/functions"]
+    assert disk_writable == []
+    folder_options, folder_fs, folder_super = mounts["/app/functions"]
+    assert folder_fs == "tmpfs"
+    assert {"rw", "nosuid", "nodev"} <= set(folder_options)
+    assert "size=16384k" in folder_super
+    assert "mode=700" in folder_super
     assert mounts["/"][0][0] == "ro"
     assert mounts["/tmp"][1] == "tmpfs"
     assert "size=16384k" in mounts["/tmp"][2]

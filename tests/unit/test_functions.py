@@ -8,6 +8,7 @@ import gzip
 import io
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from edgeloader.functions.records import Outcome, RunRecord, RunStatus
 from edgeloader.functions.scheduler import Scheduler
 from edgeloader.functions.spec import Limits, function_name, parse_spec
 from edgeloader.functions.store import RunHistory, open_database, percentile_offset
+from edgeloader.storage.mounts import mounted_under, tmpfs_size
 
 IMAGE = "localhost/app:1"
 
@@ -278,21 +280,38 @@ async def test_a_cancelled_waiter_gives_its_place_back() -> None:
 
 
 @pytest.fixture
-def folders(tmp_path: Path) -> RunFolders:
+def folders(tmp_path: Path) -> Iterator[RunFolders]:
     folders = RunFolders(tmp_path)
     folders.open()
-    return folders
+    yield folders
+    folders.remove(RUN)
 
 
 RUN = "0" * 32
+DISK = 1 << 20
 
 
-def test_prepare_gives_the_folder_to_the_uid(folders: RunFolders) -> None:
+def test_prepare_mounts_a_capped_tmpfs_given_to_the_uid(folders: RunFolders) -> None:
     uid = os.getuid()
-    work = folders.prepare(RUN, b'{"a": 1}', {"K": "v", "EDGELOADER_RUN_ID": RUN}, uid)
+    work = folders.prepare(RUN, b'{"a": 1}', {"K": "v", "EDGELOADER_RUN_ID": RUN}, uid, DISK)
     assert (work / "request.json").read_bytes() == b'{"a": 1}'
     assert (work / ".env.config").read_text() == f"K=v\nEDGELOADER_RUN_ID={RUN}\n"
     assert (work.stat().st_uid, work.stat().st_mode & 0o777) == (uid, 0o700)
+    assert tmpfs_size(work) == DISK
+    with pytest.raises(OSError, match="No space left"):
+        (work / "big").write_bytes(b"x" * (2 * DISK))
+    folders.remove(RUN)
+    assert tmpfs_size(work) is None  # unmounted, and gone
+    assert not folders.exists(RUN)
+
+
+def test_open_clears_what_a_dead_process_left(tmp_path: Path) -> None:
+    folders = RunFolders(tmp_path)
+    folders.open()
+    folders.prepare(RUN, b"{}", {}, os.getuid(), DISK)
+    RunFolders(tmp_path).open()  # the next process
+    assert not folders.exists(RUN)
+    assert mounted_under(folders.root) == []
 
 
 @pytest.mark.parametrize(
@@ -308,24 +327,40 @@ def test_prepare_gives_the_folder_to_the_uid(folders: RunFolders) -> None:
 def test_an_unusable_result_is_refused_without_following_or_blocking(
     folders: RunFolders, make: Any, detail: str
 ) -> None:
-    work = folders.prepare(RUN, b"{}", {}, os.getuid())
+    work = folders.prepare(RUN, b"{}", {}, os.getuid(), DISK)
     make(work / "result.json")
     with pytest.raises(BadOutput, match=detail):
         folders.read_result(RUN, 1024)
 
 
+def test_a_result_nested_too_deeply_is_refused_not_a_crash(folders: RunFolders) -> None:
+    work = folders.prepare(RUN, b"{}", {}, os.getuid(), DISK)
+    (work / "result.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    with pytest.raises(BadOutput, match="nested too deeply"):
+        folders.read_result(RUN, 1 << 20)
+
+
 def test_no_result_is_none(folders: RunFolders) -> None:
-    folders.prepare(RUN, b"{}", {}, os.getuid())
+    folders.prepare(RUN, b"{}", {}, os.getuid(), DISK)
     assert folders.read_result(RUN, 1024) is None
 
 
-def test_retention_picks_folders_of_runs_that_ended_long_enough_ago(tmp_path: Path) -> None:
+def test_records_are_pruned_by_age_count_and_bytes(tmp_path: Path) -> None:
     history = RunHistory(open_database(tmp_path))
-    for run_id, ended in (("a" * 32, 100.0), ("b" * 32, 200.0), ("c" * 32, None)):
-        history.add(queued(run_id, "f", queued_at=50.0))
+    left = Outcome(RunStatus.SUCCEEDED, stdout=b"x" * 1000, logs={"a": 1}, started=True)
+    for n, ended in enumerate((100.0, 200.0, 300.0, 400.0, None)):
+        run_id = f"{n:032x}"
+        history.add(queued(run_id, "f", queued_at=50.0 + n))
         if ended is not None:
-            history.finish(run_id, Outcome(RunStatus.SUCCEEDED), ended)
-    assert history.folders_finished_before(150.0) == ["a" * 32]
-    history.folder_removed("a" * 32)
-    assert history.folders_finished_before(150.0) == []
-    assert history.get("a" * 32) is not None  # the record stays
+            history.finish(run_id, left, ended)
+    assert history.output(f"{1:032x}") == (b"x" * 1000, b"", {"a": 1})
+    # Older than 150: run 0 goes; the running one (4) never does.
+    assert history.prune(150.0, max_records=100, max_bytes=1 << 30) == 1
+    assert history.get(f"{0:032x}") is None
+    assert history.output(f"{0:032x}") is None  # its output goes with it
+    # At most 3 records: the oldest ended one (1) goes.
+    assert history.prune(0.0, max_records=3, max_bytes=1 << 30) == 1
+    assert [r.run_id for r in history.find()] == [f"{n:032x}" for n in (4, 3, 2)]
+    # At most 1500 bytes kept (each ended run keeps about 1010): one more goes.
+    assert history.prune(0.0, max_records=100, max_bytes=1500) == 1
+    assert [r.run_id for r in history.find()] == [f"{n:032x}" for n in (4, 3)]

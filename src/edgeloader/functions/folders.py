@@ -3,20 +3,26 @@
 ::
 
     FUNCTIONS_DIR/runs/RUN_ID/      root, 0700: the run's home
-        app/                        the run's uid and group, 0700: mounted
-                                    read-write at /app/functions, the
-                                    working directory
+        app/                        a tmpfs of limits.diskMb, nosuid,nodev,
+                                    mode 0700, owned by the run's uid:
+                                    mounted read-write at /app/functions,
+                                    the working directory
             request.json            the invoke body, written before the start
             .env.config             KEY=VALUE lines: the function's env and ours
             result.json, logs.json  written by the function (optional)
-        stdout, stderr              captured by the loader, capped
 
-A container mounts only its own ``app`` folder, so one run never sees
-another's. Whatever the function leaves in ``app`` is read with care: it
-may have replaced a file with a symbolic link (to make the root-run loader
-read a host file) or a FIFO (to make it block), so files are opened without
+The folder lives in memory (its pages are charged to the container's
+memory), a write past ``diskMb`` fails inside the container with ENOSPC,
+and nothing a run reads or writes reaches the box's disk. It exists for
+the run only: once the run has ended, ``result.json`` and ``logs.json`` are
+read (capped) into the run's record and the folder goes. A container binds
+only its own ``app`` folder, so one run never sees another's.
+
+Whatever the function leaves in ``app`` is read with care: it may have
+replaced a file with a symbolic link (to make the root-run loader read a
+host file) or a FIFO (to make it block), so files are opened without
 following links, without blocking, and only regular files, up to a size,
-are read. The loader never writes into ``app`` after the start.
+are read; JSON nested too deeply for the parser is refused, not a crash.
 
 The methods are blocking; async code calls them through ``asyncio.to_thread``.
 """
@@ -30,12 +36,12 @@ import re
 import shutil
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeloader.errors import ConfigError, NotFound
 from edgeloader.storage.files import atomic_write
+from edgeloader.storage.mounts import mount_tmpfs, mounted_under, unmount
 from edgeloader.storage.state_dir import ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -52,19 +58,18 @@ class BadOutput(Exception):
     """A file the function wrote cannot be used; the message says why."""
 
 
-@dataclass(frozen=True)
-class SavedOutput:
-    stdout: str
-    stderr: str
-    logs: Any  # the parsed logs.json, or None
-
-
 class RunFolders:
     def __init__(self, functions_dir: Path) -> None:
         self.root = functions_dir / "runs"
 
     def open(self) -> None:
+        """The runs' folder, emptied of what a dead process left (its
+        mounts included)."""
         ensure_private_dir(self.root)
+        for point in mounted_under(self.root):
+            unmount(point)
+        for leftover in self.root.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def home(self, run_id: str) -> Path:
         if not RUN_ID.fullmatch(run_id):
@@ -75,24 +80,29 @@ class RunFolders:
         """The folder the container mounts."""
         return self.home(run_id) / "app"
 
-    def prepare(self, run_id: str, request: bytes, env: Mapping[str, str], uid: int) -> Path:
-        """Creates the run's folders and input files, given to ``uid``."""
+    def prepare(
+        self, run_id: str, request: bytes, env: Mapping[str, str], uid: int, size: int
+    ) -> Path:
+        """Mounts the run's folder (a tmpfs of ``size`` bytes given to
+        ``uid``) and writes its input files."""
         home = self.home(run_id)
         home.mkdir(mode=0o700)
         work = home / "app"
         work.mkdir(mode=0o700)
-        lines = "".join(f"{key}={value}\n" for key, value in env.items())
-        atomic_write(work / REQUEST, request)
-        atomic_write(work / ENV_CONFIG, lines.encode())
         try:
-            for path in (work / REQUEST, work / ENV_CONFIG, work):
-                os.chown(path, uid, uid)
+            mount_tmpfs(work, size, uid=uid)
         except PermissionError:
+            shutil.rmtree(home, ignore_errors=True)
             raise ConfigError(
-                f"cannot give the run folder to uid {uid}: function runs need the "
-                "service to run as root"
+                "cannot mount a run folder: function runs need the service to run as root"
             ) from None
-        work.chmod(0o700)
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        lines = "".join(f"{key}={value}\n" for key, value in env.items())
+        for name, data in ((REQUEST, request), (ENV_CONFIG, lines.encode())):
+            atomic_write(work / name, data)
+            os.chown(work / name, uid, uid)
         return work
 
     def read_result(self, run_id: str, limit: int) -> Any:
@@ -100,38 +110,36 @@ class RunFolders:
         data = _read_untrusted(self.work(run_id) / RESULT, limit)
         if data is None:
             return None
-        try:
-            return json.loads(data)
-        except ValueError as exc:
-            raise BadOutput(f"{RESULT} is not valid JSON: {exc}") from None
+        return parse_output(data, RESULT)
 
-    def save_output(self, run_id: str, stdout: bytes, stderr: bytes) -> None:
-        home = self.home(run_id)
-        atomic_write(home / "stdout", stdout)
-        atomic_write(home / "stderr", stderr)
-
-    def read_output(self, run_id: str, limit: int) -> SavedOutput:
-        home = self.home(run_id)
+    def read_logs(self, run_id: str, limit: int) -> Any:
+        """The parsed ``logs.json``; None if there is none or it cannot be used."""
         try:
-            stdout = (home / "stdout").read_bytes()
-            stderr = (home / "stderr").read_bytes()
-        except FileNotFoundError:
-            raise NotFound(
-                f"run {run_id} has no saved output: its container never ran, "
-                "or its folder passed the retention period"
-            ) from None
-        try:
-            raw = _read_untrusted(home / "app" / LOGS, limit)
-            logs = None if raw is None else json.loads(raw)
-        except (BadOutput, ValueError):
-            logs = None
-        return SavedOutput(_text(stdout), _text(stderr), logs)
+            data = _read_untrusted(self.work(run_id) / LOGS, limit)
+            return None if data is None else parse_output(data, LOGS)
+        except BadOutput as exc:
+            log.info("run %s: %s", run_id, exc)
+            return None
 
     def remove(self, run_id: str) -> None:
-        shutil.rmtree(self.home(run_id), ignore_errors=True)
+        """The run's folder goes: unmounted (what was in it is gone) and removed."""
+        home = self.home(run_id)
+        for point in mounted_under(home):
+            unmount(point)
+        shutil.rmtree(home, ignore_errors=True)
 
     def exists(self, run_id: str) -> bool:
         return self.home(run_id).exists()
+
+
+def parse_output(data: bytes, name: str) -> Any:
+    """A file the function wrote, as JSON; :class:`BadOutput` if it is not."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise BadOutput(f"{name} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadOutput(f"{name} is nested too deeply") from None
 
 
 def _read_untrusted(path: Path, limit: int) -> bytes | None:
@@ -158,7 +166,3 @@ def _read_untrusted(path: Path, limit: int) -> bytes | None:
         return b"".join(chunks)
     finally:
         os.close(fd)
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")

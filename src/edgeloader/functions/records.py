@@ -136,10 +136,15 @@ class RunStats(_Frozen):
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a run ended, before it is written to the history."""
+    """How a run ended, before it is written to the history: what it left
+    (capped) is kept with its record."""
 
     status: RunStatus
     exit_code: int | None = None
     error: str | None = None
     result: Any = None
-    truncated: bool = False
+    truncated: bool = False  # stdout or stderr was cut at the cap
+    stdout: bytes = b""
+    stderr: bytes = b""
+    logs: Any = None  # the parsed logs.json
+    started: bool = False  # a container ran: there is output to keep

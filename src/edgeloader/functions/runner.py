@@ -1,10 +1,12 @@
 """One run: its folder, its container, and how it ended.
 
-The container is created with the isolation of :class:`ContainerSpec`
-(nothing in a function's spec can weaken it), started, and waited on until
-``timeoutS``; past it, it is killed and the run is ``timeout``. Then its
-exit, its output (capped) and ``result.json`` are read, and the container
-is removed whatever happened, also when the run is cancelled.
+The run folder (a tmpfs of ``diskMb``) is mounted, the container created
+with the isolation of :class:`ContainerSpec` (nothing in a function's spec
+can weaken it), its output attached before it starts, and it is waited on
+until ``timeoutS``; past it, it is killed and the run is ``timeout``. Then
+its exit, its output (capped), ``result.json`` and ``logs.json`` are read,
+and the container and the folder are removed whatever happened, also when
+the run is cancelled. What the run left lives on in its record only.
 
 OOM: the engine's ``OOMKilled`` decides where it is reported (Docker
 Engine). Podman 4 never reports it (its monitor leaves the OOM note where
@@ -20,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgeloader.errors import EdgeloaderError
 from edgeloader.functions.folders import CONTAINER_DIR, BadOutput, RunFolders
+from edgeloader.functions.output import CapturedOutput, OutputCapture
+from edgeloader.functions.probe import MountProbe
 from edgeloader.functions.records import FunctionRecord, Outcome, RunStatus
-from edgeloader.upstream.engine import CapturedOutput, ContainerExit, ContainerSpec, Engine
+from edgeloader.upstream.engine import ContainerExit, ContainerSpec, Engine
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +59,30 @@ class Ending:
 
 
 class Runner:
-    def __init__(self, engine: Engine, folders: RunFolders, output_max: int) -> None:
+    def __init__(
+        self, engine: Engine, folders: RunFolders, probe: MountProbe, output_max: int
+    ) -> None:
         self.engine = engine
         self.folders = folders
+        self.probe = probe
         self.output_max = output_max
 
     async def run(self, run_id: str, function: FunctionRecord, request: bytes) -> Outcome:
         spec = function.spec
         env = {**spec.env, "EDGELOADER_RUN_ID": run_id, "EDGELOADER_FUNCTION": function.name}
-        work = await asyncio.to_thread(self.folders.prepare, run_id, request, env, spec.user)
+        await self.probe.check()  # never a run folder the engine does not see
+        disk = spec.limits.disk_mb * MiB
+        work = await asyncio.to_thread(self.folders.prepare, run_id, request, env, spec.user, disk)
+        try:
+            return await self._run_in(work, run_id, function, env)
+        finally:
+            # In a thread of its own: it completes even when the run is cancelled.
+            await asyncio.to_thread(self.folders.remove, run_id)
+
+    async def _run_in(
+        self, work: Path, run_id: str, function: FunctionRecord, env: dict[str, str]
+    ) -> Outcome:
+        spec = function.spec
         # The image deployed, by ID: a tag moved since cannot change the code.
         image = function.image_id or spec.image
         container = ContainerSpec(
@@ -82,14 +102,18 @@ class Runner:
         )
         container_id = await self.engine.create_container(container)
         try:
-            ending = await self._run_container(container_id, spec.limits.timeout_s)
+            output = OutputCapture(await self.engine.attach(container_id), self.output_max)
+            try:
+                ending = await self._run_container(container_id, spec.limits.timeout_s, output)
+            finally:
+                await output.close()
         finally:
             await self._remove(container_id)
-        output = ending.output
-        await asyncio.to_thread(self.folders.save_output, run_id, output.stdout, output.stderr)
         return await asyncio.to_thread(self._outcome, run_id, function, ending)
 
-    async def _run_container(self, container_id: str, timeout_s: int) -> Ending:
+    async def _run_container(
+        self, container_id: str, timeout_s: int, output: OutputCapture
+    ) -> Ending:
         await self.engine.start_container(container_id)
         timed_out = False
         try:
@@ -107,9 +131,9 @@ class Runner:
                 except TimeoutError:
                     log.warning("container %s did not stop after SIGKILL", container_id)
         exit_ = await self.engine.container_exit(container_id)
-        output = await self.engine.container_output(container_id, self.output_max)
+        await output.ended(within=_KILL_GRACE)
         reports_oom = (await self.engine.backend()).reports_oom
-        return Ending(exit_, output, timed_out, reports_oom)
+        return Ending(exit_, output.take(), timed_out, reports_oom)
 
     async def _remove(self, container_id: str) -> None:
         """Removes the container even when the run is being cancelled."""
@@ -125,37 +149,31 @@ class Runner:
             log.warning("could not remove container %s: %s", container_id, exc.detail)
 
     def _outcome(self, run_id: str, function: FunctionRecord, ending: Ending) -> Outcome:
-        code = ending.exit.code
+        """How the run ended, with what it left (read before its folder goes)."""
         limits = function.spec.limits
-        truncated = ending.output.truncated
+        left = {
+            "truncated": ending.output.truncated,
+            "stdout": ending.output.stdout,
+            "stderr": ending.output.stderr,
+            "logs": self.folders.read_logs(run_id, self.output_max),
+            "started": True,
+        }
+        code = ending.exit.code
         if ending.timed_out:
-            return Outcome(
-                RunStatus.TIMEOUT,
-                code,
-                f"killed after the time limit of {limits.timeout_s} s",
-                truncated=truncated,
-            )
+            error = f"killed after the time limit of {limits.timeout_s} s"
+            return Outcome(RunStatus.TIMEOUT, code, error, **left)
         if ending.oom:
-            return Outcome(
-                RunStatus.OOM,
-                code,
-                f"killed: out of memory (limit {limits.memory_mb} MiB)",
-                truncated=truncated,
-            )
+            error = f"killed: out of memory (limit {limits.memory_mb} MiB)"
+            return Outcome(RunStatus.OOM, code, error, **left)
         if code != 0:
             error = f"exited with code {code}"
             last = _last_line(ending.output.stderr)
-            return Outcome(
-                RunStatus.FAILED,
-                code,
-                f"{error}: {last}" if last else error,
-                truncated=truncated,
-            )
+            return Outcome(RunStatus.FAILED, code, f"{error}: {last}" if last else error, **left)
         try:
             result = self.folders.read_result(run_id, self.output_max)
         except BadOutput as exc:
-            return Outcome(RunStatus.FAILED, code, str(exc), truncated=truncated)
-        return Outcome(RunStatus.SUCCEEDED, code, None, result, truncated)
+            return Outcome(RunStatus.FAILED, code, str(exc), **left)
+        return Outcome(RunStatus.SUCCEEDED, code, None, result, **left)
 
 
 def _last_line(stderr: bytes) -> str:

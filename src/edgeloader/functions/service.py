@@ -39,7 +39,8 @@ from edgeloader.errors import (
 )
 from edgeloader.events import EventBus, run_event
 from edgeloader.functions import build as builds
-from edgeloader.functions.folders import RUN_ID, RunFolders, SavedOutput
+from edgeloader.functions.folders import CONTAINER_DIR, RUN_ID, RunFolders
+from edgeloader.functions.probe import MountProbe
 from edgeloader.functions.records import (
     INTERRUPTED,
     FunctionRecord,
@@ -88,7 +89,8 @@ class FunctionService:
         self.auditor = auditor
         self.metrics = auditor.metrics
         self.folders = RunFolders(self.dir)
-        self.runner = Runner(engine, self.folders, self.settings.output_max)
+        self.probe = MountProbe(engine, self.dir / "probe", CONTAINER_DIR)
+        self.runner = Runner(engine, self.folders, self.probe, self.settings.output_max)
         self.scheduler = Scheduler(self.settings.max_runs)
         self._db = open_database(self.dir)
         self.registry = Registry(self._db)
@@ -230,6 +232,7 @@ class FunctionService:
             request = _request_json(body)
             function = await self.get(name)
             spec = function.spec
+            await self.probe.check()  # refused now, not as a failed run
             ticket = self.scheduler.admit(name, spec.concurrency, spec.queue)
             self._queue_depth(name)
         except EdgeloaderError as exc:
@@ -351,11 +354,12 @@ class FunctionService:
         record = await self.run(run_id)
         if not record.status.final:
             raise Conflict(f"run {run_id} is {record.status.value}: its output comes at its end")
-        saved: SavedOutput = await asyncio.to_thread(
-            self.folders.read_output, run_id, self.settings.output_max
-        )
+        saved = await asyncio.to_thread(self.history.output, run_id)
+        if saved is None:
+            raise NotFound(f"run {run_id} has no output: its container never ran")
+        stdout, stderr, logs = saved
         return RunOutput(
-            stdout=saved.stdout, stderr=saved.stderr, logs=saved.logs, truncated=record.truncated
+            stdout=_text(stdout), stderr=_text(stderr), logs=logs, truncated=record.truncated
         )
 
     async def stats(self, name: str) -> RunStats:
@@ -369,7 +373,7 @@ class FunctionService:
         while True:
             try:
                 await self.remove_stray_containers()
-                await self.remove_old_folders()
+                await self.prune_records()
                 last_error = ""
             except EdgeloaderError as exc:
                 # Once per new problem: a box without an engine stays quiet.
@@ -393,14 +397,17 @@ class FunctionService:
             log.info("removed the container %s of an ended run", container_id)
         return len(stray)
 
-    async def remove_old_folders(self, now: float | None = None) -> int:
-        """Deletes run folders past the retention period; records stay."""
-        before = (now or time.time()) - self.settings.run_retention
-        old = await asyncio.to_thread(self.history.folders_finished_before, before)
-        for run_id in old:
-            await asyncio.to_thread(self.folders.remove, run_id)
-            await asyncio.to_thread(self.history.folder_removed, run_id)
-        return len(old)
+    async def prune_records(self, now: float | None = None) -> int:
+        """Drops the records of ended runs past the retention period, then
+        the oldest beyond the count and the bytes kept (docs/functions.md)."""
+        s = self.settings
+        before = (now or time.time()) - s.run_retention
+        pruned = await asyncio.to_thread(
+            self.history.prune, before, s.run_records_max, s.run_kept_bytes_max
+        )
+        if pruned:
+            log.info("dropped the records of %d ended runs", pruned)
+        return pruned
 
     # Helpers
 
@@ -489,3 +496,7 @@ def _check_page(limit: int, offset: int) -> None:
         raise ValidationFailed(f"limit must be 1-{MAX_RUNS_LIMIT}")
     if offset < 0:
         raise ValidationFailed("offset must be 0 or more")
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")

@@ -15,7 +15,14 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict, JsonValue
 
 from edgeloader.errors import UnsafeName
@@ -94,17 +101,32 @@ class Limits(_Spec):
     cpus: float = Field(0.5, ge=0.05, allow_inf_nan=False, description="at most the box's cores")
     pids: int = Field(64, ge=8, le=4096)
     timeout_s: int = Field(30, ge=1, le=3600)
-    tmpfs_mb: int = Field(16, ge=1, le=1024, description="`/tmp` and `/dev/shm`")
+    tmpfs_mb: int = Field(16, ge=1, le=1024, description="`/tmp`, `/dev/shm` and image volumes")
+    disk_mb: int = Field(
+        16, ge=1, le=1024, description="the run folder, a tmpfs: writes past it fail (ENOSPC)"
+    )
+
+    # Both checks run where a request is validated (the service passes the
+    # box's cores), not when a stored version is read back.
 
     @field_validator("cpus")
     @classmethod
     def _within_the_box(cls, value: float, info: ValidationInfo) -> float:
-        # Checked where a request is validated (the service passes the
-        # box's cores), not when a stored version is read back.
         cores = (info.context or {}).get("cores")
         if cores is not None and value > cores:
             raise ValueError(f"must be at most {cores:g}, the box's cores")
         return value
+
+    @model_validator(mode="after")
+    def _in_memory(self, info: ValidationInfo) -> Limits:
+        # The run folder and /tmp are tmpfs mounts whose pages are charged
+        # to the container's memory.
+        if info.context and self.disk_mb + self.tmpfs_mb > self.memory_mb:
+            raise ValueError(
+                f"diskMb + tmpfsMb ({self.disk_mb + self.tmpfs_mb}) must not exceed "
+                f"memoryMb ({self.memory_mb}): the run folder and /tmp live in its memory"
+            )
+        return self
 
 
 class FunctionOptions(_Spec):

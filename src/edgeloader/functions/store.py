@@ -65,6 +65,17 @@ CREATE INDEX runs_by_function ON runs (function, queued_at);
 CREATE INDEX runs_by_duration ON runs (function, duration_ms);
 CREATE INDEX runs_by_status ON runs (status);
 """,
+    # What a run leaves is kept with its record, capped, instead of in its
+    # folder: the folder goes when the run ends.
+    """
+CREATE TABLE run_output (
+    id TEXT PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+    stdout BLOB NOT NULL,
+    stderr BLOB NOT NULL,
+    logs TEXT
+);
+ALTER TABLE runs ADD COLUMN kept_bytes INTEGER NOT NULL DEFAULT 0;
+""",
 )
 
 _RUN_COLUMNS = (
@@ -186,10 +197,12 @@ class RunHistory:
 
     def finish(self, run_id: str, outcome: Outcome, at: float) -> RunRecord:
         result = None if outcome.result is None else json.dumps(outcome.result)
+        logs = None if outcome.logs is None else json.dumps(outcome.logs)
+        kept = len(result or "") + len(logs or "") + len(outcome.stdout) + len(outcome.stderr)
         with self._db.transaction() as db:
             db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, error = ?, result = ?, truncated = ?,"
-                " finished_at = ?,"
+                " finished_at = ?, kept_bytes = ?,"
                 " duration_ms = CASE WHEN started_at IS NULL THEN NULL"
                 " ELSE CAST(ROUND((? - started_at) * 1000) AS INTEGER) END"
                 " WHERE id = ?",
@@ -200,10 +213,17 @@ class RunHistory:
                     result,
                     int(outcome.truncated),
                     at,
+                    kept,
                     at,
                     run_id,
                 ),
             )
+            if outcome.started:
+                db.execute(
+                    "INSERT OR REPLACE INTO run_output (id, stdout, stderr, logs)"
+                    " VALUES (?, ?, ?, ?)",
+                    (run_id, outcome.stdout, outcome.stderr, logs),
+                )
         run = self.get(run_id)
         if run is None:
             raise NotFound(f"no run {run_id}")
@@ -304,17 +324,41 @@ class RunHistory:
             last_run_at=last,
         )
 
-    def folders_finished_before(self, before: float) -> list[str]:
-        """Runs whose folder is still there and that finished before ``before``."""
+    def output(self, run_id: str) -> tuple[bytes, bytes, Any] | None:
+        """A run's captured stdout and stderr and its parsed ``logs.json``;
+        None if it never started (or its record is gone)."""
         with self._db.reading() as db:
-            rows = db.execute(
-                "SELECT id FROM runs WHERE folder_removed = 0 AND finished_at < ?", (before,)
-            ).fetchall()
-        return [str(row[0]) for row in rows]
+            row = db.execute(
+                "SELECT stdout, stderr, logs FROM run_output WHERE id = ?", (run_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        stdout, stderr, logs = row
+        return bytes(stdout), bytes(stderr), None if logs is None else json.loads(logs)
 
-    def folder_removed(self, run_id: str) -> None:
+    def prune(self, before: float, max_records: int, max_bytes: int) -> int:
+        """Drops the records (with their output) of ended runs older than
+        ``before``, then the oldest beyond ``max_records`` or beyond
+        ``max_bytes`` of kept output; returns how many went."""
+        ended = "status NOT IN (?, ?)"
         with self._db.transaction() as db:
-            db.execute("UPDATE runs SET folder_removed = 1 WHERE id = ?", (run_id,))
+            old = db.execute(
+                f"DELETE FROM runs WHERE {ended} AND finished_at < ?",  # noqa: S608
+                (*_UNFINISHED, before),
+            ).rowcount
+            count, kept = db.execute("SELECT COUNT(*), TOTAL(kept_bytes) FROM runs").fetchone()
+            excess = []
+            for run_id, nbytes in db.execute(
+                f"SELECT id, kept_bytes FROM runs WHERE {ended} ORDER BY queued_at",  # noqa: S608
+                _UNFINISHED,
+            ):
+                if count <= max_records and kept <= max_bytes:
+                    break
+                excess.append((run_id,))
+                count -= 1
+                kept -= nbytes
+            db.executemany("DELETE FROM runs WHERE id = ?", excess)
+        return int(old) + len(excess)
 
     def _select(self, where: str, args: Sequence[Any]) -> list[RunRecord]:
         with self._db.reading() as db:

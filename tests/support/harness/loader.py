@@ -4,6 +4,7 @@ process (``python -m edgeloader serve``)."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -32,15 +33,17 @@ async def start_loader_process(
     cleanup: contextlib.ExitStack,
     *,
     log_level: str = "WARNING",
+    launcher: Sequence[str] = (),
     **env: str,
 ) -> tuple[Child, str]:
     """``python -m edgeloader serve`` against ``api_url`` with ``state_dir``
-    and the variables ``env`` (none of the caller's loader settings)."""
+    and the variables ``env`` (none of the caller's loader settings),
+    started through ``launcher`` if given."""
     port = free_port()
     args = ["-m", "edgeloader", "serve", "--host", LOOPBACK, "--port", str(port)]
     args += ["--log-level", log_level]
     full_env = clean_env(RESOURCE_API_URL=api_url, EDGELOADER_STATE_DIR=str(state_dir), **env)
-    child = spawn(f"loader-{port}", args, full_env, logs, cleanup)
+    child = spawn(f"loader-{port}", args, full_env, logs, cleanup, launcher)
     url = f"http://{LOOPBACK}:{port}"
     await wait_http(f"{url}/health", alive=child.check_alive)
     return child, url

@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +57,19 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def spawn(
-    name: str, args: list[str], env: dict[str, str], logs: Path, cleanup: contextlib.ExitStack
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    logs: Path,
+    cleanup: contextlib.ExitStack,
+    launcher: Sequence[str] = (),
 ) -> Child:
-    """``python ARGS`` with its output in ``logs/NAME.log``, stopped by ``cleanup``."""
+    """``python ARGS`` with its output in ``logs/NAME.log``, stopped by
+    ``cleanup``; ``launcher`` is a command that execs it (``unshare -m``)."""
     log_path = logs / f"{name}.log"
     with log_path.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, *args],
+            [*launcher, sys.executable, *args],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

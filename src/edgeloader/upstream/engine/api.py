@@ -9,17 +9,15 @@ OS's errors become ours (:meth:`EngineApi.mapped`):
   and is dug out and raised as itself;
 - anything else is :class:`EngineError` naming the operation.
 
-Also the readers of the engine's streamed answers (the multiplexed log
-stream, line-delimited JSON), which both engines share.
+Also the reader of the engine's line-delimited JSON answers (loads,
+builds), which both engines share.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterable, Collection, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
@@ -27,19 +25,12 @@ import aiohttp
 
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound, ValidationFailed
 
-__all__ = ["NO_TIMEOUT", "CapturedOutput", "EngineApi", "demultiplex", "json_lines"]
+__all__ = ["NO_TIMEOUT", "EngineApi", "json_lines", "stream_error"]
 
 # aiodocker's status for "could not connect to the engine".
 _CANNOT_CONNECT = 900
 _MAX_LINE = 64 * 1024  # a longer line of a JSON stream is cut
 NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
-
-
-@dataclass(frozen=True)
-class CapturedOutput:
-    stdout: bytes
-    stderr: bytes
-    truncated: bool
 
 
 def _find_cause(exc: BaseException) -> EdgeloaderError | None:
@@ -136,38 +127,6 @@ class EngineApi:
         """A raw request (``versioned=False`` for podman's own routes, which
         carry their version in the path)."""
         return self.docker._query(path, method, versioned_api=versioned, **kw)
-
-
-async def demultiplex(stream: aiohttp.StreamReader, limit: int) -> CapturedOutput:
-    """Splits the engine's log stream (8-byte frame headers: stream type,
-    then the payload's length) into stdout and stderr, each cut at ``limit``.
-
-    Read as a stream, so memory does not grow with the output; after a few
-    times ``limit`` of cut output the rest is not read at all."""
-    kept = {1: bytearray(), 2: bytearray()}
-    truncated = False
-    skipped = 0
-    while skipped <= 4 * limit:
-        try:
-            header = await stream.readexactly(8)
-        except asyncio.IncompleteReadError:
-            break
-        size = int.from_bytes(header[4:8], "big")
-        # 1 is stdout; 2 stderr and 3 the engine's own errors go to stderr.
-        buffer = kept[1] if header[0] == 1 else kept[2]
-        take = min(size, limit - len(buffer))
-        if take > 0:
-            buffer += await stream.readexactly(take)
-        rest = size - take
-        if rest:
-            truncated = True
-            skipped += rest
-            while rest:
-                chunk = await stream.read(min(rest, 1 << 16))
-                if not chunk:
-                    break
-                rest -= len(chunk)
-    return CapturedOutput(bytes(kept[1]), bytes(kept[2]), truncated)
 
 
 async def json_lines(stream: aiohttp.StreamReader) -> AsyncIterable[dict[str, Any]]:

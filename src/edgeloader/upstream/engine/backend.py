@@ -45,6 +45,10 @@ class EngineBackend(Protocol):
         any volume it has; gone is no error."""
         ...
 
+    async def import_image(self, rootfs: bytes, ref: str) -> None:
+        """Makes image ``ref`` from a root file system (a tar)."""
+        ...
+
     async def build_image(
         self, context: AsyncIterable[bytes], tag: str, labels: Mapping[str, str]
     ) -> None:

@@ -12,13 +12,15 @@ through the API both speak, and every error is mapped in one place
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
-from collections.abc import AsyncIterable, Mapping
+import tarfile
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound
-from edgeloader.upstream.engine.api import NO_TIMEOUT, CapturedOutput, EngineApi, demultiplex
+from edgeloader.upstream.engine.api import EngineApi
 from edgeloader.upstream.engine.backend import EngineBackend
 from edgeloader.upstream.engine.docker import DockerBackend
 from edgeloader.upstream.engine.podman import PodmanBackend
@@ -147,19 +149,48 @@ class Engine:
         state: dict[str, Any] = info.get("State") or {}
         return state
 
-    async def container_output(self, container_id: str, limit: int) -> CapturedOutput:
-        """The first ``limit`` bytes of stdout and of stderr."""
-        with self.api.mapped("container logs", missing=f"container {container_id} is gone"):
-            async with self.api.query(
-                f"containers/{container_id}/logs",
-                params={"stdout": "1", "stderr": "1"},
-                timeout=NO_TIMEOUT,
-            ) as resp:
-                return await demultiplex(resp.content, limit)
+    async def attach(self, container_id: str) -> AsyncIterator[tuple[int, bytes]]:
+        """The container's output as it is written, ``(1, data)`` for stdout
+        and ``(2, data)`` for stderr, until it ends. Attach before the start:
+        the engine keeps no log of its own (docs/functions.md)."""
+        with self.api.mapped("container attach", missing=f"container {container_id} is gone"):
+            stream = self.api.docker.containers.container(container_id).attach(
+                stdout=True, stderr=True
+            )
+            await stream.__aenter__()
+        return self._output(stream)
+
+    async def _output(self, stream: Any) -> AsyncIterator[tuple[int, bytes]]:
+        try:
+            while True:
+                with self.api.mapped("container attach"):
+                    message = await stream.read_out()
+                if message is None:
+                    return
+                yield message.stream, message.data
+        finally:
+            await stream.close()
 
     async def remove_container(self, container_id: str) -> None:
         """Removes the container, killing it first if it runs; gone is no error."""
         await (await self.backend()).remove_container(container_id)
+
+    async def read_file(self, container_id: str, path: str, limit: int) -> bytes | None:
+        """A regular file of a container (created or stopped; its mounts
+        as the engine sees them), up to ``limit`` bytes; None if absent."""
+        archive: bytearray | None = None
+        with self.api.mapped("container archive", ignore=(404,)):
+            async with self.api.query(
+                f"containers/{container_id}/archive", params={"path": path}
+            ) as resp:
+                archive = bytearray()
+                # The tar's headers and padding, then the file, up to limit.
+                while len(archive) <= limit + 4096 and (piece := await resp.content.read(1 << 16)):
+                    archive += piece
+        return None if archive is None else _only_file(bytes(archive), limit)
+
+    async def import_image(self, rootfs: bytes, ref: str) -> None:
+        await (await self.backend()).import_image(rootfs, ref)
 
     async def labelled_containers(self, label: str) -> dict[str, str]:
         """Every container carrying ``label``, running or not: ID → label value."""
@@ -177,3 +208,16 @@ class Engine:
         images only (callers check that they are local); a failed build is
         :class:`BuildFailed` with the engine's last lines."""
         await (await self.backend()).build_image(context, tag, labels)
+
+
+def _only_file(archive: bytes, limit: int) -> bytes | None:
+    """The one regular file of a tar archive the engine sent, if any."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            for member in tar:
+                if member.isfile() and member.size <= limit:
+                    handle = tar.extractfile(member)
+                    return handle.read() if handle is not None else None
+    except tarfile.TarError:
+        return None
+    return None

@@ -73,6 +73,20 @@ class DockerBackend:
         with self.api.mapped("container remove", ignore=(404,)):
             await self.api.docker.containers.container(container_id).delete(force=True, v=True)
 
+    async def import_image(self, rootfs: bytes, ref: str) -> None:
+        repository, _, tag = ref.rpartition(":")
+        with self.api.mapped("image import"):
+            async with self.api.query(
+                "images/create",
+                "POST",
+                params={"fromSrc": "-", "repo": repository, "tag": tag},
+                data=rootfs,
+                headers={"Content-Type": "application/x-tar"},
+            ) as resp:
+                async for item in json_lines(resp.content):
+                    if (error := stream_error(item)) is not None:
+                        raise EngineError(f"image import failed: {error}")
+
     async def build_image(
         self, context: AsyncIterable[bytes], tag: str, labels: Mapping[str, str]
     ) -> None:
@@ -126,6 +140,8 @@ def create_body(spec: ContainerSpec) -> dict[str, Any]:
         "SecurityOpt": ["no-new-privileges"],
         "Privileged": False,
         "Devices": [],
+        # No log on the engine's disk: the loader attaches and caps the output.
+        "LogConfig": {"Type": "none", "Config": {}},
         "ShmSize": spec.tmpfs_bytes,
         "PidsLimit": spec.pids,
         "Memory": spec.memory_bytes,

@@ -102,6 +102,18 @@ class PodmanBackend:
             ):
                 return
 
+    async def import_image(self, rootfs: bytes, ref: str) -> None:
+        with self.api.mapped("image import"):
+            async with self.api.query(
+                f"{LIBPOD}/images/import",
+                "POST",
+                versioned=False,
+                params={"reference": ref},
+                data=rootfs,
+                headers={"Content-Type": "application/x-tar"},
+            ) as resp:
+                await resp.read()
+
     async def build_image(
         self, context: AsyncIterable[bytes], tag: str, labels: Mapping[str, str]
     ) -> None:
@@ -178,6 +190,8 @@ def create_body(spec: ContainerSpec) -> dict[str, Any]:
         "no_new_privileges": True,
         "privileged": False,
         "devices": [],
+        # No log on the engine's disk: the loader attaches and caps the output.
+        "log_configuration": {"driver": "none"},
         "shm_size": spec.tmpfs_bytes,
         "resource_limits": {
             "pids": {"limit": spec.pids},

@@ -4,8 +4,9 @@ The isolation is not a field, so no caller can weaken it. Every container
 has no network, a read-only root, ``/tmp`` a capped tmpfs (``noexec``, as
 on every engine), no capabilities, ``no-new-privileges``, user and group
 ``uid`` (never 0), no devices, the pids, memory (swap equal to it) and CPU
-limits, no engine log (its output is read through an attach, capped by
-the loader) and no mount but:
+limits, no engine log (its output is read through an attach made before
+the start, capped by the loader, so that nothing a run prints reaches the
+host's disk) and no mount but:
 
 - ``folder`` read-write at ``workdir`` (the run folder, a tmpfs the
   loader mounted: docs/functions.md);

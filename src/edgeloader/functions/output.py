@@ -1,0 +1,74 @@
+"""What a run prints: read as the container writes it (an attach made
+before the start; the engine keeps no log of its own), kept up to a cap per
+stream, the rest read and dropped, so neither the host's disk nor the
+loader's memory grows with a function that prints without end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from edgeloader.errors import EdgeloaderError
+
+__all__ = ["CapturedOutput", "OutputCapture"]
+
+log = logging.getLogger(__name__)
+
+STDOUT, STDERR = 1, 2
+
+
+@dataclass(frozen=True)
+class CapturedOutput:
+    stdout: bytes
+    stderr: bytes
+    truncated: bool  # either was cut at the cap
+
+
+class OutputCapture:
+    """Reads a container's output in a task of its own, each stream kept up
+    to ``limit`` bytes. ``take()`` returns what was kept since the last
+    ``take()`` (a warm container's runs each get their own)."""
+
+    def __init__(self, output: AsyncIterator[tuple[int, bytes]], limit: int) -> None:
+        self.limit = limit
+        self._kept = {STDOUT: bytearray(), STDERR: bytearray()}
+        self._truncated = False
+        self._task = asyncio.create_task(self._pump(output), name="container output")
+
+    async def _pump(self, output: AsyncIterator[tuple[int, bytes]]) -> None:
+        async for stream, data in output:
+            # 1 is stdout; 2 stderr and 3 the engine's own errors go to stderr.
+            kept = self._kept[STDOUT if stream == STDOUT else STDERR]
+            room = self.limit - len(kept)
+            if len(data) > room:
+                self._truncated = True
+            if room > 0:
+                kept += data[:room]
+
+    async def ended(self, within: float) -> None:
+        """Waits until the container's output ends (it stopped), at most
+        ``within`` seconds: an engine slow to close the stream must not
+        hold the run."""
+        try:
+            async with asyncio.timeout(within):
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            log.warning("the container's output did not end within %g s", within)
+        except EdgeloaderError as exc:
+            log.warning("reading the container's output failed: %s", exc.detail)
+
+    def take(self) -> CapturedOutput:
+        captured = CapturedOutput(
+            bytes(self._kept[STDOUT]), bytes(self._kept[STDERR]), self._truncated
+        )
+        self._kept = {STDOUT: bytearray(), STDERR: bytearray()}
+        self._truncated = False
+        return captured
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, EdgeloaderError):
+            await self._task

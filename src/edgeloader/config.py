@@ -165,6 +165,8 @@ class Settings:
     api_version: str = "latest"
     api_services: tuple[str, ...] = ()
     cache_dir: Path | None = None
+    prefetch_max_jobs: int = 32  # pre-staging jobs running or waiting at once
+    prefetch_max_jobs_per_caller: int = 8  # of those, started by one identity
     host: str = "0.0.0.0"  # noqa: S104 - a device service, reached by agents on the box
     port: int = 8080
     docker_host: str | None = None
@@ -193,10 +195,12 @@ class Settings:
     max_connections: int | None = None
     header_timeout: float = 15.0
     body_timeout: float = 30.0
+    body_min_rate: int = 1024  # bytes/s a request body must average over body_timeout
     # The event stream, GET /api/events (docs/events.md).
     events_heartbeat: float = 15.0  # a comment line this often keeps proxies from closing it
     events_queue: int = 256  # events held per stream before its oldest are dropped
     events_max_streams: int = 64  # streams open at once
+    events_max_streams_per_caller: int = 8  # of those, held by one identity
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -222,6 +226,16 @@ class Settings:
             api_version=get("API_VERSION") or cls.api_version,
             api_services=tuple(s for s in services if s),
             cache_dir=Path(cache) if cache else None,
+            prefetch_max_jobs=_integer(
+                env, "EDGELOADER_PREFETCH_MAX_JOBS", cls.prefetch_max_jobs, 1, 4096
+            ),
+            prefetch_max_jobs_per_caller=_integer(
+                env,
+                "EDGELOADER_PREFETCH_MAX_JOBS_PER_CALLER",
+                cls.prefetch_max_jobs_per_caller,
+                1,
+                4096,
+            ),
             host=get("EDGELOADER_HOST") or cls.host,
             port=_port(get("EDGELOADER_PORT") or str(cls.port)),
             docker_host=get("DOCKER_HOST"),
@@ -240,8 +254,16 @@ class Settings:
             ),
             header_timeout=_seconds(env, "EDGELOADER_HEADER_TIMEOUT", cls.header_timeout),
             body_timeout=_seconds(env, "EDGELOADER_BODY_TIMEOUT", cls.body_timeout),
+            body_min_rate=_integer(env, "EDGELOADER_BODY_MIN_RATE", cls.body_min_rate, 0, 1 << 30),
             events_heartbeat=_seconds(env, "EDGELOADER_EVENTS_HEARTBEAT", cls.events_heartbeat),
             events_queue=_integer(env, "EDGELOADER_EVENTS_QUEUE", cls.events_queue, 16, 65536),
+            events_max_streams_per_caller=_integer(
+                env,
+                "EDGELOADER_EVENTS_MAX_STREAMS_PER_CALLER",
+                cls.events_max_streams_per_caller,
+                1,
+                4096,
+            ),
             events_max_streams=_integer(
                 env, "EDGELOADER_EVENTS_MAX_STREAMS", cls.events_max_streams, 1, 4096
             ),

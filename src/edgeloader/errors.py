@@ -78,6 +78,12 @@ class ValidationFailed(EdgeloaderError):
     status = 422
 
 
+class UnsupportedMediaType(EdgeloaderError):
+    """A body of a type the route does not take (JSON sent as text/plain)."""
+
+    status = 415
+
+
 class PayloadTooLarge(EdgeloaderError):
     """Request body too large."""
 
@@ -158,7 +164,7 @@ class HardwareError(EdgeloaderError):
 
 
 class QueueFull(EdgeloaderError):
-    """The function's queue is full; try again later."""
+    """A queue (a function's, the pre-staging jobs') is full; try again later."""
 
     status = 429
     retry_after = 1

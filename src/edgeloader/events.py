@@ -12,7 +12,13 @@ may see.
   is told: before its next event it receives a ``dropped`` event with the
   number lost, so it can read the state again over REST. Memory per
   subscriber stays at ``queue_size`` events, and the number of subscribers
-  is capped too (``TooManyStreams``).
+  is capped too.
+- **No identity takes every stream.** One identity (a user, an agent) holds
+  at most ``max_per_identity`` streams: a new one ends its oldest (an agent
+  that reconnects after a lost link replaces its half-open stream). When
+  all ``max_subscribers`` are open, a newcomer with fewer streams than the
+  identity holding the most ends that identity's oldest; otherwise it gets
+  ``TooManyStreams`` (429). So the streams are shared, never starved.
 - **Progress is paced.** :class:`Pacer` lets a publisher send progress at
   most every ``interval`` seconds; state changes always go out.
 - **Closing ends every stream.** ``EventBus.close`` (when the service
@@ -123,8 +129,9 @@ class Pacer:
 class Subscription:
     """One stream's queue. Use it as a context manager: leaving unsubscribes."""
 
-    def __init__(self, bus: EventBus, role: str, size: int) -> None:
+    def __init__(self, bus: EventBus, role: str, identity: str, size: int) -> None:
         self.role = role
+        self.identity = identity
         self._bus = bus
         self._items: collections.deque[Event] = collections.deque()
         self._size = size
@@ -180,39 +187,60 @@ class Subscription:
 
 class EventBus:
     def __init__(
-        self, queue_size: int = 256, max_subscribers: int = 64, metrics: Metrics | None = None
+        self,
+        queue_size: int = 256,
+        max_subscribers: int = 64,
+        metrics: Metrics | None = None,
+        max_per_identity: int = 8,
     ) -> None:
         self.metrics = metrics
         self.queue_size = queue_size
         self.max_subscribers = max_subscribers
-        self._subscribers: set[Subscription] = set()
+        self.max_per_identity = min(max_per_identity, max_subscribers)
+        # Oldest first, per identity: the order in which streams give way.
+        self._streams: dict[str, list[Subscription]] = {}
         self._closed = False
 
     @property
     def subscribers(self) -> int:
-        return len(self._subscribers)
+        return sum(len(streams) for streams in self._streams.values())
 
-    def subscribe(self, role: str) -> Subscription:
-        """A queue for a caller of ``role``; ``TooManyStreams`` at the cap.
+    def subscribe(self, role: str, identity: str) -> Subscription:
+        """A queue for ``identity`` of ``role``, which may end an older
+        stream (module docstring); ``TooManyStreams`` when it may not.
         After ``close`` the subscription ends at once."""
-        subscription = Subscription(self, role, self.queue_size)
+        subscription = Subscription(self, role, identity, self.queue_size)
         if self._closed:
             subscription._end("service stopping")
             return subscription
-        if len(self._subscribers) >= self.max_subscribers:
-            raise TooManyStreams(
-                f"{self.max_subscribers} event streams are open; retry later", retry_after=5
-            )
-        self._subscribers.add(subscription)
+        mine = self._streams.get(identity, [])
+        if len(mine) >= self.max_per_identity:
+            self._give_way(mine[0], "replaced by a newer stream of the same caller")
+        elif self.subscribers >= self.max_subscribers:
+            most = max(self._streams.values(), key=len)
+            if len(most) <= len(mine) + 1:
+                raise TooManyStreams(
+                    f"{self.max_subscribers} event streams are open; retry later", retry_after=5
+                )
+            self._give_way(most[0], "the stream limit is shared: another caller needed one")
+        self._streams.setdefault(identity, []).append(subscription)
         return subscription
 
+    def _give_way(self, subscription: Subscription, reason: str) -> None:
+        subscription._end(reason)
+        self._unsubscribe(subscription)
+
     def _unsubscribe(self, subscription: Subscription) -> None:
-        self._subscribers.discard(subscription)
+        streams = self._streams.get(subscription.identity, [])
+        if subscription in streams:
+            streams.remove(subscription)
+        if not streams:
+            self._streams.pop(subscription.identity, None)
 
     def publish(self, event: Event) -> None:
         """Queues ``event`` for every subscriber that may see it; never waits."""
         dropped = 0
-        for subscription in self._subscribers:
+        for subscription in self._all():
             if event.visible_to(subscription.role) and not subscription._offer(event):
                 dropped += 1
         if dropped and self.metrics is not None:
@@ -221,6 +249,9 @@ class EventBus:
     def close(self, reason: str = "service stopping") -> None:
         """Ends every stream; later subscriptions end at once."""
         self._closed = True
-        for subscription in self._subscribers:
+        for subscription in self._all():
             subscription._end(reason)
-        self._subscribers.clear()
+        self._streams.clear()
+
+    def _all(self) -> list[Subscription]:
+        return [s for streams in self._streams.values() for s in streams]

@@ -46,6 +46,8 @@ AUTH_EVENTS = frozenset(
 
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 _RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+# Peak memory: 1 MiB to 4 GiB (the largest memoryMb), by powers of 4.
+_MEMORY_BUCKETS = tuple(float(1 << n) for n in range(20, 33, 2))
 
 
 class Metrics:
@@ -101,6 +103,25 @@ class Metrics:
             "Run time of function runs that started, by function",
             ["function"],
             buckets=_RUN_BUCKETS,
+            registry=r,
+        )
+        self.function_cpu = Counter(
+            "edgeloader_function_cpu_seconds",
+            "CPU time used by function runs, by function",
+            ["function"],
+            registry=r,
+        )
+        self.function_memory_peak = Histogram(
+            "edgeloader_function_memory_peak_bytes",
+            "Peak memory of function runs, by function",
+            ["function"],
+            buckets=_MEMORY_BUCKETS,
+            registry=r,
+        )
+        self.function_cold_starts = Counter(
+            "edgeloader_function_cold_starts",
+            "Function runs that started a container, by function",
+            ["function"],
             registry=r,
         )
         self.function_queue_depth = Gauge(
@@ -168,11 +189,27 @@ class Metrics:
         """A refusal under the manifest; ``reason`` is one of ``IntegrityError.REASONS``."""
         self.integrity_failures.labels(reason).inc()
 
-    def function_run(self, function: str, status: str, seconds: float | None) -> None:
-        """A run ended with ``status``; ``seconds`` is its run time (None if it never started)."""
+    def function_run(
+        self,
+        function: str,
+        status: str,
+        seconds: float | None,
+        *,
+        cpu_seconds: float | None = None,
+        memory_peak: int | None = None,
+        cold_start: bool = False,
+    ) -> None:
+        """A run ended with ``status``; ``seconds`` is its run time (None if
+        it never started), the rest what it used, where known."""
         self.function_runs.labels(function, status).inc()
         if seconds is not None:
             self.function_duration.labels(function).observe(seconds)
+        if cpu_seconds is not None:
+            self.function_cpu.labels(function).inc(cpu_seconds)
+        if memory_peak is not None:
+            self.function_memory_peak.labels(function).observe(memory_peak)
+        if cold_start:
+            self.function_cold_starts.labels(function).inc()
 
     def function_waiting(self, function: str, waiting: int) -> None:
         """``waiting`` runs of ``function`` are admitted but not running."""

@@ -298,11 +298,29 @@ async def test_expired_api_key_is_refused(client: Client, stack: Stack) -> None:
         {"name": "x", "role": "Superuser", "validity": "1d"},
         {"name": "x", "role": "Operator", "validity": "2d"},
         {"name": "", "role": "Operator", "validity": "1d"},
+        {"name": "   ", "role": "Operator", "validity": "1d"},
+        {"name": "x" * 101, "role": "Operator", "validity": "1d"},
+        {"name": "bell\x07", "role": "Operator", "validity": "1d"},
+        {"name": "two\nlines", "role": "Operator", "validity": "1d"},
+        {"name": "<img src=x onerror=alert(1)>", "role": "Operator", "validity": "1d"},
+        {"name": "a&b", "role": "Operator", "validity": "1d"},
     ],
 )
 async def test_bad_api_key_requests_are_422(client: Client, body: JSON) -> None:
     admin = (await client.login())["accessToken"]
-    assert (await client.call("POST", "/api/keys", admin, json=body))[0] == 422
+    status, answer, _ = await client.call("POST", "/api/keys", admin, json=body)
+    assert status == 422, answer
+
+
+async def test_a_key_name_is_letters_digits_spaces_and_a_few_marks(client: Client) -> None:
+    admin = (await client.login())["accessToken"]
+    body = {"name": "CI runner: arm64 (Jetson Orin) — Київ-2", "role": "Operator", "validity": "1d"}
+    status, answer, _ = await client.call("POST", "/api/keys", admin, json=body)
+    assert status == 422  # the dash "—" is not among the allowed marks
+    body["name"] = "CI runner: arm64 (Jetson Orin) Київ-2"
+    status, answer, _ = await client.call("POST", "/api/keys", admin, json=body)
+    assert status == 201, answer
+    assert answer["name"] == body["name"]
 
 
 async def test_repeated_failures_are_throttled_with_retry_after(client: Client) -> None:

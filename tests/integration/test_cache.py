@@ -31,8 +31,11 @@ async def test_cache_serves_when_the_cdn_is_down(
 
     await wait_for(committed, within=10)
     entries = list(entry_dir.iterdir())
-    # The cache holds ciphertext only.
+    # The cache holds ciphertext only, in folders as private as the state's.
     assert data[:4096] not in entries[0].read_bytes()
+    cache = stack.tmp / "cache"
+    for folder in (cache, cache / stack.bucket, entry_dir):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
 
     down = stack.settings().with_overrides(cdn=dead_cdn())
     await stack.start_loader(down)

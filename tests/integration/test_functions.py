@@ -265,6 +265,35 @@ async def test_a_memory_hog_ends_oom(api: Api, engine: EngineService) -> None:
     assert "out of memory" in run["error"]
     assert (await api.get("/api/functions/hog/stats"))["oom"] == 1
     assert containers_of(engine, run["runId"]) == []
+    assert run["memoryPeakMb"] >= 31
+
+
+async def test_an_exit_137_with_memory_to_spare_is_failed_not_oom(api: Api) -> None:
+    await api.deploy("fake", command=sh("exit 137"), limits={"memoryMb": 64})
+    run = await api.invoke("fake")
+    assert (run["status"], run["exitCode"]) == ("failed", 137), run
+    assert run["memoryPeakMb"] < 32
+
+
+async def test_each_run_records_the_cpu_and_memory_it_used(api: Api) -> None:
+    # 2 s of busy CPU; 40 MiB held by busybox tail -c.
+    burn = "end=$(( $(busybox date +%s) + 2 )); while [ $(busybox date +%s) -lt $end ]; do :; done"
+    grow = "busybox dd if=/dev/zero bs=1M count=40 2>/dev/null | busybox tail -c 41943040"
+    grow += " > /dev/null"
+    await api.deploy("idle", command=sh("true"), limits={"cpus": 1})
+    await api.deploy("burn", command=sh(burn), limits={"cpus": 1})
+    await api.deploy("grow", command=sh(grow), limits={"memoryMb": 128})
+    idle, burnt, grown = [await api.invoke(name) for name in ("idle", "burn", "grow")]
+    for run in (idle, burnt, grown):
+        assert run["status"] == "succeeded", run
+        assert run["invoker"] == "user:admin@example.org"
+        assert run["coldStart"] is True
+    assert idle["cpuMs"] < 500 < burnt["cpuMs"], (idle["cpuMs"], burnt["cpuMs"])
+    assert idle["memoryPeakMb"] < 24 < 40 <= grown["memoryPeakMb"], (idle, grown)
+    stats = await api.get("/api/functions/burn/stats")
+    assert stats["cpuMsP50"] == stats["cpuMsP95"] == burnt["cpuMs"]
+    assert stats["coldStarts"] == 1
+    assert (await api.get("/api/functions/grow/stats"))["memoryPeakMbMax"] == grown["memoryPeakMb"]
 
 
 # -- deadline and failures -----------------------------------------------------------

@@ -580,12 +580,32 @@ async def test_streams_are_capped(make_stack: Any) -> None:
     stack: Stack = await make_stack()
     settings = stack.settings(auth_mode="required", events_max_streams=1)
     loader = Loader(stack, await stack.start_loader(settings))
-    token = await loader.token(OPERATOR)
-    async with events(loader, token) as stream:
+    async with events(loader, await loader.token(OPERATOR)) as stream:
         await stream.next()
-        refused = await loader.call("GET", "/api/events", token)
+        refused = await loader.call("GET", "/api/events", await loader.token(ADMIN))
         assert refused.status == 429
         assert int(refused.headers["Retry-After"]) > 0
+
+
+async def test_one_caller_cannot_take_every_stream(make_stack: Any) -> None:
+    """An operator opening more streams than its share ends its own oldest;
+    an admin still gets one (docs/events.md, "Limits")."""
+    stack: Stack = await make_stack()
+    settings = stack.settings(
+        auth_mode="required", events_max_streams=8, events_max_streams_per_caller=3
+    )
+    loader = Loader(stack, await stack.start_loader(settings))
+    operator = await loader.token(OPERATOR)
+    async with contextlib.AsyncExitStack() as opened:
+        mine = [await opened.enter_async_context(events(loader, operator)) for _ in range(5)]
+        for stream in mine[:2]:
+            ended = (await stream.until("end"))[-1]
+            assert "newer stream" in ended[1]["reason"]
+        assert streams_open(loader) == 3
+        async with events(loader, await loader.token(ADMIN)) as admin:
+            name, _ = await admin.next()
+            assert name == "unlock"
+            assert streams_open(loader) == 4
 
 
 # -- request ids and logs ------------------------------------------------------------

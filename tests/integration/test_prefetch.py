@@ -32,7 +32,7 @@ from tests.support.releases import (
     publish_segments,
     publish_v2,
 )
-from tests.support.stack import ADMIN, Stack, pattern
+from tests.support.stack import ADMIN, OPERATOR, Stack, pattern
 
 KiB, MiB = 1024, 1024 * 1024
 PARALLEL = DownloadSettings(
@@ -62,8 +62,8 @@ class Api:
             assert resp.status == 200, await resp.text()
         await self.token_only()
 
-    async def token_only(self) -> None:
-        creds = {"email": ADMIN[0], "password": ADMIN[1]}
+    async def token_only(self, user: tuple[str, str] = ADMIN) -> None:
+        creds = {"email": user[0], "password": user[1]}
         async with self.http.post(f"{self.url}/api/auth/login", json=creds) as resp:
             assert resp.status == 200, await resp.text()
             self.token = (await resp.json())["accessToken"]
@@ -125,12 +125,38 @@ async def start_api(stack: Stack, **overrides: Any) -> Api:
 # -- the routes, and a load served from what was pre-staged ----------------------------
 
 
+async def test_jobs_are_bounded_per_caller_and_in_all_and_leave_when_finished(
+    stack: Stack,
+) -> None:
+    settings = stack.settings(prefetch_max_jobs=3, prefetch_max_jobs_per_caller=2)
+    url = await stack.start_loader(settings)
+    admin, operator = Api(stack.http, url), Api(stack.http, url)
+    await admin.token_only()
+    await operator.token_only(OPERATOR)
+    # The device is not logged in upstream: every job waits.
+    assert [(await admin.start("jobs", n))[0] for n in ("a", "b")] == [202, 202]
+    status, body = await admin.start("jobs", "c")
+    assert (status, body["detail"]) == (
+        429,
+        "you have 2 unfinished pre-staging jobs; retry when one has finished",
+    )
+    assert (await operator.start("jobs", "d"))[0] == 202
+    status, body = await operator.start("jobs", "e")
+    assert status == 429
+    assert "3 pre-staging jobs are unfinished" in body["detail"]
+    assert (await admin.start("jobs", "a"))[0] == 202  # a job already running is no new job
+    await admin.sign_in()  # now they run, and fail: nothing is published
+    for name in ("a", "b", "d"):
+        assert (await admin.finished("jobs", name))["state"] == "failed"
+    assert (await admin.start("jobs", "c"))[0] == 202
+
+
 @pytest.mark.parametrize("fmt", [1, 2], ids=["v1", "v2"])
 async def test_prefetch_then_a_load_with_the_cdn_down(stack: Stack, fmt: int) -> None:
     data = pattern(3 * MiB + 77)
     publish(stack, fmt, "m.bin", data)
     api = await start_api(stack)
-    events = stack.runners[-1].app[SERVICES].events.subscribe("Admin")
+    events = stack.runners[-1].app[SERVICES].events.subscribe("Admin", "admin")
     # Two callers at once: one job.
     (status, started), again = await asyncio.gather(
         api.start(stack.bucket, "m.bin"), api.start(stack.bucket, "m.bin")

@@ -76,6 +76,7 @@ async def test_every_body_route_refuses_bad_bodies_in_json(stack: Stack) -> None
         else:
             cases = {case: ("application/json", body) for case, body in JSON_CASES.items()}
             cases["multipart instead"] = MULTIPART_CASES["truncated"]
+            cases["JSON sent as text"] = ("text/plain", b'{"folder": "f", "email": "a@b.c"}')
         for case, (content_type, body) in cases.items():
             headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
             url = f"{stack.loader_url}{concrete(path)}"
@@ -86,6 +87,10 @@ async def test_every_body_route_refuses_bad_bodies_in_json(stack: Stack) -> None
                 assert resp.content_type == "application/json", where
                 assert isinstance(payload.get("detail"), str), where
                 answers.append((f"{method} {path}", case, resp.status))
+    # Text is what a page of another site can send without asking.
+    as_text = [status for _, case, status in answers if case == "JSON sent as text"]
+    assert as_text, answers
+    assert set(as_text) == {415}, answers
     # Invoke takes any JSON: an array or wrong field types are a body it
     # runs with (here: a function that does not exist, 404).
     assert ("POST /api/functions/{name}/invoke", "an array", 404) in answers

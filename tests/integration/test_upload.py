@@ -10,6 +10,7 @@ import pytest
 
 from edgeloader.config import CdnOverrides
 from edgeloader.errors import ResourceApiError
+from edgeloader.web.state import SERVICES
 from edgeloader_publisher.resource import PublishTarget, publish_file
 from tests.support import reference
 from tests.support.harness.net import dead_url, wait_for
@@ -267,6 +268,17 @@ async def test_an_upload_finishes_when_the_client_leaves_during_the_small_part_p
 
         await wait_for(replaced, within=60)
         assert keys_of(stack, "m.bin") == ["m.bin.big"]
+
+        # The audit says how it ended, not only that the client left.
+        auth = stack.runners[-1].app[SERVICES].auth
+
+        async def audited() -> bool:
+            entries = await auth.store_audit(0, 100)
+            return any(e.action == "upload" for e in entries)
+
+        await wait_for(audited, within=30)
+        uploads = [e for e in await auth.store_audit(0, 100) if e.action == "upload"]
+        assert [e.outcome for e in uploads] == ["ok; finished after the client disconnected"]
     finally:
         await proxy_runner.cleanup()
         await http.close()

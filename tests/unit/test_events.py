@@ -44,7 +44,7 @@ async def drain(subscription: Subscription) -> list[Event]:
 
 async def test_events_arrive_in_order_for_every_subscriber() -> None:
     bus = EventBus()
-    with bus.subscribe(Role.OPERATOR) as one, bus.subscribe(Role.ADMIN) as two:
+    with bus.subscribe(Role.OPERATOR, "operator") as one, bus.subscribe(Role.ADMIN, "admin") as two:
         for n in range(5):
             bus.publish(progress(n))
         for subscription in (one, two):
@@ -54,7 +54,7 @@ async def test_events_arrive_in_order_for_every_subscriber() -> None:
 
 async def test_next_waits_for_a_publish() -> None:
     bus = EventBus()
-    with bus.subscribe(Role.OPERATOR) as subscription:
+    with bus.subscribe(Role.OPERATOR, "operator") as subscription:
         waiting = asyncio.create_task(subscription.next())
         await asyncio.sleep(0)
         assert not waiting.done()
@@ -64,14 +64,14 @@ async def test_next_waits_for_a_publish() -> None:
 
 async def test_nothing_within_the_wait_is_none() -> None:
     bus = EventBus()
-    with bus.subscribe(Role.OPERATOR) as subscription:
+    with bus.subscribe(Role.OPERATOR, "operator") as subscription:
         assert await subscription.next(0) is None
 
 
 async def test_security_events_reach_admins_only() -> None:
     bus = EventBus()
     roles = [Role(name) for name in Role.names()]
-    subscriptions = {role: bus.subscribe(role) for role in roles}
+    subscriptions = {role: bus.subscribe(role, role) for role in roles}
     bus.publish(security_event("refresh-reuse", subject="user:a@example.org"))
     bus.publish(progress(7))
     for role, subscription in subscriptions.items():
@@ -86,7 +86,7 @@ async def test_security_events_reach_admins_only() -> None:
 
 async def test_a_slow_subscriber_loses_its_oldest_events_and_is_told() -> None:
     bus = EventBus(queue_size=3)
-    with bus.subscribe(Role.OPERATOR) as slow, bus.subscribe(Role.OPERATOR) as fast:
+    with bus.subscribe(Role.OPERATOR, "slow") as slow, bus.subscribe(Role.OPERATOR, "fast") as fast:
         bus.publish(progress(0))
         assert (await fast.next(0)) == progress(0)
         for n in range(1, 8):
@@ -100,7 +100,7 @@ async def test_a_slow_subscriber_loses_its_oldest_events_and_is_told() -> None:
 async def test_drops_are_counted_in_the_bus_metrics() -> None:
     registry = metrics.Metrics()
     bus = EventBus(queue_size=2, metrics=registry)
-    with bus.subscribe(Role.OPERATOR):
+    with bus.subscribe(Role.OPERATOR, "operator"):
         for n in range(5):
             bus.publish(progress(n))
     assert _sample(registry, "edgeloader_events_dropped_total") == 3
@@ -108,7 +108,7 @@ async def test_drops_are_counted_in_the_bus_metrics() -> None:
 
 async def test_queues_are_bounded_in_memory() -> None:
     bus = EventBus(queue_size=16)
-    with bus.subscribe(Role.OPERATOR) as subscription:
+    with bus.subscribe(Role.OPERATOR, "operator") as subscription:
         for n in range(10_000):
             bus.publish(progress(n))
         assert len(subscription._items) == 16
@@ -116,7 +116,7 @@ async def test_queues_are_bounded_in_memory() -> None:
 
 async def test_close_ends_every_stream_and_later_ones_at_once() -> None:
     bus = EventBus()
-    subscription = bus.subscribe(Role.OPERATOR)
+    subscription = bus.subscribe(Role.OPERATOR, "operator")
     waiting = asyncio.create_task(subscription.next())
     await asyncio.sleep(0)
     bus.publish(progress(1))
@@ -127,13 +127,13 @@ async def test_close_ends_every_stream_and_later_ones_at_once() -> None:
     assert await subscription.next() == end  # and again
     assert bus.subscribers == 0
     bus.publish(progress(2))  # nobody left: nothing happens
-    with bus.subscribe(Role.ADMIN) as late:
+    with bus.subscribe(Role.ADMIN, "admin") as late:
         assert await late.next() == Event(END, {"reason": "service stopping"})
 
 
 async def test_queued_events_come_before_the_end() -> None:
     bus = EventBus()
-    with bus.subscribe(Role.OPERATOR) as subscription:
+    with bus.subscribe(Role.OPERATOR, "operator") as subscription:
         bus.publish(progress(1))
         bus.publish(progress(2))
         bus.close()
@@ -142,13 +142,41 @@ async def test_queued_events_come_before_the_end() -> None:
 
 async def test_the_number_of_streams_is_capped() -> None:
     bus = EventBus(max_subscribers=2)
-    with bus.subscribe(Role.OPERATOR), bus.subscribe(Role.OPERATOR):
+    with bus.subscribe(Role.OPERATOR, "one"), bus.subscribe(Role.OPERATOR, "two"):
         with pytest.raises(TooManyStreams) as refused:
-            bus.subscribe(Role.ADMIN)
+            bus.subscribe(Role.ADMIN, "admin")
         assert refused.value.status == 429
         assert refused.value.retry_after > 0
-    with bus.subscribe(Role.ADMIN):  # leaving made room
+    with bus.subscribe(Role.ADMIN, "admin"):  # leaving made room
         assert bus.subscribers == 1
+
+
+async def test_one_caller_past_its_own_cap_replaces_its_oldest_stream() -> None:
+    bus = EventBus(max_subscribers=64, max_per_identity=3)
+    streams = [bus.subscribe(Role.OPERATOR, "agent") for _ in range(5)]
+    assert bus.subscribers == 3
+    for old in streams[:2]:
+        ended = await old.next(0)
+        assert ended is not None
+        assert ended.type == END
+        assert "newer stream" in ended.data["reason"]
+    for live in streams[2:]:
+        assert await live.next(0) is None
+
+
+async def test_a_caller_who_holds_every_stream_gives_way_to_another() -> None:
+    bus = EventBus(max_subscribers=4, max_per_identity=4)
+    hog = [bus.subscribe(Role.OPERATOR, "hog") for _ in range(4)]
+    admin = bus.subscribe(Role.ADMIN, "admin")  # not a 429: the hog's oldest ends
+    assert (await hog[0].next(0)).type == END  # type: ignore[union-attr]
+    assert bus.subscribers == 4
+    second = bus.subscribe(Role.ADMIN, "admin")  # 3 against 1: the hog gives way again
+    assert (await hog[1].next(0)).type == END  # type: ignore[union-attr]
+    # 2 against 2: sharing evenly, a third stream of the admin's is refused.
+    with pytest.raises(TooManyStreams):
+        bus.subscribe(Role.ADMIN, "admin")
+    for live in (hog[2], hog[3], admin, second):
+        assert await live.next(0) is None
 
 
 def test_pacer_lets_one_event_through_per_interval() -> None:

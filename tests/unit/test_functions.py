@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from edgeloader.errors import QueueFull, UnsafeName, ValidationFailed
-from edgeloader.functions.build import base_images, read_dockerfile
+from edgeloader.errors import PayloadTooLarge, QueueFull, UnsafeName, ValidationFailed
+from edgeloader.functions.build import check_dockerfile, read_dockerfile
 from edgeloader.functions.folders import BadOutput, RunFolders
 from edgeloader.functions.records import Outcome, RunRecord, RunStatus
 from edgeloader.functions.scheduler import Scheduler
 from edgeloader.functions.spec import Limits, function_name, parse_spec
 from edgeloader.functions.store import RunHistory, open_database, percentile_offset
+from edgeloader.functions.usage import RunCgroups, Usage
 from edgeloader.storage.mounts import mounted_under, tmpfs_size
 
 IMAGE = "localhost/app:1"
@@ -138,7 +139,8 @@ def test_stats_count_every_status_and_time_the_runs_that_ran(tmp_path: Path) -> 
         run_id = f"{n:032x}"
         history.add(queued(run_id, "f", queued_at=100.0 + n))
         history.started(run_id, 1000.0)
-        history.finish(run_id, Outcome(status), 1000.0 + ms / 1000)
+        used = Outcome(status, cpu_ms=ms // 10, memory_peak_mb=ms / 100)
+        history.finish(run_id, used, 1000.0 + ms / 1000)
     history.add(queued("f" * 32, "f", queued_at=200.0))
     history.add(queued("e" * 32, "g", queued_at=300.0))
     stats = history.stats("f")
@@ -151,6 +153,10 @@ def test_stats_count_every_status_and_time_the_runs_that_ran(tmp_path: Path) -> 
         "p50Ms": 300,
         "p95Ms": 1000,
         "lastRunAt": 200.0,
+        "cpuMsP50": 30,
+        "cpuMsP95": 100,
+        "memoryPeakMbMax": 10.0,
+        "coldStarts": 5,
     }
     assert sorted(history.interrupt_unfinished(500.0)) == ["e" * 32, "f" * 32]
     assert history.stats("f").failed == 1
@@ -173,12 +179,40 @@ COPY --from=0 /x /x
 COPY --from=localhost/tools:2 /bin/tool /bin/tool
 from localhost/base:1
 """
-    assert base_images(dockerfile) == ["localhost/base:1", "localhost/tools:2"]
+    assert check_dockerfile(dockerfile) == ["localhost/base:1", "localhost/tools:2"]
 
 
-def test_a_base_image_made_of_build_arguments_is_refused() -> None:
-    with pytest.raises(ValidationFailed, match="build argument"):
-        base_images("ARG BASE=x\nFROM ${BASE}\n")
+def test_local_files_and_tmpfs_mounts_are_what_a_build_may_use() -> None:
+    dockerfile = """FROM localhost/base:1
+ARG VERSION=1
+ADD app.tar.gz /app/
+ADD ["a b", "/x"]
+RUN --mount=type=tmpfs,target=/scratch make
+ADD --from=localhost/tools:2 /bin/tool /bin/tool
+"""
+    assert check_dockerfile(dockerfile) == ["localhost/base:1", "localhost/tools:2"]
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "detail"),
+    [
+        ("ARG BASE=x\nFROM ${BASE}\n", "line 1: ARG before FROM"),
+        ("FROM --platform=$P a\n", "line 1: FROM uses a build argument"),
+        ("FROM a\nADD http://127.0.0.1:8080/x /x\n", "line 2: ADD from a URL"),
+        ('FROM a\n\nADD ["https://host/x", "/x"]\n', "line 3: ADD from a URL"),
+        ("FROM a\nADD git@host:repo.git /src\n", "line 2: ADD from a URL"),
+        ("FROM a\nRUN \\\n  --mount=type=cache,target=/c make\n", "line 2: RUN --mount"),
+        ("FROM a\nRUN --mount=type=bind,from=b,target=/b x\n", "line 2: RUN --mount"),
+        ("FROM a\nRUN --mount=target=/b x\n", "line 2: RUN --mount"),  # bind by default
+        ("FROM a\nRUN --mount=type=secret,id=s x\n", "line 2: RUN --mount"),
+        ("FROM a\nCOPY --from=$IMG /x /x\n", "line 2: --from uses a build argument"),
+        ("# syntax=docker/dockerfile:1\nFROM a\n", "line 1: a syntax directive"),
+        ("# escape=`\n# syntax=x/y\nFROM a\n", "line 2: a syntax directive"),
+    ],
+)
+def test_what_reaches_outside_is_refused_naming_the_line(dockerfile: str, detail: str) -> None:
+    with pytest.raises(ValidationFailed, match=detail):
+        check_dockerfile(dockerfile)
 
 
 def tar_with(files: dict[str, bytes], mode: str = "w") -> bytes:
@@ -199,7 +233,7 @@ def test_the_dockerfile_is_found_at_the_root_of_plain_and_compressed_tars(tmp_pa
         tar_with({"x": b"", "Dockerfile": b"FROM a\n"}, "w:gz"),
     ):
         path.write_bytes(data)
-        assert read_dockerfile(path) == "FROM a\n"
+        assert read_dockerfile(path, 1 << 20) == "FROM a\n"
 
 
 @pytest.mark.parametrize(
@@ -208,13 +242,27 @@ def test_the_dockerfile_is_found_at_the_root_of_plain_and_compressed_tars(tmp_pa
         (tar_with({"sub/Dockerfile": b"FROM a\n"}), "has no Dockerfile at its root"),
         (b"not a tar at all", "must be a tar archive"),
         (gzip.compress(b"x" * 1000), "must be a tar archive"),
+        (tar_with({"Dockerfile": b"FROM a\n", "Containerfile": b"FROM b\n"}), "holds Contain"),
+        (tar_with({"dockerfile": b"FROM b\n", "Dockerfile": b"FROM a\n"}), "holds dockerfile"),
+        (tar_with({"Dockerfile": b"FROM a\n", "./Dockerfile": b"FROM b\n"}), "two Dockerfile"),
     ],
 )
-def test_a_context_without_a_dockerfile_is_422(tmp_path: Path, data: bytes, detail: str) -> None:
+def test_a_context_without_one_plain_dockerfile_is_422(
+    tmp_path: Path, data: bytes, detail: str
+) -> None:
     path = tmp_path / "context"
     path.write_bytes(data)
     with pytest.raises(ValidationFailed, match=detail):
-        read_dockerfile(path)
+        read_dockerfile(path, 1 << 20)
+
+
+def test_the_context_cap_counts_unpacked_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "context"
+    path.write_bytes(tar_with({"Dockerfile": b"FROM a\n", "zeros": bytes(8 << 20)}, "w:gz"))
+    assert path.stat().st_size < 64 << 10  # small on the wire, 8 MiB unpacked
+    with pytest.raises(PayloadTooLarge, match="unpacked"):
+        read_dockerfile(path, 1 << 20)
+    assert read_dockerfile(path, 16 << 20) == "FROM a\n"
 
 
 # -- scheduler ---------------------------------------------------------------------------
@@ -364,3 +412,36 @@ def test_records_are_pruned_by_age_count_and_bytes(tmp_path: Path) -> None:
     # At most 1500 bytes kept (each ended run keeps about 1010): one more goes.
     assert history.prune(0.0, max_records=100, max_bytes=1500) == 1
     assert [r.run_id for r in history.find()] == [f"{n:032x}" for n in (4, 3)]
+
+
+# -- what a run used ----------------------------------------------------------------------
+
+
+def test_usage_is_read_from_the_runs_parent_cgroup_v1_and_v2(tmp_path: Path) -> None:
+    run = "a" * 32
+    v1 = tmp_path / "v1"
+    (v1 / "cpuacct" / "edgeloader-runs" / run).mkdir(parents=True)
+    (v1 / "memory" / "edgeloader-runs" / run).mkdir(parents=True)
+    (v1 / "cpuacct" / "edgeloader-runs" / run / "cpuacct.usage").write_text("1234567890\n")
+    (v1 / "memory" / "edgeloader-runs" / run / "memory.max_usage_in_bytes").write_text("52428800")
+    cgroups = RunCgroups("cgroupfs", v1)
+    assert cgroups.parent(run) == f"/edgeloader-runs/{run}"
+    used = cgroups.usage(run)
+    assert (used.cpu_ms, used.memory_peak_mb) == (1235, 50.0)
+    assert cgroups.leftovers() == [run]
+    # A real cgroup goes with rmdir, its files and all; these need emptying.
+    (v1 / "cpuacct" / "edgeloader-runs" / run / "cpuacct.usage").unlink()
+    (v1 / "memory" / "edgeloader-runs" / run / "memory.max_usage_in_bytes").unlink()
+    cgroups.remove(run)
+    assert cgroups.leftovers() == []
+
+    v2 = tmp_path / "v2"
+    (v2 / "edgeloader-runs" / run).mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu memory\n")
+    (v2 / "edgeloader-runs" / run / "cpu.stat").write_text("usage_usec 2500\nuser_usec 2000\n")
+    used = RunCgroups("cgroupfs", v2).usage(run)
+    assert (used.cpu_ms, used.memory_peak_mb) == (2, None)  # no memory.peak before 5.19
+
+    systemd = RunCgroups("systemd", v1)
+    assert systemd.parent(run) is None
+    assert systemd.usage(run) == Usage(None, None)

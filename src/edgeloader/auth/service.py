@@ -50,6 +50,10 @@ BAD_TOKEN = "invalid or expired token"  # noqa: S105 - a message
 MAX_EMAIL = 254
 MAX_PASSWORD = 1024
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
+#: An API key's name: letters (any script), digits, spaces and ``._:@/()+-``;
+#: no control characters and nothing markup could make use of.
+KEY_NAME = r"^[\w .:@/()+-]{1,100}$"
+_KEY_NAME = re.compile(KEY_NAME)
 _MAX_KEY_SECRET = 128
 
 
@@ -349,8 +353,10 @@ class AuthService:
     async def create_api_key(
         self, name: str, role: str, validity: str, by: Claims, route: str
     ) -> NewApiKey:
-        if not name or len(name) > 100:
-            raise ValidationFailed("name must be 1-100 characters")
+        if not _KEY_NAME.fullmatch(name) or not name.strip():
+            raise ValidationFailed(
+                "name must be 1-100 letters, digits, spaces or ._:@/()+- characters"
+            )
         if role not in Role.names():
             raise ValidationFailed(f"role must be one of: {', '.join(Role.names())}")
         if validity not in VALIDITIES:

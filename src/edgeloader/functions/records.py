@@ -108,6 +108,15 @@ class RunRecord(_Frozen):
     finished_at: float | None = None
     duration_ms: int | None = None
     result: Any = Field(None, description="the run's result.json, parsed, or null")
+    invoker: str = Field("", description="the identity that invoked the run")
+    models: list[str] = Field(
+        default_factory=list, description="the identities of the models the run mounted"
+    )
+    cold_start: bool = Field(True, description="the run started its container")
+    cpu_ms: int | None = Field(None, description="CPU time the run used; null if unknown")
+    memory_peak_mb: float | None = Field(
+        None, description="the run's peak memory, MiB; null if unknown"
+    )
     # Whether captured stdout or stderr was cut: told by the output route.
     truncated: bool = Field(False, exclude=True)
 
@@ -132,6 +141,10 @@ class RunStats(_Frozen):
     p50_ms: int | None
     p95_ms: int | None
     last_run_at: float | None
+    cpu_ms_p50: int | None
+    cpu_ms_p95: int | None
+    memory_peak_mb_max: float | None
+    cold_starts: int
 
 
 @dataclass(frozen=True)
@@ -148,3 +161,5 @@ class Outcome:
     stderr: bytes = b""
     logs: Any = None  # the parsed logs.json
     started: bool = False  # a container ran: there is output to keep
+    cpu_ms: int | None = None
+    memory_peak_mb: float | None = None

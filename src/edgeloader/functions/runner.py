@@ -8,20 +8,22 @@ its exit, its output (capped), ``result.json`` and ``logs.json`` are read,
 and the container and the folder are removed whatever happened, also when
 the run is cancelled. What the run left lives on in its record only.
 
+What the run used (CPU time, peak memory) is read from its parent cgroup
+(``usage.py``) once the container is gone.
+
 OOM: the engine's ``OOMKilled`` decides where it is reported (Docker
 Engine). Podman 4 never reports it (its monitor leaves the OOM note where
-podman does not look), so there a run whose main process was killed by
-SIGKILL (exit code 137) that the loader did not send is also ``oom``: a
-process inside the container cannot SIGKILL the container's PID 1, so the
-kernel's OOM killer is what remains, short of an operator killing the
-container by hand.
+podman does not look), so there a run is ``oom`` when it ended with code
+137 (SIGKILL, or ``exit 137``) that the loader did not cause *and* its
+peak memory reached the limit; an ``exit 137`` with memory to spare is
+``failed``. Without the peak (no cgroup figures), exit 137 alone decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeloader.errors import EdgeloaderError
@@ -29,6 +31,7 @@ from edgeloader.functions.folders import CONTAINER_DIR, BadOutput, RunFolders
 from edgeloader.functions.output import CapturedOutput, OutputCapture
 from edgeloader.functions.probe import MountProbe
 from edgeloader.functions.records import FunctionRecord, Outcome, RunStatus
+from edgeloader.functions.usage import RunCgroups, Usage
 from edgeloader.upstream.engine import ContainerExit, ContainerSpec, Engine
 
 log = logging.getLogger(__name__)
@@ -40,22 +43,30 @@ SIGKILLED = 128 + 9
 # After a kill, how long the engine may take to report the stop.
 _KILL_GRACE = 30.0
 _ERROR_LINE = 200  # characters of stderr's last line quoted in an error
+_OOM_SLACK = 1 << 20
+_UNKNOWN = Usage(None, None)
 
 
 @dataclass(frozen=True)
 class Ending:
-    """What the engine says about a finished container."""
+    """What the engine says about a finished container, and what it used."""
 
     exit: ContainerExit
     output: CapturedOutput
     timed_out: bool
     reports_oom: bool  # the engine's OOMKilled can be trusted
+    usage: Usage = _UNKNOWN
+    memory_limit: int = 0
 
     @property
     def oom(self) -> bool:
-        if self.reports_oom:
+        if self.reports_oom or self.exit.oom_killed:
             return self.exit.oom_killed
-        return self.exit.oom_killed or self.exit.code == SIGKILLED
+        if self.exit.code != SIGKILLED:
+            return False
+        peak = self.usage.memory_peak
+        # The kernel kills at the limit; a page or two of slack for rounding.
+        return peak is None or peak >= self.memory_limit - _OOM_SLACK
 
 
 class Runner:
@@ -66,6 +77,13 @@ class Runner:
         self.folders = folders
         self.probe = probe
         self.output_max = output_max
+        self._cgroups: RunCgroups | None = None
+
+    async def cgroups(self) -> RunCgroups:
+        """The runs' parent cgroups, for the engine's cgroup driver."""
+        if self._cgroups is None:
+            self._cgroups = RunCgroups(await self.engine.cgroup_driver())
+        return self._cgroups
 
     async def run(self, run_id: str, function: FunctionRecord, request: bytes) -> Outcome:
         spec = function.spec
@@ -85,6 +103,7 @@ class Runner:
         spec = function.spec
         # The image deployed, by ID: a tag moved since cannot change the code.
         image = function.image_id or spec.image
+        cgroups = await self.cgroups()
         container = ContainerSpec(
             name=f"edgeloader-run-{run_id}",
             image=image,
@@ -99,16 +118,22 @@ class Runner:
             tmpfs_bytes=spec.limits.tmpfs_mb * MiB,
             labels={LABEL_RUN: run_id, LABEL_FUNCTION: function.name},
             volumes=await self.engine.image_volumes(image),
+            cgroup_parent=cgroups.parent(run_id),
         )
-        container_id = await self.engine.create_container(container)
         try:
-            output = OutputCapture(await self.engine.attach(container_id), self.output_max)
+            container_id = await self.engine.create_container(container)
             try:
-                ending = await self._run_container(container_id, spec.limits.timeout_s, output)
+                output = OutputCapture(await self.engine.attach(container_id), self.output_max)
+                try:
+                    ending = await self._run_container(container_id, spec.limits.timeout_s, output)
+                finally:
+                    await output.close()
             finally:
-                await output.close()
+                await self._remove(container_id)
+            usage = await asyncio.to_thread(cgroups.usage, run_id)
         finally:
-            await self._remove(container_id)
+            await asyncio.to_thread(cgroups.remove, run_id)
+        ending = replace(ending, usage=usage, memory_limit=spec.limits.memory_mb * MiB)
         return await asyncio.to_thread(self._outcome, run_id, function, ending)
 
     async def _run_container(
@@ -152,6 +177,8 @@ class Runner:
         """How the run ended, with what it left (read before its folder goes)."""
         limits = function.spec.limits
         left = {
+            "cpu_ms": ending.usage.cpu_ms,
+            "memory_peak_mb": ending.usage.memory_peak_mb,
             "truncated": ending.output.truncated,
             "stdout": ending.output.stdout,
             "stderr": ending.output.stderr,

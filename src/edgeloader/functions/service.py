@@ -169,7 +169,7 @@ class FunctionService:
             if context.size == 0:
                 raise ValidationFailed("multipart field 'context' (a tar archive) is required")
             dockerfile = await asyncio.to_thread(context.dockerfile)
-            for base in builds.base_images(dockerfile):
+            for base in builds.check_dockerfile(dockerfile):
                 try:
                     await self.engine.inspect_image(base)
                 except NotFound:
@@ -245,6 +245,7 @@ class FunctionService:
             image=spec.image,
             status=RunStatus.QUEUED,
             queued_at=time.time(),
+            invoker=caller.subject,
         )
         try:
             await asyncio.to_thread(self.history.add, run)
@@ -302,7 +303,16 @@ class FunctionService:
     async def _finish(self, run: RunRecord, outcome: Outcome, caller: Caller) -> RunRecord:
         record = await asyncio.to_thread(self.history.finish, run.run_id, outcome, time.time())
         seconds = record.duration_ms / 1000 if record.duration_ms is not None else None
-        self.metrics.function_run(record.function, record.status.value, seconds)
+        self.metrics.function_run(
+            record.function,
+            record.status.value,
+            seconds,
+            cpu_seconds=None if record.cpu_ms is None else record.cpu_ms / 1000,
+            memory_peak=None
+            if record.memory_peak_mb is None
+            else round(record.memory_peak_mb * (1 << 20)),
+            cold_start=record.cold_start and record.started_at is not None,
+        )
         self._published(record)
         took = f"{record.duration_ms} ms" if record.duration_ms is not None else "never started"
         await self._audit(
@@ -373,6 +383,7 @@ class FunctionService:
         while True:
             try:
                 await self.remove_stray_containers()
+                await self.remove_stray_cgroups()
                 await self.prune_records()
                 last_error = ""
             except EdgeloaderError as exc:
@@ -396,6 +407,14 @@ class FunctionService:
             await self.engine.remove_container(container_id)
             log.info("removed the container %s of an ended run", container_id)
         return len(stray)
+
+    async def remove_stray_cgroups(self) -> None:
+        """Parent cgroups of runs that are not running (a crash left them)."""
+        cgroups = await self.runner.cgroups()
+        running = set(self._runs)
+        for run_id in await asyncio.to_thread(cgroups.leftovers):
+            if run_id not in running:
+                await asyncio.to_thread(cgroups.remove, run_id)
 
     async def prune_records(self, now: float | None = None) -> int:
         """Drops the records of ended runs past the retention period, then

@@ -9,6 +9,7 @@ The methods are blocking and thread-safe; async code calls them through
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,21 @@ CREATE TABLE run_output (
 );
 ALTER TABLE runs ADD COLUMN kept_bytes INTEGER NOT NULL DEFAULT 0;
 """,
+    # Who invoked, with which models, and what the run used.
+    """
+ALTER TABLE runs ADD COLUMN invoker TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN models TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE runs ADD COLUMN cold_start INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE runs ADD COLUMN cpu_ms INTEGER;
+ALTER TABLE runs ADD COLUMN memory_peak_mb REAL;
+CREATE INDEX runs_by_cpu ON runs (function, cpu_ms);
+""",
 )
 
 _RUN_COLUMNS = (
     "id, function, version, image, status, exit_code, error, queued_at, "
-    "started_at, finished_at, duration_ms, result, truncated"
+    "started_at, finished_at, duration_ms, result, truncated, "
+    "invoker, models, cold_start, cpu_ms, memory_peak_mb"
 )
 _FUNCTION_SELECT = (
     "SELECT f.name, f.version, v.spec, v.image_id, f.created_at, f.updated_at"
@@ -184,7 +195,7 @@ class RunHistory:
     def add(self, run: RunRecord) -> None:
         with self._db.transaction() as db:
             db.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 13)})",  # noqa: S608
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 18)})",  # noqa: S608
                 _run_row(run),
             )
 
@@ -202,7 +213,7 @@ class RunHistory:
         with self._db.transaction() as db:
             db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, error = ?, result = ?, truncated = ?,"
-                " finished_at = ?, kept_bytes = ?,"
+                " finished_at = ?, kept_bytes = ?, cpu_ms = ?, memory_peak_mb = ?,"
                 " duration_ms = CASE WHEN started_at IS NULL THEN NULL"
                 " ELSE CAST(ROUND((? - started_at) * 1000) AS INTEGER) END"
                 " WHERE id = ?",
@@ -214,6 +225,8 @@ class RunHistory:
                     int(outcome.truncated),
                     at,
                     kept,
+                    outcome.cpu_ms,
+                    outcome.memory_peak_mb,
                     at,
                     run_id,
                 ),
@@ -299,20 +312,13 @@ class RunHistory:
                     (function,),
                 ).fetchone()[0]
             )
-            p50 = p95 = None
-            if timed:
-                # Nearest rank, read straight from the index: no history in memory.
-                p50, p95 = (
-                    int(
-                        db.execute(
-                            "SELECT duration_ms FROM runs"
-                            " WHERE function = ? AND duration_ms IS NOT NULL"
-                            " ORDER BY duration_ms LIMIT 1 OFFSET ?",
-                            (function, percentile_offset(timed, percent)),
-                        ).fetchone()[0]
-                    )
-                    for percent in (50, 95)
-                )
+            p50, p95 = _percentiles(db, function, "duration_ms", timed)
+            measured, peak, colds = db.execute(
+                "SELECT COUNT(cpu_ms), MAX(memory_peak_mb), TOTAL(cold_start AND started_at"
+                " IS NOT NULL) FROM runs WHERE function = ?",
+                (function,),
+            ).fetchone()
+            cpu_p50, cpu_p95 = _percentiles(db, function, "cpu_ms", int(measured))
         return RunStats(
             runs=sum(counts.values()),
             succeeded=counts.get(RunStatus.SUCCEEDED.value, 0),
@@ -322,6 +328,10 @@ class RunHistory:
             p50_ms=p50,
             p95_ms=p95,
             last_run_at=last,
+            cpu_ms_p50=cpu_p50,
+            cpu_ms_p95=cpu_p95,
+            memory_peak_mb_max=peak,
+            cold_starts=int(colds),
         )
 
     def output(self, run_id: str) -> tuple[bytes, bytes, Any] | None:
@@ -365,6 +375,25 @@ class RunHistory:
             sql = f"SELECT {_RUN_COLUMNS} FROM runs {where}"  # noqa: S608 - fixed text, bound values
             rows = db.execute(sql, args).fetchall()
         return [_run_from(row) for row in rows]
+
+
+def _percentiles(
+    db: sqlite3.Connection, function: str, column: str, count: int
+) -> tuple[int | None, int | None]:
+    """The nearest-rank p50 and p95 of ``column`` (a fixed name) over the
+    function's ``count`` runs that have it, read from an index: no history
+    in memory."""
+    if not count:
+        return None, None
+    sql = (
+        f"SELECT {column} FROM runs WHERE function = ? AND {column} IS NOT NULL"  # noqa: S608
+        f" ORDER BY {column} LIMIT 1 OFFSET ?"
+    )
+    p50, p95 = (
+        int(db.execute(sql, (function, percentile_offset(count, percent))).fetchone()[0])
+        for percent in (50, 95)
+    )
+    return p50, p95
 
 
 def percentile_offset(count: int, percent: int) -> int:
@@ -417,6 +446,11 @@ def _run_row(run: RunRecord) -> tuple[Any, ...]:
         run.duration_ms,
         None if run.result is None else json.dumps(run.result),
         int(run.truncated),
+        run.invoker,
+        json.dumps(run.models),
+        int(run.cold_start),
+        run.cpu_ms,
+        run.memory_peak_mb,
     )
 
 
@@ -435,4 +469,9 @@ def _run_from(row: Sequence[Any]) -> RunRecord:
         duration_ms=row[10],
         result=None if row[11] is None else json.loads(row[11]),
         truncated=bool(row[12]),
+        invoker=row[13],
+        models=json.loads(row[14]),
+        cold_start=bool(row[15]),
+        cpu_ms=row[16],
+        memory_peak_mb=row[17],
     )

@@ -44,6 +44,7 @@ from pathlib import Path
 from edgeloader import crypto
 from edgeloader.errors import DecryptionError
 from edgeloader.storage.files import AtomicFile, fsync_dir
+from edgeloader.storage.state_dir import ensure_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,10 @@ class ModelCache:
     def _writable_dir(self, folder: str, name: str) -> Path | None:
         directory = self.root / folder / name
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Each level 0700, the root too (mkdir's parents= would make them 0755).
+            ensure_private_dir(self.root)
+            for level in (self.root / folder, directory):
+                level.mkdir(exist_ok=True, mode=0o700)
         except OSError:
             log.warning("cache folder %s cannot be created; not caching", directory)
             return None

@@ -5,6 +5,11 @@ A job is journaled in SQLite and resumes after a restart from its last
 durable checkpoint; docs/architecture.md ("Pre-staging") gives the tour:
 the journal, checkpoints, resumption and the checks before a partial file
 becomes a cache entry.
+
+Jobs are bounded: at most ``prefetch_max_jobs`` unfinished at once, and
+``prefetch_max_jobs_per_caller`` of them started by one identity (429
+past either); a finished job leaves memory at once and its journal row
+stays until :data:`FINISHED_KEPT` newer ones have finished.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from edgeloader.errors import (
     IntegrityError,
     NotFound,
     ObjectChanged,
+    QueueFull,
 )
 from edgeloader.events import PREFETCH, Event, EventBus, Pacer
 from edgeloader.services.cache import ModelCache, PartialEntry, cache_tag
@@ -49,6 +55,8 @@ LOGIN_POLL = 1.0
 FIRST_WAIT, MAX_WAIT = 2.0, 60.0
 #: Times a job starts over on a changed object before it gives up.
 MAX_RESTARTS = 3
+#: Finished jobs whose state the journal keeps, newest first.
+FINISHED_KEPT = 1000
 
 # Job states, the ``state`` of the answers and events.
 WAITING = "waiting"  # for the device's login, or to try again (``error`` says why)
@@ -129,6 +137,16 @@ class _Journal:
                 {**values, "updated": time.time()},
             )
 
+    def prune(self, keep: int) -> None:
+        """Keeps the ``keep`` newest finished rows."""
+        with self._db.transaction() as db:
+            db.execute(
+                "DELETE FROM prefetch WHERE state IN (?, ?) AND rowid NOT IN"
+                " (SELECT rowid FROM prefetch WHERE state IN (?, ?)"
+                " ORDER BY updated DESC LIMIT ?)",
+                (DONE, FAILED, DONE, FAILED, keep),
+            )
+
     def close(self) -> None:
         self._db.close()
 
@@ -147,8 +165,9 @@ class PrefetchStatus(Record):
 
 
 class _Job:
-    def __init__(self, row: _Row) -> None:
+    def __init__(self, row: _Row, owner: str = "") -> None:
         self.row = row
+        self.owner = owner  # who started it; "" for a job resumed at start-up
         self.written = row.good  # bytes of the partial file written, checkpointed or not
         self.task: asyncio.Task[None] | None = None
         self.pacer = Pacer()
@@ -223,17 +242,19 @@ class PrefetchService:
             raise Conflict("pre-staging needs a model cache (EDGELOADER_CACHE_DIR)")
         return self._journal
 
-    async def start(self, folder: str, name: str) -> PrefetchStatus:
-        """Starts pre-staging ``folder/name`` (or says how the running one is)."""
+    async def start(self, folder: str, name: str, owner: str) -> PrefetchStatus:
+        """Starts pre-staging ``folder/name`` for ``owner`` (or says how the
+        running one is); :class:`QueueFull` past the bounds."""
         journal = self._require_journal()
         async with self._starting:  # two callers at once start one job
             job = self._jobs.get((folder, name))
             if job is not None and job.task is not None and not job.task.done():
                 return job.status
+            self._check_room(owner)
             row = await asyncio.to_thread(journal.get, folder, name)
             row = replace(row, state=RUNNING, error=None) if row else _Row(folder, name, RUNNING)
             await asyncio.to_thread(journal.save, row)
-            job = _Job(row)
+            job = _Job(row, owner)
             self._spawn(job)
         log.info("pre-staging %s/%s", folder, name)
         return job.status
@@ -248,9 +269,28 @@ class PrefetchService:
             raise NotFound(f"{folder}/{name} has not been pre-staged")
         return _Job(row).status
 
+    def _check_room(self, owner: str) -> None:
+        s = self.settings
+        if len(self._jobs) >= s.prefetch_max_jobs:
+            raise QueueFull(f"{s.prefetch_max_jobs} pre-staging jobs are unfinished; retry later")
+        if sum(job.owner == owner for job in self._jobs.values()) >= (
+            s.prefetch_max_jobs_per_caller
+        ):
+            raise QueueFull(
+                f"you have {s.prefetch_max_jobs_per_caller} unfinished pre-staging jobs; "
+                "retry when one has finished"
+            )
+
     def _spawn(self, job: _Job) -> None:
-        self._jobs[(job.row.folder, job.row.name)] = job
+        key = job.row.key
+        self._jobs[key] = job
         job.task = asyncio.create_task(self._run(job))
+        job.task.add_done_callback(lambda _: self._left(job))
+
+    def _left(self, job: _Job) -> None:
+        """A finished job leaves memory; its state is in the journal."""
+        if self._jobs.get(job.row.key) is job:
+            del self._jobs[job.row.key]
 
     # -- a job ----------------------------------------------------------------------------
 
@@ -495,6 +535,8 @@ class PrefetchService:
             log.warning("pre-staging %s/%s failed: %s", job.row.folder, job.row.name, error)
             await self._forget(job)
         await self._set(job, state, error)
+        if self._journal is not None:
+            await asyncio.to_thread(self._journal.prune, FINISHED_KEPT)
 
     async def _forget(self, job: _Job) -> None:
         """Drops the partial file and what the journal knew of it."""

@@ -75,6 +75,7 @@ class Uploader:
         fmt: int = 1,
         segment: int | None = None,
         before_publish: Callable[[], Awaitable[None]] | None = None,
+        publishing: Callable[[asyncio.Task[None]], None] | None = None,
     ) -> Published:
         """Stages, then publishes; on any failure before publishing, discards.
 
@@ -84,7 +85,8 @@ class Uploader:
         computed as it streams and published as ``NAME.segments`` beside the
         small part. ``before_publish`` runs between the two steps (the web
         layer reads the rest of its form there); if it raises, nothing is
-        published.
+        published. ``publishing`` is given the publishing step, which goes
+        on if the caller is cancelled (the web layer audits its end).
         """
         counted = 0
         hasher = crypto.SegmentHasher(segment) if segment is not None else None
@@ -118,6 +120,8 @@ class Uploader:
         )
         self._finishing.add(finishing)
         finishing.add_done_callback(self._finishing.discard)
+        if publishing is not None:
+            publishing(finishing)
         # A cancelled caller stops waiting here; the publishing goes on.
         await asyncio.shield(finishing)
         if self.metrics is not None:

@@ -81,7 +81,12 @@ def _services(
         # also when a later one fails to open.
         async with contextlib.AsyncExitStack() as stack:
             metrics = Metrics()
-            events = EventBus(settings.events_queue, settings.events_max_streams, metrics)
+            events = EventBus(
+                settings.events_queue,
+                settings.events_max_streams,
+                metrics,
+                settings.events_max_streams_per_caller,
+            )
             stack.callback(events.close)
             gate = ReleaseGate.from_settings(settings.publisher_key, settings.state_dir, metrics)
             device = fingerprint if fingerprint else await asyncio.to_thread(hardware.fingerprint)

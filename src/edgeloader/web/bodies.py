@@ -19,10 +19,15 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from edgeloader.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
+from edgeloader.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from edgeloader.wire import error_detail, parse_json
 
-__all__ = ["Form", "read_json", "read_query", "read_raw"]
+__all__ = ["Form", "read_json", "read_query", "read_raw", "require_json"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,13 +37,30 @@ _PIECE = 1 << 16
 
 
 async def read_json(request: web.Request, model: type[M]) -> M:
-    """The request's JSON body as ``model``: 413 past the app's body limit
+    """The request's JSON body as ``model``: 415 unless it is sent as JSON
+    (``Content-Type: application/json``: a form or text body is what a
+    cross-site page can send without asking), 413 past the app's body limit
     (``client_max_size``), 422 for anything malformed."""
+    require_json(request)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge("request body too large") from None
     return parse_json(raw, model)
+
+
+def require_json(request: web.Request) -> None:
+    """415 unless the body is declared JSON (a body-less request passes)."""
+    if request.content_length == 0 or not request.body_exists:
+        return
+    media_type = request.content_type
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return
+    raise UnsupportedMediaType(
+        f"send the body as JSON with Content-Type: application/json, not {media_type}"
+    )
 
 
 async def read_raw(request: web.Request, limit: int) -> bytes:

@@ -71,7 +71,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",  # a buffering proxy would hold events back
         }
     )
-    with svc.events.subscribe(claims.role) as subscription:
+    with svc.events.subscribe(claims.role, claims.subject) as subscription:
         await response.prepare(request)
         svc.metrics.event_streams.inc()
         try:

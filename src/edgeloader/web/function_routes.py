@@ -17,7 +17,7 @@ from edgeloader.functions.records import FunctionRecord, RunOutput, RunRecord, R
 from edgeloader.functions.service import Caller, FunctionService
 from edgeloader.functions.spec import NAME_SCHEMA, FunctionSpec, function_name
 from edgeloader.roles import ADMINS
-from edgeloader.web.bodies import Form, read_json, read_query, read_raw
+from edgeloader.web.bodies import Form, read_json, read_query, read_raw, require_json
 from edgeloader.web.guards import require_principal, roles
 from edgeloader.web.models.base import AnyJson, JsonObject, respond
 from edgeloader.web.models.functions import (
@@ -199,6 +199,7 @@ async def invoke(request: web.Request) -> web.Response:
     function_name(request.match_info["name"])
     asynchronous = read_query(request, InvokeQuery).asynchronous
     functions = _functions(request)
+    require_json(request)
     body = await read_raw(request, functions.settings.request_max)
     run = await functions.invoke(
         request.match_info["name"], body, _caller(request), wait=not asynchronous

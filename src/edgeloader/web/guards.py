@@ -29,6 +29,17 @@ PRINCIPAL = web.RequestKey("principal", Claims)
 AUDIT_RESOURCE = web.RequestKey("audit_resource", str)
 AUDIT_BYTES = web.RequestKey("audit_bytes", int)
 AUDIT_OUTCOME = web.RequestKey("audit_outcome", str)
+#: Work of the request that goes on if its client leaves (an upload being
+#: published); the audit then waits for it and records how it ended.
+AUDIT_FINISHING = web.RequestKey("audit_finishing", asyncio.Task)
+# Audits waiting for such work, kept from the garbage collector.
+_late_audits: set[asyncio.Task[None]] = set()
+
+
+def finishes_without_client(request: web.Request, work: asyncio.Task[Any]) -> None:
+    """Marks ``work`` as the request's outcome should its client leave."""
+    request[AUDIT_FINISHING] = work
+
 
 #: Routes anyone may call: health, the ways to obtain tokens, the keys that
 #: verify them and the API's description. The Azaion ``/login`` logs the
@@ -181,13 +192,32 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except (asyncio.CancelledError, ConnectionError):
-        await asyncio.shield(_audit(request, action, "client disconnected"))
+        work = request.get(AUDIT_FINISHING)
+        if work is not None and not work.done():
+            late = asyncio.create_task(_audit_when_done(request, action, work))
+            _late_audits.add(late)
+            late.add_done_callback(_late_audits.discard)
+        else:
+            await asyncio.shield(_audit(request, action, _left(work)))
         raise
     outcome = request.get(AUDIT_OUTCOME) or (
         "ok" if response.status < 400 else f"error {response.status}"
     )
     await asyncio.shield(_audit(request, action, outcome))
     return response
+
+
+def _left(work: asyncio.Task[Any] | None) -> str:
+    if work is None:
+        return "client disconnected"
+    if work.cancelled() or work.exception() is not None:
+        return "client disconnected; it failed"
+    return "ok; finished after the client disconnected"
+
+
+async def _audit_when_done(request: web.Request, action: str, work: asyncio.Task[Any]) -> None:
+    await asyncio.wait([work])
+    await _audit(request, action, _left(work))
 
 
 async def _audit(request: web.Request, action: str, outcome: str) -> None:

@@ -8,7 +8,7 @@ from aiohttp import web
 from edgeloader.names import safe_folder, safe_name
 from edgeloader.services.prefetch import PrefetchService, PrefetchStatus
 from edgeloader.web.bodies import read_json
-from edgeloader.web.guards import AUDIT_RESOURCE, audited
+from edgeloader.web.guards import AUDIT_RESOURCE, audited, client_address, principal
 from edgeloader.web.models.azaion import FOLDER_SCHEMA, NAME_SCHEMA
 from edgeloader.web.models.base import respond
 from edgeloader.web.models.prefetch import PrefetchBody
@@ -33,7 +33,11 @@ NO_CACHE = "no model cache is configured (EDGELOADER_CACHE_DIR)"
     tag="prefetch",
     body=PrefetchBody,
     answers={202: Reply("The job's state; a running job is not started twice", PrefetchStatus)},
-    errors={400: "an unsafe name or folder", 409: NO_CACHE},
+    errors={
+        400: "an unsafe name or folder",
+        409: NO_CACHE,
+        429: "too many unfinished jobs (in all, or of this caller), with Retry-After",
+    },
 )
 async def start_prefetch(request: web.Request) -> web.Response:
     """Any authenticated role, as for loads: 202 and the job's state (a
@@ -42,7 +46,9 @@ async def start_prefetch(request: web.Request) -> web.Response:
     name = safe_name(body.name, "name")
     folder = safe_folder(body.folder or DEFAULT_FOLDER)
     request[AUDIT_RESOURCE] = f"{folder}/{name}"
-    status = await _service(request).start(folder, name)
+    claims = principal(request)
+    owner = claims.subject if claims is not None else client_address(request)
+    status = await _service(request).start(folder, name, owner)
     return respond(status, 202)
 
 

@@ -8,6 +8,7 @@ shape the answer; the work itself lives in ``edgeloader.services``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from edgeloader.web.guards import (
     audited,
     azaion,
     client_address,
+    finishes_without_client,
     optional_token,
     principal,
     roles,
@@ -239,6 +241,7 @@ async def upload_resource(request: web.Request) -> web.Response:
         part_size=svc.settings.upload_part_size,
         fmt=svc.settings.upload_format,
         before_publish=rest_of_form,
+        publishing=functools.partial(finishes_without_client, request),
     )
     request[AUDIT_BYTES] = done.plaintext_bytes
     return Uploaded(filename=name, folder=folder, size=done.plaintext_bytes).response()

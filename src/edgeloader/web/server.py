@@ -5,11 +5,14 @@ aiohttp does not offer, and JSON answers from its HTTP parser.
   moment a connection opens until a complete request head has arrived, so
   its ``keepalive_timeout`` is our header timeout: an idle connection, or
   one that trickles its headers, is closed after ``header_timeout``.
-- **Slow bodies.** While a handler waits for request body bytes that do
-  not come (the transport is reading, the body is unfinished, and nothing
-  arrived for ``body_timeout``), the connection is closed. When the loader
-  itself is slow to consume a body (an upload waiting on the CDN), the
-  transport is paused and the timer does not count.
+- **Slow bodies.** While a request body is unfinished and the loader is
+  reading it, the client must deliver at least ``body_min_rate`` bytes a
+  second, averaged over the last ``body_timeout`` seconds of reading (and
+  at least one byte in them); a connection below it is closed. One byte
+  every few seconds therefore cannot hold a connection, while an upload
+  over a poor link (anything above the rate) goes on for as long as it
+  needs. Seconds in which the loader itself is slow to consume the body
+  (an upload waiting on the CDN: the transport is paused) do not count.
 - **Writing is never timed out:** a long load over a slow link, a queued
   invoke or an event stream goes on as long as the client reads.
 - **A cap on connections** below the descriptor limit. At the cap, the
@@ -26,6 +29,7 @@ attributes used are named where they are used.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import resource
 from dataclasses import dataclass
@@ -57,6 +61,7 @@ class ConnectionLimits:
     max_connections: int
     header_timeout: float = 15.0
     body_timeout: float = 30.0
+    body_min_rate: int = 1024  # bytes per second
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -64,7 +69,36 @@ class ConnectionLimits:
             max_connections=settings.max_connections or default_max_connections(),
             header_timeout=settings.header_timeout,
             body_timeout=settings.body_timeout,
+            body_min_rate=settings.body_min_rate,
         )
+
+
+#: How often a connection's body rate is sampled, in seconds.
+_TICK = 1.0
+
+
+class _BodyRate:
+    """The bytes a request body brought in each of the last seconds in
+    which the loader was reading it."""
+
+    def __init__(self, window: float, min_rate: int) -> None:
+        self.ticks = max(1, round(window / _TICK))
+        self.min_bytes = max(1, int(min_rate * self.ticks * _TICK))
+        self._samples: collections.deque[int] = collections.deque(maxlen=self.ticks)
+        self._counted = 0  # bytes received up to the last sample
+
+    def sample(self, received: int, reading: bool) -> bool:
+        """Records one tick; True when a full window of reading brought
+        less than the minimum."""
+        brought, self._counted = received - self._counted, received
+        if not reading:
+            return False  # the loader's pause, not the client's
+        self._samples.append(brought)
+        return len(self._samples) == self.ticks and sum(self._samples) < self.min_bytes
+
+    def reset(self, received: int) -> None:
+        self._samples.clear()
+        self._counted = received
 
 
 class _Handler(RequestHandler):
@@ -74,7 +108,18 @@ class _Handler(RequestHandler):
         super().__init__(manager, keepalive_timeout=limits.header_timeout, **kwargs)
         self._limits = limits
         self._last_data = self._loop.time()
+        self._received = 0
+        self._rate = _BodyRate(limits.body_timeout, limits.body_min_rate)
+        self._body_of: object = None  # the request whose body is being timed
         self._stall_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def live(self) -> bool:
+        """Open and not closing: what counts against the cap. A handler
+        closed (or refused) stays in the server's list until the loop
+        calls its ``connection_lost``; a burst must not count it."""
+        transport = self.transport
+        return transport is not None and not transport.is_closing()
 
     @property
     def idle_since(self) -> float | None:
@@ -93,7 +138,7 @@ class _Handler(RequestHandler):
             log.warning("connection refused: %d connections open", server.limits.max_connections)
             self.force_close()
             return
-        self._stall_timer = self._loop.call_later(self._limits.body_timeout, self._check_stall)
+        self._stall_timer = self._loop.call_later(_TICK, self._check_body)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._stall_timer is not None:
@@ -103,27 +148,33 @@ class _Handler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         self._last_data = self._loop.time()
+        self._received += len(data)
         super().data_received(data)
 
-    def _check_stall(self) -> None:
+    def _check_body(self) -> None:
+        """Once a tick: closes the connection when the body of the request
+        in progress comes in below the minimum rate (module docstring)."""
         self._stall_timer = None
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         request = self._current_request
-        waited = self._loop.time() - self._last_data
-        if (
-            request is not None
-            and not request.content.is_eof()
-            and isinstance(transport, asyncio.ReadTransport)
-            and transport.is_reading()
-            and waited >= self._limits.body_timeout
-        ):
-            log.info("closing a connection whose request body stalled for %.0f s", waited)
-            transport.close()
-            return
-        delay = max(1.0, self._limits.body_timeout - waited)
-        self._stall_timer = self._loop.call_later(delay, self._check_stall)
+        if request is None or request.content.is_eof():
+            self._body_of = None
+        else:
+            if request is not self._body_of:  # a new body: a new window
+                self._body_of = request
+                self._rate.reset(self._received)
+            reading = isinstance(transport, asyncio.ReadTransport) and transport.is_reading()
+            if self._rate.sample(self._received, reading):
+                log.info(
+                    "closing a connection whose request body came slower than %d bytes/s over %g s",
+                    self._limits.body_min_rate,
+                    self._limits.body_timeout,
+                )
+                transport.close()
+                return
+        self._stall_timer = self._loop.call_later(_TICK, self._check_body)
 
     def handle_error(
         self,
@@ -156,13 +207,10 @@ class _Server(web.Server):
     def make_room(self) -> bool:
         """True when a new connection may stay, closing the longest-idle
         one if the cap is reached."""
-        if len(self.connections) < self.limits.max_connections:
+        live = [h for h in self.connections if isinstance(h, _Handler) and h.live]
+        if len(live) < self.limits.max_connections:
             return True
-        idle = [
-            (since, handler)
-            for handler in self.connections
-            if isinstance(handler, _Handler) and (since := handler.idle_since) is not None
-        ]
+        idle = [(since, h) for h in live if (since := h.idle_since) is not None]
         if not idle:
             return False
         _, oldest = min(idle, key=lambda pair: pair[0])

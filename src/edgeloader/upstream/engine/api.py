@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterable, Collection, Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ import aiohttp
 
 from edgeloader.errors import EdgeloaderError, EngineError, NotFound, ValidationFailed
 
-__all__ = ["NO_TIMEOUT", "EngineApi", "json_lines", "stream_error"]
+__all__ = ["NO_TIMEOUT", "EngineApi", "json_lines", "stream_error", "without_paths"]
 
 # aiodocker's status for "could not connect to the engine".
 _CANNOT_CONNECT = 900
@@ -85,9 +86,12 @@ class EngineApi:
         invalid: str | None = None,
         ignore: Collection[int] = (),
         refused: type[EdgeloaderError] = EngineError,
+        hide_paths: bool = False,
     ) -> Iterator[None]:
         """Maps lower layers' errors to ours; ``missing`` words a 404, and
         ``invalid`` a 400 (the caller's input was refused: a 422, not a 502).
+        With ``hide_paths``, the engine's own file paths leave its message
+        (:func:`without_paths`).
 
         An engine answer whose status is in ``ignore`` is no error (the
         block ends there); any other refusal becomes ``refused``.
@@ -110,7 +114,8 @@ class EngineApi:
                 raise NotFound(missing) from None
             if exc.status == 400 and invalid is not None:
                 raise ValidationFailed(f"{invalid}: {exc.message}") from None
-            raise refused(f"{what} failed: {exc.message}") from exc
+            message = without_paths(exc.message) if hide_paths else exc.message
+            raise refused(f"{what} failed: {message}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             cause = _find_cause(exc)
             if cause is not None:
@@ -152,6 +157,17 @@ async def json_lines(stream: aiohttp.StreamReader) -> AsyncIterable[dict[str, An
                 yield item
         if not chunk:
             return
+
+
+_PATH = re.compile(r"(?<![\w./])/(?:[\w.@+-]+/)*[\w.@+-]+")
+
+
+def without_paths(message: str) -> str:
+    """The message with absolute file paths replaced by ``…``: an image
+    load's error names the engine's spool files (``/var/tmp/…``,
+    ``<data-root>/tmp/docker-import-…``), which say nothing to a caller
+    and show the box's layout (they stay in the engine's own log)."""
+    return _PATH.sub("…", message)
 
 
 def stream_error(item: dict[str, Any]) -> str | None:

@@ -37,6 +37,7 @@ class Engine:
         self.api = EngineApi(docker_host)
         self._backend: EngineBackend | None = None
         self._detecting = asyncio.Lock()
+        self._cgroup_driver: str | None = None
 
     async def close(self) -> None:
         await self.api.close()
@@ -57,6 +58,15 @@ class Engine:
                 else:
                     self._backend = DockerBackend(self.api, str(version.get("Version", "?")))
             return self._backend
+
+    async def cgroup_driver(self) -> str:
+        """How the engine manages cgroups (``cgroupfs``, ``systemd``), asked
+        once; both engines answer it in their common ``/info``."""
+        if self._cgroup_driver is None:
+            with self.api.mapped("engine info"):
+                info: Mapping[str, Any] = await self.api.docker.system.info()
+            self._cgroup_driver = str(info.get("CgroupDriver") or "")
+        return self._cgroup_driver
 
     async def describe(self) -> str:
         """The engine's name and version, as ``doctor`` shows them."""

@@ -21,7 +21,13 @@ from collections.abc import AsyncIterable, Mapping
 from typing import Any
 
 from edgeloader.errors import BuildFailed, EngineError
-from edgeloader.upstream.engine.api import NO_TIMEOUT, EngineApi, json_lines, stream_error
+from edgeloader.upstream.engine.api import (
+    NO_TIMEOUT,
+    EngineApi,
+    json_lines,
+    stream_error,
+    without_paths,
+)
 from edgeloader.upstream.engine.spec import CONTAINER_TMP, ContainerSpec
 
 __all__ = ["DockerBackend"]
@@ -39,7 +45,7 @@ class DockerBackend:
 
     async def load(self, archive: AsyncIterable[bytes]) -> list[str]:
         messages: list[str] = []
-        with self.api.mapped("image load"):
+        with self.api.mapped("image load", hide_paths=True):
             async with self.api.query(
                 "images/load",
                 "POST",
@@ -50,7 +56,7 @@ class DockerBackend:
             ) as resp:
                 async for item in json_lines(resp.content):
                     if (error := stream_error(item)) is not None:
-                        raise EngineError(f"image load failed: {error}")
+                        raise EngineError(f"image load failed: {without_paths(error)}")
                     text = str(item.get("stream") or item.get("status") or "").strip()
                     if text:
                         messages.append(text)

@@ -51,7 +51,7 @@ class PodmanBackend:
         self.version = version
 
     async def load(self, archive: AsyncIterable[bytes]) -> list[str]:
-        with self.api.mapped("image load"):
+        with self.api.mapped("image load", hide_paths=True):
             async with self.api.query(
                 f"{LIBPOD}/images/load",
                 "POST",

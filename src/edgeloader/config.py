@@ -53,6 +53,7 @@ class FunctionSettings:
     """``EDGELOADER_MAX_RUNS`` and the other knobs of function runs (docs/functions.md)."""
 
     max_runs: int = 2  # runs at once, all functions together (a 2-core box)
+    model_memory_max: int = 1024 * MiB  # the decrypted models runs mount, in memory
     dir: Path | None = None  # default: STATE_DIR/functions
     run_retention: float = 7 * 86_400  # records of runs that ended longer ago are dropped
     run_records_max: int = 10_000  # and the oldest beyond this many
@@ -67,6 +68,9 @@ class FunctionSettings:
         folder = env.get("EDGELOADER_FUNCTIONS_DIR", "").strip()
         return cls(
             max_runs=_integer(env, "EDGELOADER_MAX_RUNS", cls.max_runs, 1, 64),
+            model_memory_max=_integer(
+                env, "EDGELOADER_MODEL_MEMORY_MAX", cls.model_memory_max, MiB, 1 << 40
+            ),
             dir=Path(folder) if folder else None,
             run_retention=_seconds(env, "EDGELOADER_RUN_RETENTION", cls.run_retention),
             run_records_max=_integer(

@@ -124,6 +124,17 @@ class Metrics:
             ["function"],
             registry=r,
         )
+        self.model_store_bytes = Gauge(
+            "edgeloader_model_store_bytes",
+            "Bytes of decrypted models held in memory for function runs",
+            registry=r,
+        )
+        self.model_mounts = Counter(
+            "edgeloader_model_mounts",
+            "Models a run asked for, by outcome (ok, cached, integrity, not-found, no-room, error)",
+            ["outcome"],
+            registry=r,
+        )
         self.function_queue_depth = Gauge(
             "edgeloader_function_queue_depth",
             "Runs admitted but not running yet, by function",
@@ -210,6 +221,10 @@ class Metrics:
             self.function_memory_peak.labels(function).observe(memory_peak)
         if cold_start:
             self.function_cold_starts.labels(function).inc()
+
+    def model_mounted(self, outcome: str) -> None:
+        """A run asked for a model: ``outcome`` says what came of it."""
+        self.model_mounts.labels(outcome).inc()
 
     def function_waiting(self, function: str, waiting: int) -> None:
         """``waiting`` runs of ``function`` are admitted but not running."""

@@ -120,6 +120,10 @@ async def test_deploy_and_invoke_echoes_the_request_with_env_and_env_config(
         "p50Ms": run["durationMs"],
         "p95Ms": run["durationMs"],
         "lastRunAt": run["queuedAt"],
+        "cpuMsP50": run["cpuMs"],
+        "cpuMsP95": run["cpuMs"],
+        "memoryPeakMbMax": run["memoryPeakMb"],
+        "coldStarts": 1,
     }
     assert [f["name"] for f in (await api.get("/api/functions"))["functions"]] == ["echo"]
     assert containers_of(engine, run["runId"]) == []
@@ -400,13 +404,21 @@ async def test_bad_input_gets_a_clear_4xx(make_api: Callable[..., Awaitable[Api]
 
     await api.deploy("small", command=sh("true"))
     status, body, _ = await api.call(
-        "POST", "/api/functions/small/invoke", api.admin, data=b"[" + b"1," * 4096 + b"1]"
+        "POST",
+        "/api/functions/small/invoke",
+        api.admin,
+        data=b"[" + b"1," * 4096 + b"1]",
+        headers={"Content-Type": "application/json"},
     )
     assert status == 413
     assert "larger than 4096 bytes" in body["detail"]
     # Within the size limit, but deeper than any JSON parser goes: a 422, not a 500.
     status, body, _ = await api.call(
-        "POST", "/api/functions/small/invoke", api.admin, data=b"[" * 1500 + b"]" * 1500
+        "POST",
+        "/api/functions/small/invoke",
+        api.admin,
+        data=b"[" * 1500 + b"]" * 1500,
+        headers={"Content-Type": "application/json"},
     )
     assert status == 422, body
     assert "nested too deeply" in body["detail"]

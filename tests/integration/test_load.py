@@ -73,7 +73,8 @@ async def test_bad_login_is_401(stack: Stack) -> None:
     "body", [b"not json", b"[]", b'{"email": "a@b"}', b'{"email": 1, "password": "x"}']
 )
 async def test_malformed_login_is_422(stack: Stack, body: bytes) -> None:
-    async with stack.http.post(f"{stack.loader_url}/login", data=body) as resp:
+    json_type = {"Content-Type": "application/json"}
+    async with stack.http.post(f"{stack.loader_url}/login", data=body, headers=json_type) as resp:
         assert resp.status == 422
         assert "detail" in await resp.json()
 

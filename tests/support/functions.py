@@ -37,6 +37,7 @@ class Api:
         self, method: str, path: str, token: str | None, **kwargs: Any
     ) -> tuple[int, Any, aiohttp.ClientResponse]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers |= kwargs.pop("headers", {})
         async with self.http.request(method, self.url + path, headers=headers, **kwargs) as resp:
             text = await resp.text()
             body = json.loads(text) if "json" in resp.headers.get("Content-Type", "") else text

@@ -8,12 +8,12 @@ through these records: a function record names the env keys only.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ConfigDict, Field, computed_field
 
-from edgeloader.functions.spec import FunctionSpec, Limits
+from edgeloader.functions.spec import FunctionSpec, Limits, ModelBinding
 from edgeloader.wire import Record
 
 __all__ = [
@@ -92,6 +92,11 @@ class FunctionRecord(_Frozen):
     def user(self) -> int:
         return self.spec.user
 
+    @computed_field(description="models each run finds at /models/FOLDER/NAME")  # type: ignore[prop-decorator]
+    @property
+    def models(self) -> list[ModelBinding]:
+        return self.spec.models
+
 
 class RunRecord(_Frozen):
     """One run, from its admission to its end."""
@@ -163,3 +168,4 @@ class Outcome:
     started: bool = False  # a container ran: there is output to keep
     cpu_ms: int | None = None
     memory_peak_mb: float | None = None
+    models: list[str] = field(default_factory=list)  # identities of the models mounted

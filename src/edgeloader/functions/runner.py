@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeloader.errors import EdgeloaderError
 from edgeloader.functions.folders import CONTAINER_DIR, BadOutput, RunFolders
+from edgeloader.functions.models import Mounted
 from edgeloader.functions.output import CapturedOutput, OutputCapture
 from edgeloader.functions.probe import MountProbe
 from edgeloader.functions.records import FunctionRecord, Outcome, RunStatus
+from edgeloader.functions.spec import MODELS_DIR
 from edgeloader.functions.usage import RunCgroups, Usage
-from edgeloader.upstream.engine import ContainerExit, ContainerSpec, Engine
+from edgeloader.upstream.engine import Bind, ContainerExit, ContainerSpec, Engine
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +88,34 @@ class Runner:
             self._cgroups = RunCgroups(await self.engine.cgroup_driver())
         return self._cgroups
 
-    async def run(self, run_id: str, function: FunctionRecord, request: bytes) -> Outcome:
+    async def run(
+        self,
+        run_id: str,
+        function: FunctionRecord,
+        request: bytes,
+        models: Sequence[Mounted] = (),
+    ) -> Outcome:
+        """Runs ``function`` once with ``models`` (held by the caller) bound."""
         spec = function.spec
         env = {**spec.env, "EDGELOADER_RUN_ID": run_id, "EDGELOADER_FUNCTION": function.name}
+        if models:
+            env["EDGELOADER_MODELS"] = MODELS_DIR
         await self.probe.check()  # never a run folder the engine does not see
         disk = spec.limits.disk_mb * MiB
         work = await asyncio.to_thread(self.folders.prepare, run_id, request, env, spec.user, disk)
         try:
-            return await self._run_in(work, run_id, function, env)
+            return await self._run_in(work, run_id, function, env, models)
         finally:
             # In a thread of its own: it completes even when the run is cancelled.
             await asyncio.to_thread(self.folders.remove, run_id)
 
     async def _run_in(
-        self, work: Path, run_id: str, function: FunctionRecord, env: dict[str, str]
+        self,
+        work: Path,
+        run_id: str,
+        function: FunctionRecord,
+        env: dict[str, str],
+        models: Sequence[Mounted],
     ) -> Outcome:
         spec = function.spec
         # The image deployed, by ID: a tag moved since cannot change the code.
@@ -118,6 +135,7 @@ class Runner:
             tmpfs_bytes=spec.limits.tmpfs_mb * MiB,
             labels={LABEL_RUN: run_id, LABEL_FUNCTION: function.name},
             volumes=await self.engine.image_volumes(image),
+            models=tuple(Bind(m.path, m.binding.target) for m in models),
             cgroup_parent=cgroups.parent(run_id),
         )
         try:

@@ -24,7 +24,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgeloader import logs
@@ -40,6 +40,7 @@ from edgeloader.errors import (
 from edgeloader.events import EventBus, run_event
 from edgeloader.functions import build as builds
 from edgeloader.functions.folders import CONTAINER_DIR, RUN_ID, RunFolders
+from edgeloader.functions.models import ModelSource, ModelStore
 from edgeloader.functions.probe import MountProbe
 from edgeloader.functions.records import (
     INTERRUPTED,
@@ -79,6 +80,7 @@ class FunctionService:
         settings: Settings,
         engine: Engine,
         auditor: Auditor,
+        models: ModelSource,
         events: EventBus | None = None,
     ) -> None:
         self.events = events
@@ -91,6 +93,9 @@ class FunctionService:
         self.folders = RunFolders(self.dir)
         self.probe = MountProbe(engine, self.dir / "probe", CONTAINER_DIR)
         self.runner = Runner(engine, self.folders, self.probe, self.settings.output_max)
+        self.models = ModelStore(
+            self.dir / "models", self.settings.model_memory_max, models, self.metrics
+        )
         self.scheduler = Scheduler(self.settings.max_runs)
         self._db = open_database(self.dir)
         self.registry = Registry(self._db)
@@ -104,6 +109,11 @@ class FunctionService:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.folders.open)
+        try:
+            await asyncio.to_thread(self.models.open)
+        except OSError as exc:
+            # Functions without models still run; those with models fail clearly.
+            log.warning("the model store cannot be mounted: %s", exc)
         # No build runs yet: contexts staged before a crash are leftovers.
         await asyncio.to_thread(shutil.rmtree, self.dir / "builds", True)
         interrupted = await asyncio.to_thread(self.history.interrupt_unfinished, time.time())
@@ -119,6 +129,7 @@ class FunctionService:
             task.cancel()
         # Each run removes its container and records itself as interrupted.
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.models.close)
         self._db.close()
 
     # Functions
@@ -279,7 +290,9 @@ class FunctionService:
                 self._published(
                     run.model_copy(update={"status": RunStatus.RUNNING, "started_at": started})
                 )
-                outcome = await self.runner.run(run.run_id, function, request)
+                async with self.models.mounted(function.spec.models) as models:
+                    outcome = await self.runner.run(run.run_id, function, request, models)
+                outcome = replace(outcome, models=[m.identity for m in models])
         except asyncio.CancelledError:
             await self._finish(run, Outcome(RunStatus.FAILED, error=INTERRUPTED), caller)
             raise
@@ -315,13 +328,10 @@ class FunctionService:
         )
         self._published(record)
         took = f"{record.duration_ms} ms" if record.duration_ms is not None else "never started"
-        await self._audit(
-            caller,
-            "function.invoke",
-            run.function,
-            record.status.value,
-            f"run {run.run_id}, version {run.version}, {took}",
-        )
+        detail = f"run {run.run_id}, version {run.version}, {took}"
+        if record.models:
+            detail += f", models {' '.join(record.models)}"
+        await self._audit(caller, "function.invoke", run.function, record.status.value, detail)
         return record
 
     async def run(self, run_id: str) -> RunRecord:
@@ -486,10 +496,14 @@ class FunctionService:
 
 @contextlib.asynccontextmanager
 async def open_functions(
-    settings: Settings, engine: Engine, auditor: Auditor, events: EventBus | None = None
+    settings: Settings,
+    engine: Engine,
+    auditor: Auditor,
+    models: ModelSource,
+    events: EventBus | None = None,
 ) -> AsyncIterator[FunctionService]:
     await asyncio.to_thread(ensure_private_dir, settings.functions_dir)
-    service = await asyncio.to_thread(FunctionService, settings, engine, auditor, events)
+    service = await asyncio.to_thread(FunctionService, settings, engine, auditor, models, events)
     try:
         await service.start()
         yield service

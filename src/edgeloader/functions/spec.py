@@ -26,17 +26,20 @@ from pydantic import (
 from pydantic.config import JsonDict, JsonValue
 
 from edgeloader.errors import UnsafeName
+from edgeloader.names import safe_folder, safe_name
 from edgeloader.wire import StrictBody, validate
 
 __all__ = [
     "ENV_NAME",
     "IMAGE",
+    "MODELS_DIR",
     "NAME",
     "NAME_SCHEMA",
     "RESERVED_ENV",
     "FunctionOptions",
     "FunctionSpec",
     "Limits",
+    "ModelBinding",
     "function_name",
     "parse_spec",
 ]
@@ -59,7 +62,10 @@ IMAGE = re.compile(
 )
 MAX_IMAGE = 255
 # Set by the loader for every run; a function may not define them.
-RESERVED_ENV = frozenset({"EDGELOADER_RUN_ID", "EDGELOADER_FUNCTION"})
+RESERVED_ENV = frozenset({"EDGELOADER_RUN_ID", "EDGELOADER_FUNCTION", "EDGELOADER_MODELS"})
+MAX_MODELS = 8
+#: Where a run finds its models: ``MODELS_DIR/FOLDER/NAME``.
+MODELS_DIR = "/models"
 MAX_COMMAND_ITEMS = 256
 MAX_ENV_ITEMS = 256
 MAX_STRING = 8192
@@ -129,6 +135,31 @@ class Limits(_Spec):
         return self
 
 
+class ModelBinding(_Spec):
+    """A model a run finds, verified and decrypted, at ``/models/FOLDER/NAME``
+    (docs/functions.md, "Models"); the names follow ``/load``'s rules."""
+
+    folder: str = Field(description="the resource's folder, as for POST /load")
+    name: str = Field(description="the resource's name, as for POST /load")
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, folder: str) -> str:
+        return safe_folder(folder)  # 400, as for /load
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return safe_name(name, "name")
+
+    @property
+    def target(self) -> str:
+        return f"{MODELS_DIR}/{self.folder}/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.folder}/{self.name}"
+
+
 class FunctionOptions(_Spec):
     """A function's settings but its image: a build's ``spec``."""
 
@@ -144,6 +175,20 @@ class FunctionOptions(_Spec):
     concurrency: int = Field(1, ge=1, le=16, description="runs at once")
     queue: int = Field(8, ge=0, le=256, description="more that may wait")
     user: int = Field(65534, ge=1, le=65535, description="uid and gid, never 0")
+    models: list[ModelBinding] = Field(
+        default_factory=list,
+        max_length=MAX_MODELS,
+        description="models each run finds read-only at /models/FOLDER/NAME",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _once_each(cls, models: list[ModelBinding]) -> list[ModelBinding]:
+        targets = [m.target for m in models]
+        for target in targets:
+            if targets.count(target) > 1:
+                raise ValueError(f"{target} is bound twice")
+        return models
 
     @field_validator("env")
     @classmethod

@@ -213,7 +213,7 @@ class RunHistory:
         with self._db.transaction() as db:
             db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, error = ?, result = ?, truncated = ?,"
-                " finished_at = ?, kept_bytes = ?, cpu_ms = ?, memory_peak_mb = ?,"
+                " finished_at = ?, kept_bytes = ?, cpu_ms = ?, memory_peak_mb = ?, models = ?,"
                 " duration_ms = CASE WHEN started_at IS NULL THEN NULL"
                 " ELSE CAST(ROUND((? - started_at) * 1000) AS INTEGER) END"
                 " WHERE id = ?",
@@ -227,6 +227,7 @@ class RunHistory:
                     kept,
                     outcome.cpu_ms,
                     outcome.memory_peak_mb,
+                    json.dumps(outcome.models),
                     at,
                     run_id,
                 ),

@@ -24,7 +24,7 @@ from typing import Any
 from edgeloader import crypto
 from edgeloader.errors import CdnError, DecryptionError, IntegrityError
 from edgeloader.metrics import Metrics
-from edgeloader.services.cache import CacheEntry, CacheWriter, EntryCheck, ModelCache
+from edgeloader.services.cache import CacheEntry, CacheWriter, EntryCheck, ModelCache, cache_tag
 from edgeloader.services.download import Alignment, Download, Transfers
 from edgeloader.services.manifest import Release, ReleaseGate, Verified
 from edgeloader.services.session import DeviceSession
@@ -40,6 +40,8 @@ class PlaintextStream:
     length: int
     chunks: AsyncGenerator[bytes, None]
     source: str  # "cdn" or "cache", for logs and audit
+    #: What this ciphertext is (:meth:`LoadService.identity`).
+    identity: str = ""
 
 
 @dataclass
@@ -81,6 +83,18 @@ class LoadService:
         self.gate = gate
         self.transfers = transfers
         self.metrics = metrics
+
+    async def identity(self, folder: str, name: str) -> str:
+        """What ``folder/name`` is now, without reading its big part: under a
+        signed release the manifest's ``sha256`` of its ciphertext; without
+        one, the digest of the small part the Resource API serves this box
+        (it changes with every publication). Neither needs the CDN, so a
+        pre-staged resource is identified with the CDN down."""
+        release = await self.gate.release(self.session.fetch_small, folder, name)
+        if release is not None:
+            return release.identity
+        small = await self.session.fetch_small(folder, crypto.small_name(name))
+        return _identity(small, None)
 
     async def open(self, folder: str, name: str) -> PlaintextStream:
         """``folder/name``, checked as far as it can be before its first byte."""
@@ -154,7 +168,7 @@ class LoadService:
             raise
         verified = release.gate() if release is not None else None
         plain = self._decrypt(ct, length, writer, verified)
-        return PlaintextStream(length, _Closing(plain, ct), "cdn")
+        return PlaintextStream(length, _Closing(plain, ct), "cdn", _identity(small, release))
 
     async def _from_file(
         self, small: bytes, entry: CacheEntry, release: Release | None
@@ -192,7 +206,7 @@ class LoadService:
             plain = self._decrypt(ct, length, None, release.gate(), cached=entry)
         else:
             plain = self._decrypt(ct, length, None, None, cached=entry, check=EntryCheck(entry))
-        return PlaintextStream(length, _Closing(plain, ct), "cache")
+        return PlaintextStream(length, _Closing(plain, ct), "cache", _identity(small, release))
 
     async def _decrypt(
         self,
@@ -268,6 +282,10 @@ class LoadService:
                 writer.abort()
             await ct.close()
             self.metrics.load_sent("cache" if cached is not None else "cdn", sent)
+
+
+def _identity(small: bytes, release: Release | None) -> str:
+    return release.identity if release is not None else f"small:{cache_tag(small)}"
 
 
 class _Closing(AsyncGenerator[bytes, None]):

@@ -104,15 +104,17 @@ def _services(
             stack.push_async_callback(engine.close)
             unlock = UnlockManager(session, engine, gate, auth, metrics, events)
             stack.push_async_callback(unlock.close)
-            functions = await stack.enter_async_context(
-                open_functions(settings, engine, auth.auditor, events)
-            )
             cache = ModelCache(settings.cache_dir) if settings.cache_dir else None
             if cache is not None:
                 await asyncio.to_thread(cache.remove_partials)
-            # Every CDN read of the app, loads and pre-staging alike, shares
-            # one budget of bytes in memory and one rate cap.
+            # Every CDN read of the app, loads, pre-staging and the models
+            # functions mount alike, shares one budget of bytes in memory
+            # and one rate cap.
             transfers = Transfers(settings.downloads, settings.chunk_size, metrics)
+            loads = LoadService(session, cache, gate, transfers, metrics)
+            functions = await stack.enter_async_context(
+                open_functions(settings, engine, auth.auditor, loads, events)
+            )
             prefetch = await stack.enter_async_context(
                 PrefetchService(settings, session, cache, gate, transfers, events)
             )
@@ -126,7 +128,7 @@ def _services(
                 functions=functions,
                 metrics=metrics,
                 events=events,
-                loads=LoadService(session, cache, gate, transfers, metrics),
+                loads=loads,
                 uploads=Uploader(metrics),
                 prefetch=prefetch,
             )

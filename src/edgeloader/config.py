@@ -54,6 +54,7 @@ class FunctionSettings:
 
     max_runs: int = 2  # runs at once, all functions together (a 2-core box)
     model_memory_max: int = 1024 * MiB  # the decrypted models runs mount, in memory
+    warm_max: int = 4  # idle warm containers kept, box-wide
     dir: Path | None = None  # default: STATE_DIR/functions
     run_retention: float = 7 * 86_400  # records of runs that ended longer ago are dropped
     run_records_max: int = 10_000  # and the oldest beyond this many
@@ -71,6 +72,7 @@ class FunctionSettings:
             model_memory_max=_integer(
                 env, "EDGELOADER_MODEL_MEMORY_MAX", cls.model_memory_max, MiB, 1 << 40
             ),
+            warm_max=_integer(env, "EDGELOADER_WARM_MAX", cls.warm_max, 0, 256),
             dir=Path(folder) if folder else None,
             run_retention=_seconds(env, "EDGELOADER_RUN_RETENTION", cls.run_retention),
             run_records_max=_integer(

@@ -81,10 +81,11 @@ class RunFolders:
         return self.home(run_id) / "app"
 
     def prepare(
-        self, run_id: str, request: bytes, env: Mapping[str, str], uid: int, size: int
+        self, run_id: str, request: bytes | None, env: Mapping[str, str], uid: int, size: int
     ) -> Path:
         """Mounts the run's folder (a tmpfs of ``size`` bytes given to
-        ``uid``) and writes its input files."""
+        ``uid``) and writes its input files (a warm container's folder,
+        ``request`` None, has no ``request.json``: its socket carries it)."""
         home = self.home(run_id)
         home.mkdir(mode=0o700)
         work = home / "app"
@@ -100,7 +101,10 @@ class RunFolders:
             shutil.rmtree(home, ignore_errors=True)
             raise
         lines = "".join(f"{key}={value}\n" for key, value in env.items())
-        for name, data in ((REQUEST, request), (ENV_CONFIG, lines.encode())):
+        files = [(ENV_CONFIG, lines.encode())]
+        if request is not None:
+            files.append((REQUEST, request))
+        for name, data in files:
             atomic_write(work / name, data)
             os.chown(work / name, uid, uid)
         return work

@@ -149,6 +149,19 @@ class ModelStore:
                 entry.pins -= 1
                 entry.last_used = time.monotonic()
 
+    @contextlib.asynccontextmanager
+    async def held(self, mounts: Sequence[Mounted]) -> AsyncIterator[None]:
+        """Holds models already mounted for longer (a warm container's life)."""
+        entries = [self._entries[m.identity] for m in mounts]
+        for entry in entries:
+            entry.pins += 1
+        try:
+            yield
+        finally:
+            for entry in entries:
+                entry.pins -= 1
+                entry.last_used = time.monotonic()
+
     async def _acquire(self, binding: ModelBinding) -> _Entry:
         try:
             entry, outcome = await self._find_or_fill(binding)

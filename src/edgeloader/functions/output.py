@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -36,10 +37,12 @@ class OutputCapture:
         self.limit = limit
         self._kept = {STDOUT: bytearray(), STDERR: bytearray()}
         self._truncated = False
+        self._arrivals = 0
         self._task = asyncio.create_task(self._pump(output), name="container output")
 
     async def _pump(self, output: AsyncIterator[tuple[int, bytes]]) -> None:
         async for stream, data in output:
+            self._arrivals += 1
             # 1 is stdout; 2 stderr and 3 the engine's own errors go to stderr.
             kept = self._kept[STDOUT if stream == STDOUT else STDERR]
             room = self.limit - len(kept)
@@ -59,6 +62,17 @@ class OutputCapture:
             log.warning("the container's output did not end within %g s", within)
         except EdgeloaderError as exc:
             log.warning("reading the container's output failed: %s", exc.detail)
+
+    async def settle(self, quiet: float, within: float) -> None:
+        """Waits until nothing has arrived for ``quiet`` seconds (at most
+        ``within``): what a warm handler printed just before it answered
+        may reach the loader just after the answer."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and not self._task.done():
+            seen = self._arrivals
+            await asyncio.sleep(quiet)
+            if self._arrivals == seen:
+                return
 
     def take(self) -> CapturedOutput:
         captured = CapturedOutput(

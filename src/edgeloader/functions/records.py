@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, computed_field
 
-from edgeloader.functions.spec import FunctionSpec, Limits, ModelBinding
+from edgeloader.functions.spec import FunctionSpec, Limits, ModelBinding, Warm
 from edgeloader.wire import Record
 
 __all__ = [
@@ -97,6 +97,11 @@ class FunctionRecord(_Frozen):
     def models(self) -> list[ModelBinding]:
         return self.spec.models
 
+    @computed_field(description="null: every run is a fresh container")  # type: ignore[prop-decorator]
+    @property
+    def warm(self) -> Warm | None:
+        return self.spec.warm
+
 
 class RunRecord(_Frozen):
     """One run, from its admission to its end."""
@@ -169,3 +174,4 @@ class Outcome:
     cpu_ms: int | None = None
     memory_peak_mb: float | None = None
     models: list[str] = field(default_factory=list)  # identities of the models mounted
+    cold_start: bool = True  # the run started its container

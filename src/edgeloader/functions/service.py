@@ -55,6 +55,7 @@ from edgeloader.functions.runner import LABEL_FUNCTION, LABEL_RUN, Runner
 from edgeloader.functions.scheduler import Scheduler, Ticket
 from edgeloader.functions.spec import FunctionSpec, function_name, parse_spec
 from edgeloader.functions.store import Registry, RunHistory, open_database
+from edgeloader.functions.warm import WarmPool
 from edgeloader.storage.state_dir import ensure_private_dir
 from edgeloader.upstream.engine import Engine
 
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 
 MAX_RUNS_LIMIT = 1000
 HOUSEKEEPING_SECONDS = 60.0
+WARM_REAP_SECONDS = 1.0
 BUILT_IMAGE = "localhost/edgeloader-fn-{name}:{version}"
 
 
@@ -96,6 +98,9 @@ class FunctionService:
         self.models = ModelStore(
             self.dir / "models", self.settings.model_memory_max, models, self.metrics
         )
+        self.warm = WarmPool(
+            self.runner, self.models, self.settings.output_max, self.settings.warm_max
+        )
         self.scheduler = Scheduler(self.settings.max_runs)
         self._db = open_database(self.dir)
         self.registry = Registry(self._db)
@@ -104,6 +109,7 @@ class FunctionService:
         # One change at a time per function name (a build holds it throughout).
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     # Life cycle
 
@@ -120,15 +126,19 @@ class FunctionService:
         if interrupted:
             log.warning("%d runs were interrupted by a restart", len(interrupted))
         self._housekeeping = asyncio.create_task(self._housekeep(), name="functions-housekeeping")
+        self._reaper = asyncio.create_task(self._reap_warm(), name="warm-reaper")
 
     async def close(self) -> None:
         tasks: list[asyncio.Task[Any]] = [*self._runs.values()]
         if self._housekeeping is not None:
             tasks.append(self._housekeeping)
+        if self._reaper is not None:
+            tasks.append(self._reaper)
         for task in tasks:
             task.cancel()
         # Each run removes its container and records itself as interrupted.
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.warm.close()
         await asyncio.to_thread(self.models.close)
         self._db.close()
 
@@ -158,6 +168,7 @@ class FunctionService:
                 record = await asyncio.to_thread(
                     self.registry.add_version, name, spec, image_id, time.time()
                 )
+            await self.warm.drain(name)  # its warm containers serve the old version
             notes.append(f"version {record.version}")
             return record
 
@@ -210,6 +221,7 @@ class FunctionService:
                     record = await asyncio.to_thread(
                         self.registry.add_version, name, spec, image_id, now
                     )
+                    await self.warm.drain(name)
             notes.append(f"built {tag}")
             return record, version == 1
 
@@ -231,6 +243,7 @@ class FunctionService:
             async with self._lock(name):
                 if not await asyncio.to_thread(self.registry.delete, name):
                     raise NotFound(f"no function {name}")
+            await self.warm.drain(name)
             self.scheduler.forget(name)
 
     # Runs
@@ -244,7 +257,7 @@ class FunctionService:
             function = await self.get(name)
             spec = function.spec
             await self.probe.check()  # refused now, not as a failed run
-            ticket = self.scheduler.admit(name, spec.concurrency, spec.queue)
+            ticket = self.scheduler.admit(name, spec.runs_at_once, spec.queue)
             self._queue_depth(name)
         except EdgeloaderError as exc:
             await self._audit(caller, "function.invoke", name, f"error {exc.status}: {exc.detail}")
@@ -291,7 +304,10 @@ class FunctionService:
                     run.model_copy(update={"status": RunStatus.RUNNING, "started_at": started})
                 )
                 async with self.models.mounted(function.spec.models) as models:
-                    outcome = await self.runner.run(run.run_id, function, request, models)
+                    if function.spec.warm is not None:
+                        outcome = await self.warm.run(run.run_id, function, request, models)
+                    else:
+                        outcome = await self.runner.run(run.run_id, function, request, models)
                 outcome = replace(outcome, models=[m.identity for m in models])
         except asyncio.CancelledError:
             await self._finish(run, Outcome(RunStatus.FAILED, error=INTERRUPTED), caller)
@@ -393,6 +409,7 @@ class FunctionService:
         while True:
             try:
                 await self.remove_stray_containers()
+                await self.warm.remove_strays()
                 await self.remove_stray_cgroups()
                 await self.prune_records()
                 last_error = ""
@@ -404,6 +421,15 @@ class FunctionService:
             except Exception:
                 log.exception("functions housekeeping failed")
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
+
+    async def _reap_warm(self) -> None:
+        """Idle warm containers go ``idleS`` after their last invoke."""
+        while True:
+            await asyncio.sleep(WARM_REAP_SECONDS)
+            try:
+                await self.warm.reap()
+            except EdgeloaderError as exc:
+                log.warning("removing idle warm containers: %s", exc.detail)
 
     async def remove_stray_containers(self) -> int:
         """Removes the containers of this service's runs that are not running
@@ -421,7 +447,7 @@ class FunctionService:
     async def remove_stray_cgroups(self) -> None:
         """Parent cgroups of runs that are not running (a crash left them)."""
         cgroups = await self.runner.cgroups()
-        running = set(self._runs)
+        running = set(self._runs) | self.warm.keys()
         for run_id in await asyncio.to_thread(cgroups.leftovers):
             if run_id not in running:
                 await asyncio.to_thread(cgroups.remove, run_id)

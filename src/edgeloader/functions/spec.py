@@ -160,6 +160,15 @@ class ModelBinding(_Spec):
         return f"{self.folder}/{self.name}"
 
 
+class Warm(_Spec):
+    """Keep containers running between invokes (docs/functions.md, "Warm
+    functions"): at most ``max`` of them, each removed ``idleS`` after its
+    last invoke."""
+
+    max: int = Field(1, ge=1, le=8, description="warm containers at most; at most concurrency")
+    idle_s: int = Field(60, ge=5, le=3600, description="seconds an idle one is kept")
+
+
 class FunctionOptions(_Spec):
     """A function's settings but its image: a build's ``spec``."""
 
@@ -180,6 +189,21 @@ class FunctionOptions(_Spec):
         max_length=MAX_MODELS,
         description="models each run finds read-only at /models/FOLDER/NAME",
     )
+    warm: Warm | None = Field(None, description="absent: every run is a fresh container")
+
+    @field_validator("warm")
+    @classmethod
+    def _warm_within_concurrency(cls, warm: Warm | None, info: ValidationInfo) -> Warm | None:
+        concurrency = info.data.get("concurrency")
+        if warm is not None and concurrency is not None and warm.max > concurrency:
+            raise ValueError(f"warm.max ({warm.max}) must not exceed concurrency ({concurrency})")
+        return warm
+
+    @property
+    def runs_at_once(self) -> int:
+        """Runs of this function at once: a warm function's never exceed
+        its warm containers (invokes beyond them wait in the queue)."""
+        return self.warm.max if self.warm is not None else self.concurrency
 
     @field_validator("models")
     @classmethod

@@ -214,6 +214,7 @@ class RunHistory:
             db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, error = ?, result = ?, truncated = ?,"
                 " finished_at = ?, kept_bytes = ?, cpu_ms = ?, memory_peak_mb = ?, models = ?,"
+                " cold_start = ?,"
                 " duration_ms = CASE WHEN started_at IS NULL THEN NULL"
                 " ELSE CAST(ROUND((? - started_at) * 1000) AS INTEGER) END"
                 " WHERE id = ?",
@@ -228,6 +229,7 @@ class RunHistory:
                     outcome.cpu_ms,
                     outcome.memory_peak_mb,
                     json.dumps(outcome.models),
+                    int(outcome.cold_start),
                     at,
                     run_id,
                 ),

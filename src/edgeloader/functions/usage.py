@@ -86,6 +86,25 @@ class RunCgroups:
             else _number(memory_folder / PARENT / run_id / "memory.max_usage_in_bytes"),
         )
 
+    def reset_peak(self, run_id: str) -> bool:
+        """Starts the peak memory again from the current use, so that a warm
+        container's next invoke has a peak of its own; False where the
+        kernel cannot (cgroup v2 before Linux 6.12)."""
+        if not self.usable:
+            return False
+        if self.v2:
+            path = self.root / PARENT / run_id / "memory.peak"
+        else:
+            memory = self._hierarchy("memory")
+            if memory is None:
+                return False
+            path = memory / PARENT / run_id / "memory.max_usage_in_bytes"
+        try:
+            path.write_text("0")
+        except OSError:
+            return False
+        return True
+
     def remove(self, run_id: str) -> None:
         """Removes the run's parent in every hierarchy (once it is empty)."""
         if not self.usable:

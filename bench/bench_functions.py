@@ -10,6 +10,10 @@ F1  Sync invoke latency: ``POST /api/functions/NAME/invoke`` (request in →
     podman's CLI, 1.15 times Docker's.
 F2  Throughput: ``--runs`` runs, 2 at a time (the loader's default
     ``EDGELOADER_MAX_RUNS``), against the CLI run 2 at a time.
+F3  A warm function's sync invoke (``examples/warm-echo``, built on the box
+    through the loader's build route; its container kept between invokes)
+    against F1's cold sync invoke through the same API. Target: the warm
+    median at most 0.1 times the cold one (aim: 0.02).
 
     make bench-functions      (or: python -m bench.bench_functions [--runs N] [--engine E])
 
@@ -27,11 +31,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -56,6 +63,9 @@ FUNCTION = "bench-echo"
 SCRIPT = "cat request.json > result.json"
 UID = 65534
 TARGET_RATIO: dict[EngineKind, float] = {"podman": 1.25, "docker": 1.15}
+WARM_FUNCTION = "bench-warm"
+WARM_TARGET = 0.1
+HANDLER_SOURCE = Path(__file__).resolve().parents[1] / "examples" / "warm-echo" / "handler.c"
 WARMUP = 3
 MAX_RUN_ROOT = 50  # characters podman accepts in a run root
 # The isolation the loader gives every run, as CLI flags both engines take.
@@ -108,6 +118,34 @@ class Loader:
         if run["status"] != "succeeded" or run["result"] != {"n": n}:
             raise BenchError(f"loader run failed: {run}")
         return took
+
+    async def invoke_warm(self, n: int) -> float:
+        started = time.perf_counter()
+        run = await self.call("POST", f"/api/functions/{WARM_FUNCTION}/invoke", {"n": n})
+        took = time.perf_counter() - started
+        if run["status"] != "succeeded":
+            raise BenchError(f"warm run failed: {run}")
+        return took
+
+    async def build_warm(self, handler: bytes) -> None:
+        """The warm example, built on the box from the bench's busybox image."""
+        buffer = io.BytesIO()
+        dockerfile = f"FROM {IMAGE}\nCOPY handler /handler\n".encode()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            files = (("Dockerfile", dockerfile, 0o644), ("handler", handler, 0o755))
+            for name, data, mode in files:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), mode
+                tar.addfile(info, io.BytesIO(data))
+        form = aiohttp.FormData()
+        spec = {"command": ["/handler"], "warm": {"max": 1, "idleS": 600}}
+        form.add_field("spec", json.dumps(spec), content_type="application/json")
+        form.add_field("context", buffer.getvalue(), filename="c.tar")
+        path = f"/api/functions/{WARM_FUNCTION}/build"
+        async with self.http.post(self.url + path, data=form, headers=self.headers) as resp:
+            if resp.status not in (200, 201):
+                detail = await resp.text()
+                raise BenchError(f"build of the warm example: HTTP {resp.status}: {detail}")
 
 
 class Cli:
@@ -224,6 +262,8 @@ class EngineResult:
     loader_cpu: float  # CPU seconds per run
     loader_rate: float
     cli_rate: float
+    warm_times: list[float]
+    warm_cpu: float  # the loader's CPU seconds per warm invoke
 
 
 async def bench_engine(kind: EngineKind, work: Path, runs: int) -> EngineResult:
@@ -253,9 +293,28 @@ async def bench_engine(kind: EngineKind, work: Path, runs: int) -> EngineResult:
             log(f"{kind} F2: {runs} runs, 2 at a time, each")
             loader_rate = await throughput(loader.invoke, runs, 2)
             cli_rate = await throughput(cli.run, runs, 2)
+
+            log(f"{kind} F3: building the warm example; {runs} warm invokes")
+            await loader.build_warm(await asyncio.to_thread(_handler, work))
+            await loader.invoke_warm(-1)  # its cold start
+            cpu_before = cpu_seconds(loader.pid)
+            warm_times = [await loader.invoke_warm(n) for n in range(runs)]
+            warm_cpu = (cpu_seconds(loader.pid) - cpu_before) / runs
         finally:
             await loader.http.close()
-    return EngineResult(version, kind, loader_times, cli_times, loader_cpu, loader_rate, cli_rate)
+    return EngineResult(
+        version, kind, loader_times, cli_times, loader_cpu, loader_rate, cli_rate,
+        warm_times, warm_cpu,
+    )  # fmt: skip
+
+
+def _handler(work: Path) -> bytes:
+    out = work / "handler"
+    if not out.exists():
+        subprocess.run(
+            ["gcc", "-static", "-O2", "-o", str(out), str(HANDLER_SOURCE)], check=True, timeout=120
+        )
+    return out.read_bytes()
 
 
 async def _cli_version(cli: Cli) -> str:
@@ -287,6 +346,15 @@ def report(result: EngineResult, runs: int) -> None:
         f"    loader {result.loader_rate:.2f}   CLI {result.cli_rate:.2f}"
         f"   ratio {result.loader_rate / result.cli_rate:.2f}x"
     )
+    warm, cold = statistics.median(result.warm_times), statistics.median(loader_times)
+    print(f"F3  warm sync invoke, {runs} runs (ms)         median     p95")
+    print(
+        f"    {'loader, warm container':<36} {warm * 1000:7.1f}"
+        f" {percentile(result.warm_times, 95) * 1000:7.1f}"
+    )
+    verdict = "met" if warm / cold <= WARM_TARGET else "missed"
+    print(f"    warm vs cold (F1): {warm / cold:.3f}x (target <= {WARM_TARGET}x: {verdict})")
+    print(f"    loader CPU per warm invoke: {result.warm_cpu * 1000:.1f} ms")
 
 
 async def bench(work: Path, runs: int, kinds: tuple[EngineKind, ...]) -> None:

@@ -582,6 +582,24 @@ async def test_fn_deploy_invoke_runs_logs(fn_admin: Cli, tmp_path: Path) -> None
     assert as_json["stdout"] == "out:hello\n"
     listing = await fn_admin.ok("fn", "list")
     assert listing.text.startswith(f"greet  v2  {FN_IMAGE}  updated ")
+    assert re.search(r"  cpu \d+ ms  mem [\d.]+ MiB  cold  queued ", lines[0]), lines[0]
+
+    described = (await fn_admin.ok("fn", "describe", "greet")).text.splitlines()
+    assert described[0] == f"greet  v2  {FN_IMAGE}"
+    assert "  models       -" in described
+    assert "  warm         no (a container per run)" in described
+    assert any(line.startswith("  stats        ") and "cold starts" in line for line in described)
+    await fn_admin.ok(
+        "fn", "deploy", "greet", "--image", FN_IMAGE, "--disk-mb", "8",
+        "--model", "models/m.bin", "--warm", "1:30",
+    )  # fmt: skip
+    record = (await fn_admin.ok("fn", "describe", "greet", "--json")).json()["function"]
+    assert record["limits"]["diskMb"] == 8
+    assert record["models"] == [{"folder": "models", "name": "m.bin"}]
+    assert record["warm"] == {"max": 1, "idleS": 30}
+    bad = await fn_admin.run("fn", "deploy", "greet", "--image", FN_IMAGE, "--model", "m.bin")
+    assert bad.code == 2
+    assert "--model: expected FOLDER/NAME" in bad.err
 
 
 async def test_fn_deploy_builds_from_a_folder(fn_admin: Cli, tmp_path: Path) -> None:

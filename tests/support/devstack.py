@@ -77,10 +77,16 @@ def _sample_archive(state: Path, fragment: bytes, kind: EngineKind) -> EngineSer
         asyncio.run(encrypt_archive(tar, state / "images.enc", fragment))
         tar.unlink()
         remove_image(service, ref)  # so that /unlock has something to do
+        # A base image for the functions docs/functions.md builds, with no registry.
+        import_busybox_image(service, FUNCTION_BASE)
     except BaseException:
         service.stop()
         raise
     return service
+
+
+#: The base image of docs/functions.md's examples (busybox, nothing else).
+FUNCTION_BASE = "localhost/edgeloader-fn-busybox:latest"
 
 
 async def run(args: argparse.Namespace) -> None:

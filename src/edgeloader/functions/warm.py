@@ -65,7 +65,7 @@ _READY_POLL = 0.01
 # After an answer, the output of its invoke is taken once the container's
 # output has been quiet this long (at most _OUTPUT_WITHIN): the engine
 # forwards what the handler printed on its own path, not with the answer.
-_OUTPUT_QUIET, _OUTPUT_WITHIN = 0.005, 0.1
+_OUTPUT_QUIET, _OUTPUT_WITHIN = 0.002, 0.05
 _MAX_HEAD = 16 * 1024
 
 

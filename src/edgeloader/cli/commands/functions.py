@@ -38,6 +38,7 @@ LIMIT_FLAGS = {
     "pids": "pids",
     "timeout": "timeoutS",
     "tmpfs_mb": "tmpfsMb",
+    "disk_mb": "diskMb",
 }
 
 
@@ -76,7 +77,20 @@ def add_function_commands(commands: Subcommands, parent: argparse.ArgumentParser
     deploy.add_argument("--cpus", type=float)
     deploy.add_argument("--pids", type=int)
     deploy.add_argument("--timeout", type=int, metavar="SECONDS", help="the run's deadline")
-    deploy.add_argument("--tmpfs-mb", type=int)
+    deploy.add_argument("--tmpfs-mb", type=int, help="the size of the run's /tmp")
+    deploy.add_argument("--disk-mb", type=int, help="the run folder's size")
+    deploy.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="FOLDER/NAME",
+        help="a model each run finds at /models/FOLDER/NAME (repeat)",
+    )
+    deploy.add_argument(
+        "--warm",
+        metavar="MAX[:IDLE_S]",
+        help="keep up to MAX containers warm, each IDLE_S seconds after its last invoke",
+    )
     deploy.add_argument("--concurrency", type=int, help="runs at once (1-16)")
     deploy.add_argument("--queue", type=int, help="runs that may wait (0-256)")
     deploy.add_argument("--user", type=int, help="the uid the function runs as")
@@ -118,6 +132,15 @@ def add_function_commands(commands: Subcommands, parent: argparse.ArgumentParser
     )
     logs.add_argument("run_id", metavar="RUN_ID")
     logs.set_defaults(func=with_client(logs_command))
+
+    describe = sub.add_parser(
+        "describe",
+        parents=[parent],
+        help="a function's record, settings and stats",
+        description="Show NAME: its image, limits, models and warm settings, and its run stats.",
+    )
+    describe.add_argument("name", metavar="NAME")
+    describe.set_defaults(func=with_client(describe_command))
 
     listing = sub.add_parser("list", parents=[parent], help="the deployed functions")
     listing.set_defaults(func=with_client(list_command))
@@ -161,7 +184,29 @@ def _spec(args: argparse.Namespace) -> JSON:
     for name in ("concurrency", "queue", "user"):
         if getattr(args, name) is not None:
             spec[name] = getattr(args, name)
+    if args.model:
+        spec["models"] = [_model(item) for item in args.model]
+    if args.warm is not None:
+        spec["warm"] = _warm(args.warm)
     return spec
+
+
+def _model(item: str) -> JSON:
+    folder, sep, name = item.partition("/")
+    if not sep or not folder or not name:
+        raise UsageError(f"--model: expected FOLDER/NAME, got {item!r}")
+    return {"folder": folder, "name": name}
+
+
+def _warm(text: str) -> JSON:
+    most, _, idle = text.partition(":")
+    try:
+        warm: JSON = {"max": int(most)}
+        if idle:
+            warm["idleS"] = int(idle)
+    except ValueError:
+        raise UsageError(f"--warm: expected MAX or MAX:IDLE_S, got {text!r}") from None
+    return warm
 
 
 @contextmanager
@@ -278,8 +323,16 @@ def _history_line(run: JSON) -> str:
     took = f"{run['durationMs']} ms" if run.get("durationMs") is not None else "-"
     return (
         f"{run['runId']}  {run['function']}  v{run['version']}  {run['status']}  "
-        f"{took}  queued {format_time(run.get('queuedAt'))}"
+        f"{took}  {_used(run)}  queued {format_time(run.get('queuedAt'))}"
     )
+
+
+def _used(run: JSON) -> str:
+    """CPU, peak memory and how it started: ``cpu 38 ms  mem 4.4 MiB  cold``."""
+    cpu = f"{run['cpuMs']} ms" if run.get("cpuMs") is not None else "-"
+    memory = f"{run['memoryPeakMb']} MiB" if run.get("memoryPeakMb") is not None else "-"
+    start = "cold" if run.get("coldStart", True) else "warm"
+    return f"cpu {cpu}  mem {memory}  {start}"
 
 
 async def runs_command(args: argparse.Namespace, client: Client, out: Console) -> int:
@@ -307,6 +360,44 @@ async def logs_command(args: argparse.Namespace, client: Client, out: Console) -
     if answer.get("truncated"):
         out.note("(the output was cut at the service's limit)")
     return 0
+
+
+async def describe_command(args: argparse.Namespace, client: Client, out: Console) -> int:
+    name = quote(args.name, safe="")
+    record = await client.call("GET", f"/api/functions/{name}")
+    stats = await client.call("GET", f"/api/functions/{name}/stats")
+    if out.json_mode:
+        out.result({"function": record, "stats": stats})
+        return 0
+    limits = record.get("limits") or {}
+    warm = record.get("warm")
+    lines = [
+        f"{record['name']}  v{record['version']}  {record['image']}",
+        f"  image id     {record.get('imageId') or '-'}",
+        "  command      " + (" ".join(record.get("command") or []) or "(the image's own)"),
+        f"  env          {', '.join(record.get('envKeys') or []) or '-'}",
+        "  limits       " + ", ".join(f"{k} {v}" for k, v in limits.items()),
+        f"  runs         concurrency {record['concurrency']}, queue {record['queue']}, "
+        f"uid {record['user']}",
+        "  models       "
+        + (", ".join(f"{m['folder']}/{m['name']}" for m in record.get("models") or []) or "-"),
+        "  warm         "
+        + (f"up to {warm['max']}, idle {warm['idleS']} s" if warm else "no (a container per run)"),
+        f"  updated      {format_time(record.get('updatedAt'))}",
+        f"  stats        {stats['runs']} runs: {stats['succeeded']} succeeded, "
+        f"{stats['failed']} failed, {stats['timeouts']} timeouts, {stats['oom']} oom; "
+        f"{stats['coldStarts']} cold starts",
+        f"  time         p50 {_ms(stats.get('p50Ms'))}, p95 {_ms(stats.get('p95Ms'))}",
+        f"  cpu          p50 {_ms(stats.get('cpuMsP50'))}, p95 {_ms(stats.get('cpuMsP95'))}",
+        "  memory peak  "
+        + (f"{stats['memoryPeakMbMax']} MiB" if stats.get("memoryPeakMbMax") is not None else "-"),
+    ]
+    out.result(record, lines)
+    return 0
+
+
+def _ms(value: int | None) -> str:
+    return "-" if value is None else f"{value} ms"
 
 
 async def list_command(args: argparse.Namespace, client: Client, out: Console) -> int:

@@ -20,6 +20,7 @@ from bench.service import BenchError, MiB, log
 from bench.service.capped import bench_capped
 from bench.service.crowd import bench_crowd
 from bench.service.load import bench_loopback
+from bench.service.mount import bench_mount, print_mount
 from bench.service.report import (
     print_capped,
     print_crowd,
@@ -33,7 +34,7 @@ from bench.service.signed import bench_signed
 from bench.service.stack import MOTO, S3S_FS, start_upstream
 from bench.service.unlock import bench_p3
 
-PARTS = ("loopback", "capped", "crowd", "signed", "p3")
+PARTS = ("loopback", "capped", "crowd", "signed", "p3", "mount")
 P2_PARTS = ("loopback", "capped", "crowd")
 
 
@@ -50,6 +51,8 @@ def check_space(args: argparse.Namespace) -> None:
         p2 += args.crowd_size
     if "signed" in args.only:
         p2 += args.signed_size
+    if "mount" in args.only:
+        p2 += 2 * args.mount_size
     p3 = 6 * max(args.p3_sizes) if "p3" in args.only else 0
     need = (3 * p2 + p3 + 512) * MiB
     free = shutil.disk_usage(args.work_dir).free
@@ -64,7 +67,8 @@ async def bench(args: argparse.Namespace) -> None:
     if "p3" in parts and not all(_installed(kind) for kind in args.p3_engines):
         raise BenchError("P3 needs its engines, runc and busybox-static: run `make engine`")
     p2_server = args.p2_server
-    needs_s3s = any(p in parts for p in ("capped", "crowd", "signed")) and p2_server == S3S_FS
+    needs_s3s = any(p in parts for p in ("capped", "crowd", "signed", "mount"))
+    needs_s3s = needs_s3s and p2_server == S3S_FS
     needs_s3s |= "loopback" in parts and S3S_FS in args.loopback_servers
     check_space(args)
     work = Path(tempfile.mkdtemp(prefix="edgeloader-bench-", dir=args.work_dir))
@@ -76,7 +80,7 @@ async def bench(args: argparse.Namespace) -> None:
         s3s_fs = args.s3s_fs if needs_s3s else None
         upstream = await start_upstream(work, cleanup, s3s_fs)
         upstream.loader_env.update(args.loader_env)
-        loopback = capped = crowd = signed = None
+        loopback = capped = crowd = signed = mount = None
         p3 = []
         if "loopback" in parts:
             # moto reads the whole object for each ranged GET: one size shows it.
@@ -99,6 +103,9 @@ async def bench(args: argparse.Namespace) -> None:
         if "signed" in parts:
             size = args.signed_size * MiB
             signed = await bench_signed(upstream, p2_server, size, args.runs, cleanup)
+        if "mount" in parts:
+            size = args.mount_size * MiB
+            mount = await bench_mount(upstream, p2_server, size, args.runs, work, cleanup)
         if "p3" in parts:
             for kind in args.p3_engines:
                 for size in args.p3_sizes:
@@ -119,6 +126,8 @@ async def bench(args: argparse.Namespace) -> None:
         print_signed(signed, args.runs)
     for result in p3:
         print_p3(result, args.runs)
+    if mount is not None:
+        print_mount(mount, args.runs)
 
 
 def _installed(kind: str) -> bool:
@@ -237,6 +246,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--crowd-size", type=int, default=32, metavar="MiB", help="default: %(default)s"
     )
     parser.add_argument(
+        "--mount-size", type=int, default=256, metavar="MiB", help="P5's model (%(default)s)"
+    )
+    parser.add_argument(
         "--signed-size", type=int, default=256, metavar="MiB", help="default: %(default)s"
     )
     parser.add_argument(
@@ -287,6 +299,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.p2_sizes, args.moto_size, args.p3_sizes = [64], 64, [64]
         args.capped_size, args.crowd_size, args.signed_size = 64, 16, 64
+        args.mount_size = 32
     numbers = [args.runs, args.moto_size, args.capped_size]
     numbers += [args.crowd, args.crowd_size]
     if min(numbers) < 1 or args.capped_rate <= 0 or args.capped_latency < 0:

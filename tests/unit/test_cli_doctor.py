@@ -11,8 +11,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edgeloader.cli import local
 from edgeloader.cli.commands.doctor import (
+    FAIL,
+    OK,
+    WARN,
+    check_mount_namespace,
     check_publisher_key,
     check_state_dir,
+    check_swap,
     locate_service,
 )
 from tests.support.harness.net import dead_url
@@ -164,3 +169,26 @@ def test_settings_come_from_this_shell_only_when_it_has_them() -> None:
     side = locate_service(url, own_env={"HOME": "/h"})
     assert side.env is None
     assert side.source.endswith("nor has this shell: its settings are unknown")
+
+
+def test_the_mount_namespace_verdicts(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    namespaces = (("1", "mnt:[4026531841]"), ("42", "mnt:[4026531841]"), ("43", "mnt:[99]"))
+    for pid, namespace in namespaces:
+        (proc / pid / "ns").mkdir(parents=True)
+        (proc / pid / "ns" / "mnt").symlink_to(namespace)
+    assert check_mount_namespace(42, proc).verdict == OK
+    private = check_mount_namespace(43, proc)
+    assert private.verdict == FAIL
+    assert "ProtectSystem=" in private.detail
+    assert check_mount_namespace(None, proc).verdict == WARN
+
+
+def test_swap_on_a_disk_is_a_warning(tmp_path: Path) -> None:
+    header = "Filename\tType\tSize\tUsed\tPriority\n"
+    (tmp_path / "swaps").write_text(header + "/dev/zram0 partition 1000 0 100\n")
+    assert check_swap(tmp_path).verdict == OK
+    (tmp_path / "swaps").write_text(header + "/swapfile file 1000 0 -2\n")
+    on_disk = check_swap(tmp_path)
+    assert on_disk.verdict == WARN
+    assert "/swapfile" in on_disk.detail

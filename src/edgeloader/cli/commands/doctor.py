@@ -287,6 +287,46 @@ def check_aes(proc: Path = local.PROC) -> Check:
     return Check("aes", WARN, f"{backend} {source}: decryption will be slow")
 
 
+def check_mount_namespace(pid: int | None, proc: Path = local.PROC) -> Check:
+    """Functions need the service in the host's mount namespace: the engine
+    must see the run folders it mounts (docs/functions.md, "Whose mount
+    namespace")."""
+    name = "mount namespace"
+    if pid is None:
+        return Check(name, WARN, "unknown: the service's process was not found here")
+    try:
+        service, host = os.readlink(proc / str(pid) / "ns" / "mnt"), os.readlink(proc / "1/ns/mnt")
+    except OSError:
+        return Check(name, WARN, "unknown: run doctor as root to compare the namespaces")
+    if service == host:
+        return Check(name, OK, "the host's: the engine sees the service's run folders")
+    return Check(
+        name,
+        FAIL,
+        f"pid {pid} has a mount namespace of its own (systemd's ProtectSystem=, "
+        "PrivateTmp=, PrivateMounts= or ReadWritePaths=): the engine cannot see its run "
+        "folders, so every invoke is refused; docs/deployment.md says what to change",
+    )
+
+
+def check_swap(proc: Path = local.PROC) -> Check:
+    """Run folders and the model store are tmpfs: their pages may be
+    swapped out, and swap on a disk would put a model's plaintext there."""
+    try:
+        lines = (proc / "swaps").read_text().splitlines()[1:]
+    except OSError:
+        return Check("swap", WARN, "unknown: /proc/swaps cannot be read")
+    disks = [line.split()[0] for line in lines if line.strip() and "zram" not in line.split()[0]]
+    if not disks:
+        return Check("swap", OK, "no swap on a disk (zram or none): tmpfs pages stay in memory")
+    return Check(
+        "swap",
+        WARN,
+        f"swap on {', '.join(disks)}: pages of run folders and decrypted models may be "
+        "written there; use zram, or no swap (docs/deployment.md)",
+    )
+
+
 def check_engine_tmpdir(env: Mapping[str, str]) -> Check:
     docker_host = env.get("DOCKER_HOST", "").strip() or DEFAULT_DOCKER_HOST
     if docker_host.startswith("unix://"):
@@ -345,6 +385,10 @@ async def run_checks(client: Client) -> list[Check]:
         checks.append(check_state_dir(side.env, owner))
         checks.append(check_publisher_key(side.env))
     checks.append(check_aes())
+    checks.append(check_swap())
+    if side.on_this_machine:
+        pid = side.process.pid if side.process else None
+        checks.append(await asyncio.to_thread(check_mount_namespace, pid))
     if side.env is None:
         checks.append(_remote("engine tmpdir", side))
     else:

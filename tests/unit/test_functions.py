@@ -388,6 +388,12 @@ def test_a_result_nested_too_deeply_is_refused_not_a_crash(folders: RunFolders) 
         folders.read_result(RUN, 1 << 20)
 
 
+def test_logs_nested_too_deeply_are_null_not_a_crash(folders: RunFolders) -> None:
+    work = folders.prepare(RUN, b"{}", {}, os.getuid(), DISK)
+    (work / "logs.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    assert folders.read_logs(RUN, 1 << 20) is None
+
+
 def test_no_result_is_none(folders: RunFolders) -> None:
     folders.prepare(RUN, b"{}", {}, os.getuid(), DISK)
     assert folders.read_result(RUN, 1024) is None

@@ -217,15 +217,24 @@ class ModelStore:
         return entry
 
     async def _write(self, entry: _Entry, chunks: AsyncIterator[bytes]) -> None:
+        """Writes the plaintext as it is verified; each piece's write runs
+        in a thread while the next piece is decrypted."""
         partial = entry.path.with_suffix(".partial")
         fd = await asyncio.to_thread(
             os.open, partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
+        writing: asyncio.Future[None] | None = None
         try:
             async for chunk in chunks:
-                await asyncio.to_thread(_write_all, fd, chunk)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(_write_all, fd, chunk))
+            if writing is not None:
+                await writing
             os.fchmod(fd, 0o444)  # every run's uid reads it; nobody writes it
         except BaseException:
+            if writing is not None:
+                await asyncio.gather(writing, return_exceptions=True)
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()

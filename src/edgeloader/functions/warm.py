@@ -170,6 +170,15 @@ class WarmPool:
     def _idle(self, function: FunctionRecord, identities: tuple[str, ...]) -> _Container | None:
         for container in self._containers:
             if (
+                container.function == function.name
+                and container.version == function.version
+                and container.models != identities
+            ):
+                # A model it mounted has a new release: it serves no more.
+                container.retired = True
+                if not container.busy:
+                    self._schedule_removal(container)
+            if (
                 not container.busy
                 and not container.retired
                 and container.function == function.name

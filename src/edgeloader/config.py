@@ -73,7 +73,7 @@ class FunctionSettings:
                 env, "EDGELOADER_MODEL_MEMORY_MAX", cls.model_memory_max, MiB, 1 << 40
             ),
             warm_max=_integer(env, "EDGELOADER_WARM_MAX", cls.warm_max, 0, 256),
-            dir=Path(folder) if folder else None,
+            dir=_absolute(folder) if folder else None,
             run_retention=_seconds(env, "EDGELOADER_RUN_RETENTION", cls.run_retention),
             run_records_max=_integer(
                 env, "EDGELOADER_RUN_RECORDS_MAX", cls.run_records_max, 10, 10_000_000
@@ -228,10 +228,10 @@ class Settings:
             raise ConfigError(f"EDGELOADER_AUTH must be one of {', '.join(AUTH_MODES)}")
         settings = cls(
             resource_api_url=url.rstrip("/"),
-            images_path=Path(get("IMAGES_PATH") or cls.images_path),
+            images_path=_absolute(get("IMAGES_PATH") or cls.images_path),
             api_version=get("API_VERSION") or cls.api_version,
             api_services=tuple(s for s in services if s),
-            cache_dir=Path(cache) if cache else None,
+            cache_dir=_absolute(cache) if cache else None,
             prefetch_max_jobs=_integer(
                 env, "EDGELOADER_PREFETCH_MAX_JOBS", cls.prefetch_max_jobs, 1, 4096
             ),
@@ -248,8 +248,8 @@ class Settings:
             cdn=cdn,
             upstream_jwt_key=get("EDGELOADER_UPSTREAM_JWT_KEY"),
             auth_mode=auth_mode,
-            state_dir=Path(get("EDGELOADER_STATE_DIR") or cls.state_dir),
-            publisher_key=Path(key) if (key := get("EDGELOADER_PUBLISHER_KEY")) else None,
+            state_dir=_absolute(get("EDGELOADER_STATE_DIR") or cls.state_dir),
+            publisher_key=_absolute(key) if (key := get("EDGELOADER_PUBLISHER_KEY")) else None,
             upload_format=_format(get("EDGELOADER_UPLOAD_FORMAT") or "v1"),
             access_token_ttl=_seconds(env, "EDGELOADER_ACCESS_TOKEN_TTL", cls.access_token_ttl),
             refresh_token_ttl=_seconds(env, "EDGELOADER_REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
@@ -345,3 +345,10 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"EDGELOADER_PORT must be 0-65535, got {port}")
     return port
+
+
+def _absolute(path: str | Path) -> Path:
+    """A path setting made absolute against the working directory at start:
+    the engine resolves a run folder's bind from its own working directory,
+    so a relative one would name another folder there."""
+    return Path(os.path.abspath(path))

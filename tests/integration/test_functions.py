@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.support.functions import (
 )
 from tests.support.harness.loader import start_loader_process
 from tests.support.harness.net import wait_for
+from tests.support.harness.processes import REPO_ROOT
 from tests.support.stack import ADMIN, Stack
 
 ECHO = """
@@ -555,6 +557,29 @@ async def test_a_killed_service_marks_its_run_interrupted_and_removes_the_contai
             return not containers_of(engine, run_id)
 
         await wait_for(removed)
+
+
+def relative(path: Path, start: Path) -> Path:
+    return Path(os.path.relpath(path, start))
+
+
+async def test_a_service_started_with_relative_paths_runs_functions(
+    make_stack: Callable[..., Awaitable[Stack]], engine: EngineService, image: str, tmp_path: Path
+) -> None:
+    """The engine resolves a bind from its own working directory: the
+    settings' paths are made absolute when they are loaded."""
+    stack = await make_stack()
+    state = relative(tmp_path / "relative-state", REPO_ROOT)
+    assert not state.is_absolute()
+    env = {"DOCKER_HOST": engine.docker_host, "EDGELOADER_AUTH": "required"}
+    with contextlib.ExitStack() as cleanup:
+        _, url = await start_loader_process(stack.api_url, state, tmp_path, cleanup, **env)
+        api = Api(stack.http, url)
+        api.admin = await api.login(ADMIN)
+        await api.deploy("rel", command=sh("echo '\"here\"' > result.json"))
+        run = await api.invoke("rel")
+    assert (run["status"], run["result"]) == ("succeeded", "here"), run
+    assert (tmp_path / "relative-state" / "functions").is_dir()
 
 
 # -- roles -------------------------------------------------------------------------------

@@ -123,3 +123,22 @@ def test_unusable_state_folder_is_a_run_time_failure_exit_1(tmp_path: Path) -> N
     assert last.startswith("edgeloader: ")
     assert "Not a directory" in last
     assert "Traceback" not in result.stderr
+
+
+def test_path_settings_are_made_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env(
+        {
+            "RESOURCE_API_URL": "http://api.example.org",
+            "EDGELOADER_STATE_DIR": "state",
+            "EDGELOADER_CACHE_DIR": "./cache",
+            "EDGELOADER_FUNCTIONS_DIR": "fn",
+            "IMAGES_PATH": "images.enc",
+            "EDGELOADER_PUBLISHER_KEY": "keys/publisher.pem",
+        }
+    )
+    assert settings.state_dir == tmp_path / "state"
+    assert settings.cache_dir == tmp_path / "cache"
+    assert settings.functions_dir == tmp_path / "fn"
+    assert settings.images_path == tmp_path / "images.enc"
+    assert settings.publisher_key == tmp_path / "keys" / "publisher.pem"

@@ -141,6 +141,10 @@ class Unavailable(EdgeloaderError):
     status = 503
 
 
+class ImageGone(Conflict):
+    """A function's image is no longer in the engine."""
+
+
 class UpstreamError(EdgeloaderError):
     """Upstream service failed."""
 

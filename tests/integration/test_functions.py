@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.engines import EngineService, import_busybox_image
+from tests.support.engines import EngineService, import_busybox_image, remove_image
 from tests.support.functions import (
     BASE_IMAGE,
     IMAGE,
@@ -557,6 +557,18 @@ async def test_a_killed_service_marks_its_run_interrupted_and_removes_the_contai
             return not containers_of(engine, run_id)
 
         await wait_for(removed)
+
+
+async def test_a_function_whose_image_is_gone_says_so_and_what_to_do(
+    api: Api, engine: EngineService
+) -> None:
+    ref = "localhost/edgeloader-fn-gone:1"
+    import_busybox_image(engine, ref)
+    await api.deploy("gone", image=ref, command=sh("true"))
+    remove_image(engine, ref)  # an engine reset, a prune
+    run = await api.invoke("gone")
+    assert run["status"] == "failed"
+    assert run["error"] == "image of gone v1 is gone from the engine: redeploy or unlock again"
 
 
 def relative(path: Path, start: Path) -> Path:

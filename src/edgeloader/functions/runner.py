@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgeloader.errors import EdgeloaderError
+from edgeloader.errors import EdgeloaderError, ImageGone, NotFound
 from edgeloader.functions.folders import CONTAINER_DIR, BadOutput, RunFolders
 from edgeloader.functions.models import Mounted
 from edgeloader.functions.output import CapturedOutput, OutputCapture
@@ -134,7 +134,7 @@ class Runner:
             pids=spec.limits.pids,
             tmpfs_bytes=spec.limits.tmpfs_mb * MiB,
             labels={LABEL_RUN: run_id, LABEL_FUNCTION: function.name},
-            volumes=await self.engine.image_volumes(image),
+            volumes=await self.image_volumes(function),
             models=tuple(Bind(m.path, m.binding.target) for m in models),
             cgroup_parent=cgroups.parent(run_id),
         )
@@ -153,6 +153,18 @@ class Runner:
             await asyncio.to_thread(cgroups.remove, run_id)
         ending = replace(ending, usage=usage, memory_limit=spec.limits.memory_mb * MiB)
         return await asyncio.to_thread(self._outcome, run_id, function, ending)
+
+    async def image_volumes(self, function: FunctionRecord) -> tuple[str, ...]:
+        """The VOLUME paths of the function's image; an image gone from the
+        engine (removed, or the engine reset since the deploy) is said so,
+        with what to do."""
+        try:
+            return await self.engine.image_volumes(function.image_id or function.spec.image)
+        except NotFound:
+            raise ImageGone(
+                f"image of {function.name} v{function.version} is gone from the engine: "
+                "redeploy or unlock again"
+            ) from None
 
     async def _run_container(
         self, container_id: str, timeout_s: int, output: OutputCapture

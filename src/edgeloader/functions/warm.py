@@ -224,7 +224,7 @@ class WarmPool:
                 pids=spec.limits.pids,
                 tmpfs_bytes=spec.limits.tmpfs_mb * MiB,
                 labels={LABEL_WARM: self.instance, LABEL_FUNCTION: function.name},
-                volumes=await self.engine.image_volumes(image),
+                volumes=await self.runner.image_volumes(function),
                 models=tuple(Bind(m.path, m.binding.target) for m in models),
                 cgroup_parent=cgroups.parent(key),
             )

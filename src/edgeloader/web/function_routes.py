@@ -192,7 +192,9 @@ async def build(request: web.Request) -> web.Response:
         400: UNSAFE,
         404: "no such function",
         413: "the body is larger than EDGELOADER_INVOKE_BODY_MAX",
+        415: "a body not sent as application/json",
         429: "the function's queue is full, with Retry-After",
+        503: "functions are off: the engine does not see the loader's run folders",
     },
 )
 async def invoke(request: web.Request) -> web.Response:

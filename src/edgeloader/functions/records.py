@@ -1,5 +1,5 @@
 """What the registry and the run history hold; each model is also the JSON
-of its route (docs/functions.md, "Records").
+of its route (docs/functions.md, "Routes").
 
 Times are epoch seconds, as in the audit. Env values never leave the box
 through these records: a function record names the env keys only.

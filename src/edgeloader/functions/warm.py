@@ -321,11 +321,16 @@ class WarmPool:
         """Removes containers idle past their function's ``idleS``, and the
         least recently used beyond the box's idle bound."""
         now = time.monotonic()
-        for container in [c for c in self._containers if not c.busy]:
-            if now - container.last_used >= container.idle_s:
-                await self._remove(container)
-        idle = sorted((c for c in self._containers if not c.busy), key=lambda c: c.last_used)
-        for container in idle[: max(0, len(idle) - self.idle_max)]:
+        expired = [c for c in self._containers if not c.busy and now - c.last_used >= c.idle_s]
+        idle = sorted(
+            (c for c in self._containers if not c.busy and c not in expired),
+            key=lambda c: c.last_used,
+        )
+        doomed = expired + idle[: max(0, len(idle) - self.idle_max)]
+        for container in doomed:
+            # Marked before the first await: an invoke never picks one of them.
+            container.retired = True
+        for container in doomed:
             await self._remove(container)
 
     def keys(self) -> set[str]:

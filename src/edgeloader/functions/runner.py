@@ -118,25 +118,15 @@ class Runner:
         models: Sequence[Mounted],
     ) -> Outcome:
         spec = function.spec
-        # The image deployed, by ID: a tag moved since cannot change the code.
-        image = function.image_id or spec.image
         cgroups = await self.cgroups()
-        container = ContainerSpec(
-            name=f"edgeloader-run-{run_id}",
-            image=image,
-            command=tuple(spec.command) if spec.command else None,
-            env=env,
-            uid=spec.user,
-            folder=work,
-            workdir=CONTAINER_DIR,
-            memory_bytes=spec.limits.memory_mb * MiB,
-            cpus=spec.limits.cpus,
-            pids=spec.limits.pids,
-            tmpfs_bytes=spec.limits.tmpfs_mb * MiB,
-            labels={LABEL_RUN: run_id, LABEL_FUNCTION: function.name},
-            volumes=await self.image_volumes(function),
-            models=tuple(Bind(m.path, m.binding.target) for m in models),
-            cgroup_parent=cgroups.parent(run_id),
+        container = await self.container_spec(
+            function,
+            f"edgeloader-run-{run_id}",
+            work,
+            env,
+            {LABEL_RUN: run_id, LABEL_FUNCTION: function.name},
+            models,
+            cgroups.parent(run_id),
         )
         try:
             container_id = await self.engine.create_container(container)
@@ -153,6 +143,37 @@ class Runner:
             await asyncio.to_thread(cgroups.remove, run_id)
         ending = replace(ending, usage=usage, memory_limit=spec.limits.memory_mb * MiB)
         return await asyncio.to_thread(self._outcome, run_id, function, ending)
+
+    async def container_spec(
+        self,
+        function: FunctionRecord,
+        name: str,
+        folder: Path,
+        env: dict[str, str],
+        labels: dict[str, str],
+        models: Sequence[Mounted],
+        cgroup_parent: str | None,
+    ) -> ContainerSpec:
+        """The isolated container of a run (or a warm container) of ``function``."""
+        spec = function.spec
+        return ContainerSpec(
+            name=name,
+            # The image deployed, by ID: a tag moved since cannot change the code.
+            image=function.image_id or spec.image,
+            command=tuple(spec.command) if spec.command else None,
+            env=env,
+            uid=spec.user,
+            folder=folder,
+            workdir=CONTAINER_DIR,
+            memory_bytes=spec.limits.memory_mb * MiB,
+            cpus=spec.limits.cpus,
+            pids=spec.limits.pids,
+            tmpfs_bytes=spec.limits.tmpfs_mb * MiB,
+            labels=labels,
+            volumes=await self.image_volumes(function),
+            models=tuple(Bind(m.path, m.binding.target) for m in models),
+            cgroup_parent=cgroup_parent,
+        )
 
     async def image_volumes(self, function: FunctionRecord) -> tuple[str, ...]:
         """The VOLUME paths of the function's image; an image gone from the

@@ -51,7 +51,6 @@ from edgeloader.functions.output import OutputCapture
 from edgeloader.functions.records import FunctionRecord, Outcome, RunStatus
 from edgeloader.functions.runner import Runner
 from edgeloader.functions.spec import MODELS_DIR
-from edgeloader.upstream.engine import Bind, ContainerSpec
 
 __all__ = ["LABEL_WARM", "SOCKET", "WarmPool"]
 
@@ -209,24 +208,15 @@ class WarmPool:
         try:
             # The models stay held for the container's life.
             await held.enter_async_context(self.models.held(models))
-            image = function.image_id or spec.image
             cgroups = await self.runner.cgroups()
-            container_spec = ContainerSpec(
-                name=f"edgeloader-warm-{key}",
-                image=image,
-                command=tuple(spec.command) if spec.command else None,
-                env=env,
-                uid=spec.user,
-                folder=folder,
-                workdir=CONTAINER_DIR,
-                memory_bytes=spec.limits.memory_mb * MiB,
-                cpus=spec.limits.cpus,
-                pids=spec.limits.pids,
-                tmpfs_bytes=spec.limits.tmpfs_mb * MiB,
-                labels={LABEL_WARM: self.instance, LABEL_FUNCTION: function.name},
-                volumes=await self.runner.image_volumes(function),
-                models=tuple(Bind(m.path, m.binding.target) for m in models),
-                cgroup_parent=cgroups.parent(key),
+            container_spec = await self.runner.container_spec(
+                function,
+                f"edgeloader-warm-{key}",
+                folder,
+                env,
+                {LABEL_WARM: self.instance, LABEL_FUNCTION: function.name},
+                models,
+                cgroups.parent(key),
             )
             held.push_async_callback(asyncio.to_thread, cgroups.remove, key)
             container_id = await self.engine.create_container(container_spec)

@@ -14,6 +14,7 @@ from edgeloader.cli.output import (
     UsageError,
     read_password,
     run_command,
+    table,
 )
 from edgeloader.errors import ConfigError, EngineError, UnsafeName
 
@@ -74,3 +75,13 @@ def test_progress_is_silent_for_small_work() -> None:
     progress.advance(1000)
     progress.close()
     assert out.getvalue() == ""
+
+
+def test_a_table_aligns_its_columns_under_a_header() -> None:
+    lines = table(["NAME", "VERSION", "NOTE"], [["greet", 1, "ok"], ["long-name", 12, None]])
+    assert lines == [
+        "NAME       VERSION  NOTE",
+        "greet      1        ok",
+        "long-name  12       ",
+    ]
+    assert table(["ID", "NAME"], []) == ["ID  NAME"]

@@ -23,7 +23,7 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from tqdm import tqdm
@@ -41,6 +41,7 @@ __all__ = [
     "read_line",
     "read_password",
     "run_command",
+    "table",
 ]
 
 EXIT_OK = 0
@@ -56,6 +57,21 @@ _BAR = (
 tqdm.monitor_interval = 0
 
 Command = Callable[[argparse.Namespace], int]
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """Rows under a header line, each column as wide as its widest cell.
+    The last column is not padded, so a long message does not leave trailing
+    blanks. No rows: the header alone, so an empty listing still names its
+    columns."""
+    cells = [list(headers)] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False))
+        + ("  " if len(row) > 1 else "")
+        + row[-1]
+        for row in cells
+    ]
 
 
 class UsageError(InvalidRequest):

@@ -26,7 +26,9 @@ may see.
   ``subscribe`` gets a stream that ends at once.
 
 Who sees what: events with no audience go to every authenticated role;
-``security`` events only to ``Admin`` and ``ApiAdmin``.
+``security`` events only to ``Admin`` and ``ApiAdmin``; ``run-output``
+events to those roles and to the identity that invoked the run (an event's
+``subjects`` see it whatever their role).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "PREFETCH",
     "RUN",
     "RUN_FIELDS",
+    "RUN_OUTPUT",
     "SECURITY",
     "UNLOCK",
     "Event",
@@ -57,12 +60,15 @@ __all__ = [
     "Pacer",
     "Subscription",
     "run_event",
+    "run_output_event",
     "security_event",
 ]
 
 # Event types, the SSE ``event:`` field.
 UNLOCK = "unlock"
 RUN = "run"
+#: What a run printed since the last one: its invoker's and admins' only.
+RUN_OUTPUT = "run-output"
 PREFETCH = "prefetch"
 SECURITY = "security"
 #: Told to a subscriber that lost events: ``{"dropped": N}``.
@@ -90,14 +96,29 @@ class Event:
     data: Mapping[str, Any]
     #: The roles that see the event; None: every authenticated role.
     audience: frozenset[str] | None = field(default=None, compare=False)
+    #: Identities that see it whatever their role (a run's invoker).
+    subjects: frozenset[str] = field(default=frozenset(), compare=False)
 
-    def visible_to(self, role: str) -> bool:
-        return self.audience is None or role in self.audience
+    def visible_to(self, role: str, identity: str) -> bool:
+        return self.audience is None or role in self.audience or identity in self.subjects
 
 
 def run_event(record: Mapping[str, Any]) -> Event:
     """A run's state from its JSON record (``RUN_FIELDS`` of it)."""
     return Event(RUN, {name: record.get(name) for name in RUN_FIELDS})
+
+
+def run_output_event(
+    run_id: str, function: str, invoker: str | None, stdout: str, stderr: str
+) -> Event:
+    """What a run printed since its last ``run-output`` event, for admins
+    and for the identity that invoked it."""
+    return Event(
+        RUN_OUTPUT,
+        {"runId": run_id, "function": function, "stdout": stdout, "stderr": stderr},
+        audience=ADMINS,
+        subjects=frozenset({invoker}) if invoker else frozenset(),
+    )
 
 
 def security_event(kind: str, **details: Any) -> Event:
@@ -241,7 +262,9 @@ class EventBus:
         """Queues ``event`` for every subscriber that may see it; never waits."""
         dropped = 0
         for subscription in self._all():
-            if event.visible_to(subscription.role) and not subscription._offer(event):
+            if not event.visible_to(subscription.role, subscription.identity):
+                continue
+            if not subscription._offer(event):
                 dropped += 1
         if dropped and self.metrics is not None:
             self.metrics.events_dropped.inc(dropped)

@@ -14,6 +14,7 @@ from edgeloader.events import (
     END,
     RUN,
     RUN_FIELDS,
+    RUN_OUTPUT,
     SECURITY,
     UNLOCK,
     Event,
@@ -21,6 +22,7 @@ from edgeloader.events import (
     Pacer,
     Subscription,
     run_event,
+    run_output_event,
     security_event,
 )
 from edgeloader.roles import Role
@@ -82,6 +84,25 @@ async def test_security_events_reach_admins_only() -> None:
             assert types == [UNLOCK], role
         subscription.__exit__(None, None, None)
     assert bus.subscribers == 0
+
+
+async def test_run_output_reaches_admins_and_the_invoker_only() -> None:
+    bus = EventBus()
+    invoker = bus.subscribe(Role.OPERATOR, "user:me")
+    other = bus.subscribe(invoker.role, "user:other")
+    admin = bus.subscribe(Role.ADMIN, "user:admin")
+    api_admin = bus.subscribe(Role.API_ADMIN, "apikey:ops")
+    bus.publish(run_output_event("r1", "greet", "user:me", "hi\n", ""))
+    bus.publish(run_output_event("r2", "greet", None, "", "nobody's\n"))
+    assert [e.data["runId"] for e in await drain(invoker)] == ["r1"]
+    assert await drain(other) == []
+    for subscription in (admin, api_admin):
+        events = await drain(subscription)
+        assert [(e.type, e.data["runId"]) for e in events] == [
+            (RUN_OUTPUT, "r1"),
+            (RUN_OUTPUT, "r2"),
+        ]
+    assert events[0].data == {"runId": "r1", "function": "greet", "stdout": "hi\n", "stderr": ""}
 
 
 async def test_a_slow_subscriber_loses_its_oldest_events_and_is_told() -> None:

@@ -9,16 +9,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from edgeloader.errors import EdgeloaderError
 
-__all__ = ["CapturedOutput", "OutputCapture"]
+__all__ = ["STDERR", "STDOUT", "CapturedOutput", "OutputCapture", "Sink"]
 
 log = logging.getLogger(__name__)
 
 STDOUT, STDERR = 1, 2
+#: Told each piece of output kept (``STDOUT`` or ``STDERR``, the bytes).
+Sink = Callable[[int, bytes], None]
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,12 @@ class CapturedOutput:
 class OutputCapture:
     """Reads a container's output in a task of its own, each stream kept up
     to ``limit`` bytes. ``take()`` returns what was kept since the last
-    ``take()`` (a warm container's runs each get their own)."""
+    ``take()`` (a warm container's runs each get their own). ``sink``, when
+    set, is told each piece kept, as it arrives (live output)."""
 
     def __init__(self, output: AsyncIterator[tuple[int, bytes]], limit: int) -> None:
         self.limit = limit
+        self.sink: Sink | None = None
         self._kept = {STDOUT: bytearray(), STDERR: bytearray()}
         self._truncated = False
         self._arrivals = 0
@@ -44,12 +48,15 @@ class OutputCapture:
         async for stream, data in output:
             self._arrivals += 1
             # 1 is stdout; 2 stderr and 3 the engine's own errors go to stderr.
-            kept = self._kept[STDOUT if stream == STDOUT else STDERR]
+            which = STDOUT if stream == STDOUT else STDERR
+            kept = self._kept[which]
             room = self.limit - len(kept)
             if len(data) > room:
                 self._truncated = True
             if room > 0:
                 kept += data[:room]
+                if self.sink is not None:
+                    self.sink(which, data[:room])
 
     async def ended(self, within: float) -> None:
         """Waits until the container's output ends (it stopped), at most

@@ -30,7 +30,7 @@ from pathlib import Path
 from edgeloader.errors import EdgeloaderError, ImageGone, NotFound
 from edgeloader.functions.folders import CONTAINER_DIR, BadOutput, RunFolders
 from edgeloader.functions.models import Mounted
-from edgeloader.functions.output import CapturedOutput, OutputCapture
+from edgeloader.functions.output import CapturedOutput, OutputCapture, Sink
 from edgeloader.functions.probe import MountProbe
 from edgeloader.functions.records import FunctionRecord, Outcome, RunStatus
 from edgeloader.functions.spec import MODELS_DIR
@@ -94,8 +94,10 @@ class Runner:
         function: FunctionRecord,
         request: bytes,
         models: Sequence[Mounted] = (),
+        sink: Sink | None = None,
     ) -> Outcome:
-        """Runs ``function`` once with ``models`` (held by the caller) bound."""
+        """Runs ``function`` once with ``models`` (held by the caller) bound;
+        ``sink`` is told its output as it comes."""
         spec = function.spec
         env = {**spec.env, "EDGELOADER_RUN_ID": run_id, "EDGELOADER_FUNCTION": function.name}
         if models:
@@ -104,7 +106,7 @@ class Runner:
         disk = spec.limits.disk_mb * MiB
         work = await asyncio.to_thread(self.folders.prepare, run_id, request, env, spec.user, disk)
         try:
-            return await self._run_in(work, run_id, function, env, models)
+            return await self._run_in(work, run_id, function, env, models, sink)
         finally:
             # In a thread of its own: it completes even when the run is cancelled.
             await asyncio.to_thread(self.folders.remove, run_id)
@@ -116,6 +118,7 @@ class Runner:
         function: FunctionRecord,
         env: dict[str, str],
         models: Sequence[Mounted],
+        sink: Sink | None,
     ) -> Outcome:
         spec = function.spec
         cgroups = await self.cgroups()
@@ -132,6 +135,7 @@ class Runner:
             container_id = await self.engine.create_container(container)
             try:
                 output = OutputCapture(await self.engine.attach(container_id), self.output_max)
+                output.sink = sink
                 try:
                     ending = await self._run_container(container_id, spec.limits.timeout_s, output)
                 finally:

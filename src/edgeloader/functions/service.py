@@ -8,6 +8,7 @@ containers (found by label) and, later, run folders past the retention
 period (the records stay).
 
 Each run's state changes are published on the event bus (``run`` events),
+and what it prints as it prints it (``run-output``, functions/live.py),
 its end and the queue's depth go to the metrics, and its log lines carry
 its run id (``logs.RUN_ID``).
 """
@@ -40,6 +41,7 @@ from edgeloader.errors import (
 from edgeloader.events import EventBus, run_event
 from edgeloader.functions import build as builds
 from edgeloader.functions.folders import CONTAINER_DIR, RUN_ID, RunFolders
+from edgeloader.functions.live import OutputFeed
 from edgeloader.functions.models import ModelSource, ModelStore
 from edgeloader.functions.probe import MountProbe
 from edgeloader.functions.records import (
@@ -295,6 +297,8 @@ class FunctionService:
         caller: Caller,
     ) -> RunRecord:
         logs.RUN_ID.set(run.run_id)  # this task's own context
+        feed = self._feed(run)
+        sink = feed.write if feed is not None else None
         try:
             async with ticket.slot():
                 started = time.time()
@@ -305,11 +309,13 @@ class FunctionService:
                 )
                 async with self.models.mounted(function.spec.models) as models:
                     if function.spec.warm is not None:
-                        outcome = await self.warm.run(run.run_id, function, request, models)
+                        outcome = await self.warm.run(run.run_id, function, request, models, sink)
                     else:
-                        outcome = await self.runner.run(run.run_id, function, request, models)
+                        outcome = await self.runner.run(run.run_id, function, request, models, sink)
                 outcome = replace(outcome, models=[m.identity for m in models])
         except asyncio.CancelledError:
+            if feed is not None:
+                feed.discard()
             await self._finish(run, Outcome(RunStatus.FAILED, error=INTERRUPTED), caller)
             raise
         except EdgeloaderError as exc:
@@ -321,6 +327,8 @@ class FunctionService:
         finally:
             ticket.close()
             self._queue_depth(run.function)
+        if feed is not None:
+            await feed.close()  # the output goes out before the run's end
         return await self._finish(run, outcome, caller)
 
     def _ended(self, run_id: str, task: asyncio.Task[RunRecord]) -> None:
@@ -469,6 +477,12 @@ class FunctionService:
     def _published(self, run: RunRecord) -> None:
         if self.events is not None:
             self.events.publish(run_event(run.wire()))
+
+    def _feed(self, run: RunRecord) -> OutputFeed | None:
+        """The run's live output, as ``run-output`` events."""
+        if self.events is None:
+            return None
+        return OutputFeed(self.events.publish, run.run_id, run.function, run.invoker)
 
     def _queue_depth(self, name: str) -> None:
         self.metrics.function_waiting(name, self.scheduler.waiting(name))

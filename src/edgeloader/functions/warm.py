@@ -47,7 +47,7 @@ from pathlib import Path
 from edgeloader.errors import EdgeloaderError
 from edgeloader.functions.folders import CONTAINER_DIR
 from edgeloader.functions.models import ModelStore, Mounted
-from edgeloader.functions.output import OutputCapture
+from edgeloader.functions.output import OutputCapture, Sink
 from edgeloader.functions.records import FunctionRecord, Outcome, RunStatus
 from edgeloader.functions.runner import Runner
 from edgeloader.functions.spec import MODELS_DIR
@@ -113,9 +113,15 @@ class WarmPool:
     # Runs
 
     async def run(
-        self, run_id: str, function: FunctionRecord, request: bytes, models: Sequence[Mounted]
+        self,
+        run_id: str,
+        function: FunctionRecord,
+        request: bytes,
+        models: Sequence[Mounted],
+        sink: Sink | None = None,
     ) -> Outcome:
-        """One invoke of a warm function, within its ``timeoutS``."""
+        """One invoke of a warm function, within its ``timeoutS``; ``sink``
+        is told what the container prints meanwhile."""
         spec = function.spec
         identities = tuple(m.identity for m in models)
         started = time.monotonic()
@@ -129,6 +135,8 @@ class WarmPool:
             async with asyncio.timeout(spec.limits.timeout_s):
                 if container is None:
                     container = await self._start(function, identities, models)
+                container.output.sink = sink
+                if cold:
                     await self._ready(container)
                 outcome = await self._invoke(container, run_id, request, cold)
         except HandlerFailed as exc:  # it died before it was ready
@@ -164,6 +172,10 @@ class WarmPool:
             if container is not None:
                 await self._remove(container)
             raise
+        finally:
+            # Not the sink of an invoke that already took the container over.
+            if container is not None and container.output.sink is sink:
+                container.output.sink = None
         return outcome
 
     def _idle(self, function: FunctionRecord, identities: tuple[str, ...]) -> _Container | None:
@@ -262,6 +274,7 @@ class WarmPool:
             status, body, error = 0, b"", str(exc) or type(exc).__name__
         await container.output.settle(_OUTPUT_QUIET, _OUTPUT_WITHIN)
         output = container.output.take()
+        container.output.sink = None  # what comes next is not this run's
         used = await asyncio.to_thread(cgroups.usage, container.key)
         cpu_ms = None
         if used.cpu_ns is not None and before.cpu_ns is not None:

@@ -1,6 +1,7 @@
-"""What ``edgeloader doctor`` can see of this machine through ``/proc``:
-which process listens on a TCP port or a unix socket, its environment, the
-file system a path lives on, and the CPU's AES instructions.
+"""What the service's diagnostics (``GET /api/doctor``) see of its machine
+through ``/proc``: which process listens on a TCP port or a unix socket (the
+engine), its environment, the file system a path lives on, and the CPU's
+AES instructions.
 
 Everything here reads files only (no helper programs) and takes a ``proc``
 root, so that tests can hand it a fake tree. A process of another user is
@@ -10,10 +11,8 @@ seen only by root; what cannot be read is None, never an error.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import platform
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ __all__ = [
     "Process",
     "aes_backend_from_cpuinfo",
     "filesystem_of",
-    "is_local_host",
     "process",
     "tcp_listeners",
     "unix_listeners",
@@ -39,27 +37,6 @@ class Process:
     name: str
     uid: int | None
     env: dict[str, str] | None  # None: not readable by us
-
-
-def is_local_host(host: str) -> bool:
-    """True when ``host`` names this machine: loopback, or an address that
-    can be bound here."""
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    for family, _, _, _, sockaddr in infos:
-        address = str(sockaddr[0])
-        with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(address.split("%")[0]).is_loopback:
-                return True
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.bind((address, 0))
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _lines_all(path: Path) -> list[str]:

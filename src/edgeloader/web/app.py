@@ -27,6 +27,7 @@ from edgeloader.services.upload import Uploader
 from edgeloader.upstream.engine import Engine
 from edgeloader.upstream.resource_api import ResourceApiClient
 from edgeloader.web.auth_routes import auth_routes
+from edgeloader.web.docs_routes import docs_routes
 from edgeloader.web.doctor_routes import doctor_routes
 from edgeloader.web.event_routes import event_routes
 from edgeloader.web.function_routes import function_routes
@@ -61,6 +62,7 @@ def create_app(settings: Settings, *, fingerprint: str | None = None) -> web.App
     app.add_routes(event_routes)
     app.add_routes(prefetch_routes)
     app.add_routes(openapi_routes)
+    app.add_routes(docs_routes)
     app.add_routes(doctor_routes)
 
     app.on_response_prepare.append(echo_request_id)

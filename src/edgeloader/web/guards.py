@@ -42,8 +42,8 @@ def finishes_without_client(request: web.Request, work: asyncio.Task[Any]) -> No
 
 
 #: Routes anyone may call: health, the ways to obtain tokens, the keys that
-#: verify them and the API's description. The Azaion ``/login`` logs the
-#: device in, so it is one.
+#: verify them and the API's description (the document and its page). The
+#: Azaion ``/login`` logs the device in, so it is one.
 PUBLIC_PATHS = frozenset(
     {
         "/health",
@@ -53,6 +53,11 @@ PUBLIC_PATHS = frozenset(
         "/api/auth/refresh",
         "/api/auth/keys.json",
         "/openapi.json",
+        # The API's page and the files it loads (web/docs_routes.py).
+        "/docs",
+        "/docs/docs.js",
+        "/docs/swagger-ui.css",
+        "/docs/swagger-ui-bundle.js",
     }
 )
 

@@ -11,7 +11,7 @@ import pytest
 
 from edgeloader.cli import build_parser
 from edgeloader.cli.commands.common import format_bytes, format_time, parse_since, server_url
-from edgeloader.cli.commands.functions import _spec
+from edgeloader.cli.commands.deploy_file import deployment
 from edgeloader.cli.output import UsageError
 from edgeloader.errors import ConfigError
 
@@ -81,17 +81,17 @@ def test_a_function_spec_from_flags_over_a_file(tmp_path: Path) -> None:
         "--spec", str(spec_file), "--env", "B=3", "--env", "C=x=y", "--memory-mb", "64",
         "--command", "sh -c 'echo hi; exit 0'", "--concurrency", "2",
     )  # fmt: skip
-    assert _spec(args) == {
+    assert deployment(args).spec == {
         "env": {"A": "1", "B": "3", "C": "x=y"},
         "limits": {"memoryMb": 64, "pids": 32},
         "queue": 2,
         "concurrency": 2,
         "command": ["sh", "-c", "echo hi; exit 0"],
     }
-    assert _spec(deploy_args()) == {}
+    assert deployment(deploy_args()).spec == {}
     with pytest.raises(UsageError, match="KEY=VALUE"):
-        _spec(deploy_args("--env", "novalue"))
+        deployment(deploy_args("--env", "novalue"))
     with pytest.raises(UsageError, match="no such file"):
-        _spec(deploy_args("--spec", str(tmp_path / "absent.json")))
+        deployment(deploy_args("--spec", str(tmp_path / "absent.json")))
     with pytest.raises(UsageError, match="--command"):
-        _spec(deploy_args("--command", "sh -c 'unclosed"))
+        deployment(deploy_args("--command", "sh -c 'unclosed"))

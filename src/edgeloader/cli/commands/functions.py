@@ -1,11 +1,10 @@
-"""``edgeloader fn deploy|invoke|runs|logs|list``: functions on the box
-(docs/functions.md)."""
+"""``edgeloader fn deploy|invoke|runs|logs|describe|list|delete``:
+functions on the box (docs/functions.md)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tarfile
 import tempfile
@@ -24,22 +23,15 @@ from edgeloader.cli.commands.common import (
     parse_since,
     with_client,
 )
-from edgeloader.cli.output import Console, UsageError
+from edgeloader.cli.commands.deploy_file import deployment, limit_help, option_help, warm_help
+from edgeloader.cli.output import Console, UsageError, table
+from edgeloader.cli.run_follow import Printed, follow_run, run_path
 from edgeloader.errors import EdgeloaderError
 
 __all__ = ["add_function_commands"]
 
 JSON = dict[str, Any]
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timeout", "oom")
-#: Flag → field of ``limits``.
-LIMIT_FLAGS = {
-    "memory_mb": "memoryMb",
-    "cpus": "cpus",
-    "pids": "pids",
-    "timeout": "timeoutS",
-    "tmpfs_mb": "tmpfsMb",
-    "disk_mb": "diskMb",
-}
 
 
 class RunFailed(EdgeloaderError):
@@ -61,24 +53,41 @@ def add_function_commands(commands: Subcommands, parent: argparse.ArgumentParser
         description=(
             "Deploy NAME from an image already in the engine (--image), or build it on the "
             "box from a build context (--context: a folder or a tar with a Dockerfile). "
-            "An existing function gets a new version. Flags win over --spec."
+            "An existing function gets a new version. A deploy file (-f, YAML or JSON) may "
+            "give every field, NAME and the image or context too; flags win over it. "
+            "The run folder and /tmp live in the run's memory: --disk-mb plus --tmpfs-mb "
+            "may not exceed --memory-mb."
         ),
     )
-    deploy.add_argument("name", metavar="NAME")
-    source = deploy.add_mutually_exclusive_group(required=True)
+    deploy.add_argument("name", metavar="NAME", nargs="?", help="(default: the file's name)")
+    source = deploy.add_mutually_exclusive_group()
     source.add_argument("--image", help="an image reference in the engine")
     source.add_argument("--context", type=Path, help="a build context: a folder or a tar file")
-    deploy.add_argument("--spec", type=Path, help="a JSON file with the other fields")
+    deploy.add_argument(
+        "-f",
+        "--file",
+        "--spec",
+        dest="file",
+        type=Path,
+        metavar="FILE",
+        help="a deploy file: the fields of docs/functions.md in YAML, or JSON (.json)",
+    )
     deploy.add_argument("--command", help="the command, split like a shell would (shlex)")
     deploy.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="an env variable (repeat)"
     )
-    deploy.add_argument("--memory-mb", type=int)
-    deploy.add_argument("--cpus", type=float)
-    deploy.add_argument("--pids", type=int)
-    deploy.add_argument("--timeout", type=int, metavar="SECONDS", help="the run's deadline")
-    deploy.add_argument("--tmpfs-mb", type=int, help="the size of the run's /tmp")
-    deploy.add_argument("--disk-mb", type=int, help="the run folder's size")
+    deploy.add_argument("--memory-mb", type=int, help=limit_help("memory_mb", "memory, MiB"))
+    deploy.add_argument("--cpus", type=float, help=limit_help("cpus", "CPU cores"))
+    deploy.add_argument("--pids", type=int, help=limit_help("pids", "processes"))
+    deploy.add_argument(
+        "--timeout", type=int, metavar="SECONDS", help=limit_help("timeout_s", "the run's deadline")
+    )
+    deploy.add_argument(
+        "--tmpfs-mb", type=int, help=limit_help("tmpfs_mb", "the size of the run's /tmp, MiB")
+    )
+    deploy.add_argument(
+        "--disk-mb", type=int, help=limit_help("disk_mb", "the run folder's size, MiB")
+    )
     deploy.add_argument(
         "--model",
         action="append",
@@ -89,11 +98,14 @@ def add_function_commands(commands: Subcommands, parent: argparse.ArgumentParser
     deploy.add_argument(
         "--warm",
         metavar="MAX[:IDLE_S]",
-        help="keep up to MAX containers warm, each IDLE_S seconds after its last invoke",
+        help="keep up to MAX containers warm, each IDLE_S seconds after its last invoke "
+        f"(MAX {warm_help('max')}; IDLE_S {warm_help('idle_s')})",
     )
-    deploy.add_argument("--concurrency", type=int, help="runs at once (1-16)")
-    deploy.add_argument("--queue", type=int, help="runs that may wait (0-256)")
-    deploy.add_argument("--user", type=int, help="the uid the function runs as")
+    deploy.add_argument("--concurrency", type=int, help=option_help("concurrency", "runs at once"))
+    deploy.add_argument("--queue", type=int, help=option_help("queue", "runs that may wait"))
+    deploy.add_argument(
+        "--user", type=int, help=option_help("user", "the uid the function runs as")
+    )
     deploy.set_defaults(func=with_client(deploy_command))
 
     invoke = sub.add_parser(
@@ -115,6 +127,11 @@ def add_function_commands(commands: Subcommands, parent: argparse.ArgumentParser
     invoke.add_argument(
         "--async", dest="asynchronous", action="store_true", help="return the run id at once"
     )
+    invoke.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --async: follow the run to its end, then print it as a sync invoke does",
+    )
     invoke.set_defaults(func=with_client(invoke_command))
 
     runs = sub.add_parser("runs", parents=[parent], help="the run history, newest first")
@@ -128,9 +145,15 @@ def add_function_commands(commands: Subcommands, parent: argparse.ArgumentParser
         "logs",
         parents=[parent],
         help="a run's output",
-        description="Print a run's captured stdout to stdout and stderr to stderr.",
+        description=(
+            "Print a run's captured stdout to stdout and stderr to stderr. With --follow, "
+            "print them as the run writes them, until it ends."
+        ),
     )
     logs.add_argument("run_id", metavar="RUN_ID")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="follow a run that has not ended yet"
+    )
     logs.set_defaults(func=with_client(logs_command))
 
     describe = sub.add_parser(
@@ -145,68 +168,19 @@ def add_function_commands(commands: Subcommands, parent: argparse.ArgumentParser
     listing = sub.add_parser("list", parents=[parent], help="the deployed functions")
     listing.set_defaults(func=with_client(list_command))
 
+    delete = sub.add_parser(
+        "delete",
+        parents=[parent],
+        help="delete a function (admins)",
+        description=(
+            "Delete NAME. Runs already admitted finish, and the records of its runs stay."
+        ),
+    )
+    delete.add_argument("name", metavar="NAME")
+    delete.set_defaults(func=with_client(delete_command))
+
 
 # -- deploy -----------------------------------------------------------------
-
-
-def _spec(args: argparse.Namespace) -> JSON:
-    spec: JSON = {}
-    if args.spec is not None:
-        try:
-            loaded = json.loads(args.spec.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"{args.spec}: no such file") from None
-        except ValueError as exc:
-            raise UsageError(f"{args.spec}: not JSON: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{args.spec}: must hold a JSON object")
-        spec.update(loaded)
-        spec.pop("name", None)  # NAME is the argument
-    if args.command is not None:
-        try:
-            spec["command"] = shlex.split(args.command)
-        except ValueError as exc:
-            raise UsageError(f"--command: {exc}") from None
-    if args.env:
-        env = dict(spec.get("env") or {})
-        for item in args.env:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise UsageError(f"--env: expected KEY=VALUE, got {item!r}")
-            env[key] = value
-        spec["env"] = env
-    limits = dict(spec.get("limits") or {})
-    for flag, name in LIMIT_FLAGS.items():
-        if getattr(args, flag) is not None:
-            limits[name] = getattr(args, flag)
-    if limits:
-        spec["limits"] = limits
-    for name in ("concurrency", "queue", "user"):
-        if getattr(args, name) is not None:
-            spec[name] = getattr(args, name)
-    if args.model:
-        spec["models"] = [_model(item) for item in args.model]
-    if args.warm is not None:
-        spec["warm"] = _warm(args.warm)
-    return spec
-
-
-def _model(item: str) -> JSON:
-    folder, sep, name = item.partition("/")
-    if not sep or not folder or not name:
-        raise UsageError(f"--model: expected FOLDER/NAME, got {item!r}")
-    return {"folder": folder, "name": name}
-
-
-def _warm(text: str) -> JSON:
-    most, _, idle = text.partition(":")
-    try:
-        warm: JSON = {"max": int(most)}
-        if idle:
-            warm["idleS"] = int(idle)
-    except ValueError:
-        raise UsageError(f"--warm: expected MAX or MAX:IDLE_S, got {text!r}") from None
-    return warm
 
 
 @contextmanager
@@ -237,12 +211,11 @@ def _record_line(record: JSON) -> str:
 
 
 async def deploy_command(args: argparse.Namespace, client: Client, out: Console) -> int:
-    name = args.name
-    spec = _spec(args)
+    wanted = deployment(args)
+    name, spec = wanted.name, dict(wanted.spec)
     path = f"/api/functions/{quote(name, safe='')}"
-    if args.context is not None:
-        spec.pop("image", None)
-        with _context_tar(args.context) as context:
+    if wanted.context is not None:
+        with _context_tar(wanted.context) as context:
 
             def form() -> aiohttp.FormData:
                 context.seek(0)
@@ -256,7 +229,7 @@ async def deploy_command(args: argparse.Namespace, client: Client, out: Console)
             out.note(f"building {name} on the box…")
             record = await client.call("POST", f"{path}/build", body=form, expect=(200, 201))
     else:
-        spec["image"] = args.image
+        spec["image"] = wanted.image
         async with client.request(
             "POST", "/api/functions", json={"name": name, **spec}, expect=(201, 409)
         ) as resp:
@@ -298,13 +271,25 @@ def _run_line(run: JSON) -> str:
 
 
 async def invoke_command(args: argparse.Namespace, client: Client, out: Console) -> int:
+    if args.wait and not args.asynchronous:
+        raise UsageError("--wait goes with --async (a sync invoke waits anyway)")
     body = _body(args.data)
     path = f"/api/functions/{quote(args.name, safe='')}/invoke"
     if args.asynchronous:
-        answer = await client.call("POST", path, json=body, params={"async": "true"}, expect=(202,))
-        out.result(answer, str(answer["runId"]))
-        return 0
-    run = await client.call("POST", path, json=body)
+
+        async def start() -> str:
+            answer = await client.call(
+                "POST", path, json=body, params={"async": "true"}, expect=(202,)
+            )
+            return str(answer["runId"])
+
+        if not args.wait:
+            run_id = await start()
+            out.result({"runId": run_id}, run_id)
+            return 0
+        run, _ = await follow_run(client, start)
+    else:
+        run = await client.call("POST", path, json=body)
     lines = [_run_line(run)]
     if run.get("result") is not None:
         lines.append(json.dumps(run["result"], ensure_ascii=False))
@@ -319,20 +304,38 @@ async def invoke_command(args: argparse.Namespace, client: Client, out: Console)
 # -- history ----------------------------------------------------------------
 
 
-def _history_line(run: JSON) -> str:
+RUN_COLUMNS = (
+    "RUN ID",
+    "FUNCTION",
+    "VERSION",
+    "STATUS",
+    "TIME",
+    "CPU",
+    "MEMORY",
+    "START",
+    "QUEUED",
+)
+
+
+def _history_row(run: JSON) -> list[str]:
     took = f"{run['durationMs']} ms" if run.get("durationMs") is not None else "-"
-    return (
-        f"{run['runId']}  {run['function']}  v{run['version']}  {run['status']}  "
-        f"{took}  {_used(run)}  queued {format_time(run.get('queuedAt'))}"
-    )
+    return [
+        run["runId"],
+        run["function"],
+        f"v{run['version']}",
+        run["status"],
+        took,
+        *_used(run),
+        format_time(run.get("queuedAt")),
+    ]
 
 
-def _used(run: JSON) -> str:
-    """CPU, peak memory and how it started: ``cpu 38 ms  mem 4.4 MiB  cold``."""
+def _used(run: JSON) -> list[str]:
+    """CPU, peak memory and how it started: ``38 ms``, ``4.4 MiB``, ``cold``."""
     cpu = f"{run['cpuMs']} ms" if run.get("cpuMs") is not None else "-"
     memory = f"{run['memoryPeakMb']} MiB" if run.get("memoryPeakMb") is not None else "-"
     start = "cold" if run.get("coldStart", True) else "warm"
-    return f"cpu {cpu}  mem {memory}  {start}"
+    return [cpu, memory, start]
 
 
 async def runs_command(args: argparse.Namespace, client: Client, out: Console) -> int:
@@ -345,21 +348,67 @@ async def runs_command(args: argparse.Namespace, client: Client, out: Console) -
         params["since"] = f"{parse_since(args.since):.3f}"
     answer = await client.call("GET", "/api/runs", params=params)
     runs = answer.get("runs", [])
-    out.result(answer, [_history_line(r) for r in runs] or ["no runs"])
+    out.result(answer, table(RUN_COLUMNS, [_history_row(r) for r in runs]))
     return 0
 
 
 async def logs_command(args: argparse.Namespace, client: Client, out: Console) -> int:
-    answer = await client.call("GET", f"/api/runs/{quote(args.run_id, safe='')}/logs")
+    if args.follow and not out.json_mode:
+        return await _follow_logs(args.run_id, client, out)
+    answer = await client.call("GET", f"{run_path(args.run_id)}/logs")
     if out.json_mode:
         out.result(answer)
         return 0
-    sys.stdout.write(answer.get("stdout") or "")
-    sys.stdout.flush()
-    sys.stderr.write(answer.get("stderr") or "")
+    _write(answer.get("stdout") or "", answer.get("stderr") or "")
     if answer.get("truncated"):
         out.note("(the output was cut at the service's limit)")
     return 0
+
+
+def _write(stdout: str, stderr: str) -> None:
+    if stdout:
+        sys.stdout.write(stdout)
+        sys.stdout.flush()
+    if stderr:
+        sys.stderr.write(stderr)
+        sys.stderr.flush()
+
+
+async def _follow_logs(run_id: str, client: Client, out: Console) -> int:
+    """Prints the run's output as it comes, then what the stream did not
+    carry (a run that had already ended: all of it)."""
+
+    async def start() -> str:
+        return run_id
+
+    _, printed = await follow_run(client, start, _write)
+    try:
+        answer = await client.call("GET", f"{run_path(run_id)}/logs")
+    except ApiError as exc:
+        if exc.status != 404:  # 404: it never started, so it printed nothing
+            raise
+        answer = {}
+    _write(*_rest(answer, printed))
+    if answer.get("truncated"):
+        out.note("(the output was cut at the service's limit)")
+    return 0
+
+
+def _rest(answer: JSON, printed: Printed) -> tuple[str, str]:
+    """What the run's kept output holds beyond what was printed live. When
+    the live output is not the start of it (the follow began after the run
+    did, or events were dropped), the rest cannot be placed: say so."""
+    rest = []
+    for key, seen in (("stdout", printed.stdout), ("stderr", printed.stderr)):
+        kept, shown = str(answer.get(key) or ""), "".join(seen)
+        if kept.startswith(shown):
+            rest.append(kept[len(shown) :])
+        else:
+            rest.append("")
+            printed.gap = True
+    if printed.gap and (printed.stdout or printed.stderr):
+        sys.stderr.write("(not all of the output was seen live: `fn logs RUN_ID` has it all)\n")
+    return rest[0], rest[1]
 
 
 async def describe_command(args: argparse.Namespace, client: Client, out: Console) -> int:
@@ -402,10 +451,15 @@ def _ms(value: int | None) -> str:
 
 async def list_command(args: argparse.Namespace, client: Client, out: Console) -> int:
     answer = await client.call("GET", "/api/functions")
-    functions = answer.get("functions", [])
-    lines = [
-        f"{f['name']}  v{f['version']}  {f['image']}  updated {format_time(f.get('updatedAt'))}"
-        for f in functions
+    rows = [
+        [f["name"], f"v{f['version']}", f["image"], format_time(f.get("updatedAt"))]
+        for f in answer.get("functions", [])
     ]
-    out.result(answer, lines or ["no functions"])
+    out.result(answer, table(("NAME", "VERSION", "IMAGE", "UPDATED"), rows))
+    return 0
+
+
+async def delete_command(args: argparse.Namespace, client: Client, out: Console) -> int:
+    answer = await client.call("DELETE", f"/api/functions/{quote(args.name, safe='')}")
+    out.result(answer, f"deleted {args.name} (the records of its runs stay)")
     return 0

@@ -657,6 +657,8 @@ async def test_doctor_on_a_healthy_local_service(
     key.write_bytes(public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
     state = tmp_path / "loader-state"
     with contextlib.ExitStack() as cleanup:
+        # A service given its settings in its environment: the doctor asks
+        # the service for them, never its process.
         _, url = await start_loader_process(
             stack.api_url,
             state,
@@ -673,7 +675,6 @@ async def test_doctor_on_a_healthy_local_service(
         assert checks["service"] == ("ok", f"healthy at {url}")
         assert checks["session"] == ("ok", f"logged in as {ADMIN[0]}, role Admin")
         assert checks["device login"][0] == "ok"
-        assert checks["settings"][0] == "ok"
         assert checks["resource api"][0] == "ok"
         assert stack.api_url in checks["resource api"][1]
         assert checks["engine"][0] == "ok"
@@ -682,6 +683,9 @@ async def test_doctor_on_a_healthy_local_service(
         assert checks["state folder"] == ("ok", f"{state} exists, mode 0700, private")
         assert checks["publisher key"][0] == "ok"
         assert checks["aes"][0] in ("ok", "warn")
+        assert checks["run folders"][0] == "ok"
+        assert checks["function images"] == ("ok", "no function is deployed")
+        assert checks["model store"][0] == "ok"
         verdict, detail = checks["engine tmpdir"]
         assert verdict in ("ok", "warn")
         assert "TMPDIR" in detail
@@ -705,6 +709,25 @@ async def test_doctor_on_a_healthy_local_service(
             "edgeloader: 2 check(s) failed: state folder, publisher key"
         )
         state.chmod(0o700)
+
+
+async def test_doctor_for_another_role_says_its_service_checks_need_an_admin(
+    cli: Cli, stack: Stack
+) -> None:
+    cli.url = stack.loader_url
+    await cli.login(OPERATOR)
+    result = await cli.ok("doctor", "--json")
+    checks = _verdicts(result)
+    assert list(checks) == ["service", "session", "device login", "service checks"]
+    assert checks["session"] == ("ok", f"logged in as {OPERATOR[0]}, role Operator")
+    assert checks["service checks"] == (
+        "warn",
+        "role Operator: doctor's service checks need an admin login (Admin or ApiAdmin): "
+        "run `edgeloader login` as one to see the engine, the state folder, the keys, "
+        "the functions and the service's machine",
+    )
+    text = (await cli.ok("doctor")).text.splitlines()
+    assert text[-1].startswith("warn  service checks   role Operator: ")
 
 
 async def test_doctor_with_the_service_down(cli: Cli) -> None:

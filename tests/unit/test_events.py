@@ -216,9 +216,10 @@ def test_pacer_lets_one_event_through_per_interval() -> None:
 
 
 def test_event_shapes() -> None:
-    ready = UnlockStatus(state=UnlockState.READY, bytes_done=10, bytes_total=10)
+    ready = UnlockStatus(state=UnlockState.READY, bytes_done=10, bytes_total=10, images=["a:1"])
     assert ready.event() == Event(
-        UNLOCK, {"state": "ready", "error": None, "bytesDone": 10, "bytesTotal": 10}
+        UNLOCK,
+        {"state": "ready", "error": None, "bytesDone": 10, "bytesTotal": 10, "images": ["a:1"]},
     )
     record = {name: name for name in RUN_FIELDS} | {"result": {"big": "x" * 1000}, "version": 3}
     assert run_event(record) == Event(RUN, {name: name for name in RUN_FIELDS})

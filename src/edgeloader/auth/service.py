@@ -384,8 +384,10 @@ class AuthService:
         )
         return NewApiKey(**dict(record), api_key=f"{API_KEY_PREFIX}_{key_id}_{secret}")
 
-    async def store_audit(self, since: float, limit: int) -> list[AuditEntry]:
-        return await asyncio.to_thread(self.store.audit, since, limit)
+    async def store_audit(
+        self, since: float, limit: int, *, newest: bool = False
+    ) -> list[AuditEntry]:
+        return await asyncio.to_thread(self.store.audit, since, limit, newest=newest)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         return await asyncio.to_thread(self.store.api_keys)

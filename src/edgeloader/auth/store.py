@@ -414,11 +414,22 @@ class AuthStore:
         with self._db.reading() as db:
             return _counter(db, "audit_bytes")
 
-    def audit(self, since: float = 0.0, limit: int = 100) -> list[AuditEntry]:
-        with self._db.reading() as db:
-            rows = db.execute(
+    def audit(
+        self, since: float = 0.0, limit: int = 100, *, newest: bool = False
+    ) -> list[AuditEntry]:
+        """Entries from ``since`` on, oldest first: the first ``limit`` of
+        them, or with ``newest`` the last ``limit``."""
+        if newest:
+            query = (
                 "SELECT at, subject, role, action, route, resource, outcome, bytes, detail"
-                " FROM audit WHERE at >= ? ORDER BY id LIMIT ?",
-                (since, limit),
-            ).fetchall()
+                " FROM (SELECT * FROM audit WHERE at >= ? ORDER BY id DESC LIMIT ?)"
+                " ORDER BY id"
+            )
+        else:
+            query = (
+                "SELECT at, subject, role, action, route, resource, outcome, bytes, detail"
+                " FROM audit WHERE at >= ? ORDER BY id LIMIT ?"
+            )
+        with self._db.reading() as db:
+            rows = db.execute(query, (since, limit)).fetchall()
         return [AuditEntry.from_row(row) for row in rows]

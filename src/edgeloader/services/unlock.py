@@ -62,6 +62,13 @@ class UnlockStatus(Record):
     error: str | None = Field(None, description="set in state `error`")
     bytes_done: int = 0
     bytes_total: int = 0
+    images: list[str] = Field(
+        default_factory=list,
+        description=(
+            "in state `ready`: the images the unlock loaded, or, when every expected "
+            "image was already in the engine, those"
+        ),
+    )
 
     def event(self) -> Event:
         return Event(UNLOCK, self.wire())
@@ -112,6 +119,16 @@ def _check_archive(handle: BinaryIO, release: Release) -> None:
     fmt = crypto.detect_format(handle.read(crypto.FORMAT_PREFIX))
     handle.seek(0)
     release.check(fmt=fmt, size=size)
+
+
+#: How both engines' load answers name an image they loaded (backends' ``load``).
+LOADED_IMAGE = "Loaded image: "
+
+
+def loaded_images(messages: list[str]) -> list[str]:
+    """The image names in an engine's load messages, in their order."""
+    names = (m.removeprefix(LOADED_IMAGE).strip() for m in messages if m.startswith(LOADED_IMAGE))
+    return list(dict.fromkeys(n for n in names if n))
 
 
 @dataclass(frozen=True)
@@ -171,7 +188,7 @@ class UnlockManager:
         expected = settings.expected_images
         try:
             if expected and not await self.engine.missing_images(expected):
-                self.status = UnlockStatus(state=UnlockState.READY)
+                self.status = UnlockStatus(state=UnlockState.READY, images=list(expected))
                 self._publish()
                 return self.status
         except EngineError as exc:
@@ -211,6 +228,7 @@ class UnlockManager:
         before: set[str] | None = None
         user: UpstreamUser | None = None
         error: str | None = None
+        loaded: list[str] = []
         try:
             user = await attempt.run(
                 lambda: self.session.sign_in(
@@ -228,6 +246,7 @@ class UnlockManager:
             messages = await self.engine.load(self._mark_sent(archive))
             for line in messages:
                 log.info("engine: %s", line)
+            loaded = loaded_images(messages)
             missing = await self.engine.missing_images(settings.expected_images)
             if missing:
                 raise NotFound(f"archive loaded but images missing: {', '.join(missing)}")
@@ -245,6 +264,8 @@ class UnlockManager:
             await self._remove_partial(before)
         # The outcome goes out last: a caller who sees "ready" or "error"
         # may start the next run at once, and must find this one over.
+        if error is None:
+            self.status.images = loaded
         self._finish(error)
 
     async def _mark_sent(self, archive: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

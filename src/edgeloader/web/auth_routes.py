@@ -165,5 +165,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 )
 async def audit(request: web.Request) -> web.Response:
     query = read_query(request, AuditQuery)
-    entries = await services(request).auth.store_audit(query.since, query.limit)
+    entries = await services(request).auth.store_audit(
+        query.since, query.limit, newest=query.newest
+    )
     return AuditEntries(entries=entries).response()

@@ -34,6 +34,9 @@ class NewKeyBody(RequestBody):
 class AuditQuery(Query):
     since: float = Field(0.0, allow_inf_nan=False, description="epoch seconds")
     limit: int = Field(100, ge=1, le=MAX_AUDIT_LIMIT)
+    newest: bool = Field(
+        False, description="the newest `limit` entries from `since` on (still oldest first)"
+    )
 
 
 class Done(Answer):

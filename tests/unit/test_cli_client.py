@@ -193,4 +193,7 @@ async def test_a_service_that_is_down(tmp_path: Path) -> None:
     async with Client(url, CredentialStore(tmp_path)) as client:
         with pytest.raises(ServiceUnreachable) as caught:
             await client.call("GET", "/health")
-    assert caught.value.detail == f"cannot reach the service at {url}: Connection refused"
+    assert caught.value.detail == (
+        f"cannot reach the service at {url}: Connection refused; start it with "
+        "`edgeloader serve` (`make run` in a checkout), or point --url or $EDGELOADER_URL at it"
+    )

@@ -45,6 +45,12 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 #: How the service says that the *device* (not the caller) is not logged in upstream.
 DEVICE_NOT_LOGGED_IN = "not logged in:"
 _CONNECT_TIMEOUT = 10.0
+#: What to do when nothing answers at the URL (``$EDGELOADER_URL`` is read
+#: by commands.common.server_url).
+START_HINT = (
+    "start it with `edgeloader serve` (`make run` in a checkout), "
+    "or point --url or $EDGELOADER_URL at it"
+)
 
 #: Builds a request body anew for each attempt (a stream cannot be sent twice).
 BodyFactory = Callable[[], Any]
@@ -204,7 +210,7 @@ class Client:
                 yield resp
         except aiohttp.ClientConnectorError as exc:
             raise ServiceUnreachable(
-                f"cannot reach the service at {self.url}: {os_reason(exc)}"
+                f"cannot reach the service at {self.url}: {os_reason(exc)}; {START_HINT}"
             ) from None
         except aiohttp.ServerDisconnectedError:
             raise ServiceUnreachable(f"the service at {self.url} closed the connection") from None

@@ -1,142 +1,184 @@
-"""The one typed settings object, read from the environment.
+"""The one typed settings object: the environment, over an optional file.
 
-Every knob of the loader lives here. ``Settings.from_env`` validates
-everything up front so that bad configuration stops start-up with a single
+Every knob of the loader is a field of one of the frozen dataclasses below,
+whose metadata (``knob``) names its environment variable and its rules.
+Loading turns those fields into one pydantic-settings model, so pydantic
+parses and bounds the values, and a bad one stops start-up with a single
 clear line (a :class:`ConfigError`) instead of failing later mid-request.
+Dataclasses built directly (by tests) are not checked.
+
+The configuration file (TOML or YAML, named by ``EDGELOADER_CONFIG`` or
+``edgeloader serve --config``) holds the same knobs, each under its
+variable's name in lower case without ``EDGELOADER_`` (``warm_max`` for
+``EDGELOADER_WARM_MAX``). The environment wins over the file and the file
+over the defaults (docs/configuration.md).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
+from functools import cache
 from pathlib import Path
+from types import NoneType, UnionType
+from typing import Annotated, Any, Self, TypeVar, cast, get_args, get_type_hints
 from urllib.parse import urlsplit
+
+import pydantic
+from pydantic import AfterValidator, BeforeValidator, ValidationError, create_model
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    NoDecode,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
 
 from edgeloader.errors import ConfigError
 
 MiB = 1 << 20
 AUTH_MODES = ("required", "compat")
+CONFIG_VARIABLE = "EDGELOADER_CONFIG"  # names the configuration file
+
+T = TypeVar("T")
+
+
+def knob(default: T, variable: str, *rules: Any, bounds: tuple[int, int] | None = None) -> T:
+    """A field read from ``variable``, checked by the pydantic ``rules``."""
+    return field(default=default, metadata=_read_from(variable, *rules, bounds=bounds))
+
+
+def whole(default: T, variable: str, low: int, high: int) -> T:
+    """A whole number from ``low`` to ``high``."""
+    return knob(default, variable, pydantic.Field(ge=low, le=high), bounds=(low, high))
+
+
+def seconds(default: float, variable: str) -> float:
+    return knob(float(default), variable, pydantic.Field(gt=0))
+
+
+def _read_from(
+    variable: str, *rules: Any, bounds: tuple[int, int] | None = None, about: str | None = None
+) -> dict[str, Any]:
+    return {"variable": variable, "rules": rules, "bounds": bounds, "about": about}
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL, got {value!r}")
+    return value
+
+
+def _names(value: object) -> object:
+    """A comma-separated list in the environment; a list or the same text in a file."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, list | tuple):
+        return tuple(s.strip() for s in items if not isinstance(s, str) or s.strip())
+    return items
+
+
+def _auth_mode(value: object) -> object:
+    mode = value.lower() if isinstance(value, str) else value
+    if mode not in AUTH_MODES:
+        raise ValueError(f"must be one of {', '.join(AUTH_MODES)}")
+    return mode
+
+
+def _format(value: object) -> int:
+    formats = {"v1": 1, "v2": 2}
+    name = value.lower() if isinstance(value, str) else value
+    if name not in formats:
+        raise ValueError(f"must be v1 or v2, got {value!r}")
+    return formats[name]
+
+
+def _absolute(path: Path) -> Path:
+    """A path setting made absolute against the working directory at start:
+    the engine resolves a run folder's bind from its own working directory,
+    so a relative one would name another folder there. (A file's relative
+    paths were joined to its folder already.)"""
+    return Path(os.path.abspath(path))
 
 
 @dataclass(frozen=True)
-class CdnOverrides:
+class _Loadable:
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Self:
+        """This group of settings from ``env`` alone."""
+        return _load(cls, env, None)
+
+
+@dataclass(frozen=True)
+class CdnOverrides(_Loadable):
     """``EDGELOADER_CDN_*``: each one, when set, wins over ``cdn.yaml``."""
 
-    host: str | None = None
-    downloader_access_key: str | None = None
-    downloader_access_secret: str | None = None
-    uploader_access_key: str | None = None
-    uploader_access_secret: str | None = None
-    region: str = "us-east-1"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> CdnOverrides:
-        def get(name: str) -> str | None:
-            return env.get(name, "").strip() or None
-
-        overrides = cls(
-            host=get("EDGELOADER_CDN_HOST"),
-            downloader_access_key=get("EDGELOADER_CDN_DOWNLOADER_ACCESS_KEY"),
-            downloader_access_secret=get("EDGELOADER_CDN_DOWNLOADER_ACCESS_SECRET"),
-            uploader_access_key=get("EDGELOADER_CDN_UPLOADER_ACCESS_KEY"),
-            uploader_access_secret=get("EDGELOADER_CDN_UPLOADER_ACCESS_SECRET"),
-            region=get("EDGELOADER_CDN_REGION") or "us-east-1",
-        )
-        if overrides.host:
-            _check_url("EDGELOADER_CDN_HOST", overrides.host)
-        return overrides
+    host: str | None = knob(None, "EDGELOADER_CDN_HOST", AfterValidator(_url))
+    downloader_access_key: str | None = knob(None, "EDGELOADER_CDN_DOWNLOADER_ACCESS_KEY")
+    downloader_access_secret: str | None = knob(None, "EDGELOADER_CDN_DOWNLOADER_ACCESS_SECRET")
+    uploader_access_key: str | None = knob(None, "EDGELOADER_CDN_UPLOADER_ACCESS_KEY")
+    uploader_access_secret: str | None = knob(None, "EDGELOADER_CDN_UPLOADER_ACCESS_SECRET")
+    region: str = knob("us-east-1", "EDGELOADER_CDN_REGION")
 
 
 @dataclass(frozen=True)
-class FunctionSettings:
+class FunctionSettings(_Loadable):
     """``EDGELOADER_MAX_RUNS`` and the other knobs of function runs (docs/functions.md)."""
 
-    max_runs: int = 2  # runs at once, all functions together (a 2-core box)
-    model_memory_max: int = 1024 * MiB  # the decrypted models runs mount, in memory
-    warm_max: int = 4  # idle warm containers kept, box-wide
-    dir: Path | None = None  # default: STATE_DIR/functions
-    run_retention: float = 7 * 86_400  # records of runs that ended longer ago are dropped
-    run_records_max: int = 10_000  # and the oldest beyond this many
-    run_kept_bytes_max: int = 256 * MiB  # and beyond this much kept output in all
-    output_max: int = 1 * MiB  # per captured stream, result.json and logs.json
-    request_max: int = 1 * MiB  # an invoke body, which becomes request.json
-    build_context_max: int = 256 * MiB  # an uploaded build context
-    build_timeout: float = 30 * 60
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> FunctionSettings:
-        folder = env.get("EDGELOADER_FUNCTIONS_DIR", "").strip()
-        return cls(
-            max_runs=_integer(env, "EDGELOADER_MAX_RUNS", cls.max_runs, 1, 64),
-            model_memory_max=_integer(
-                env, "EDGELOADER_MODEL_MEMORY_MAX", cls.model_memory_max, MiB, 1 << 40
-            ),
-            warm_max=_integer(env, "EDGELOADER_WARM_MAX", cls.warm_max, 0, 256),
-            dir=_absolute(folder) if folder else None,
-            run_retention=_seconds(env, "EDGELOADER_RUN_RETENTION", cls.run_retention),
-            run_records_max=_integer(
-                env, "EDGELOADER_RUN_RECORDS_MAX", cls.run_records_max, 10, 10_000_000
-            ),
-            run_kept_bytes_max=_integer(
-                env, "EDGELOADER_RUN_KEPT_BYTES_MAX", cls.run_kept_bytes_max, MiB, 1 << 40
-            ),
-            output_max=_integer(env, "EDGELOADER_RUN_OUTPUT_MAX", cls.output_max, 1024, 64 * MiB),
-            request_max=_integer(
-                env, "EDGELOADER_INVOKE_BODY_MAX", cls.request_max, 1024, 64 * MiB
-            ),
-            build_context_max=_integer(
-                env, "EDGELOADER_BUILD_CONTEXT_MAX", cls.build_context_max, 1024, 64 * 1024 * MiB
-            ),
-            build_timeout=_seconds(env, "EDGELOADER_BUILD_TIMEOUT", cls.build_timeout),
-        )
+    # Runs at once, all functions together (a 2-core box).
+    max_runs: int = whole(2, "EDGELOADER_MAX_RUNS", 1, 64)
+    # The decrypted models runs mount, in memory.
+    model_memory_max: int = whole(1024 * MiB, "EDGELOADER_MODEL_MEMORY_MAX", MiB, 1 << 40)
+    warm_max: int = whole(4, "EDGELOADER_WARM_MAX", 0, 256)  # idle warm containers, box-wide
+    # Default: STATE_DIR/functions.
+    dir: Path | None = knob(None, "EDGELOADER_FUNCTIONS_DIR")  # noqa: RUF009
+    # Records of runs that ended longer ago are dropped, and the oldest beyond
+    # these many or this much kept output in all.
+    run_retention: float = seconds(7 * 86_400, "EDGELOADER_RUN_RETENTION")
+    run_records_max: int = whole(10_000, "EDGELOADER_RUN_RECORDS_MAX", 10, 10_000_000)
+    run_kept_bytes_max: int = whole(256 * MiB, "EDGELOADER_RUN_KEPT_BYTES_MAX", MiB, 1 << 40)
+    # Per captured stream, result.json and logs.json.
+    output_max: int = whole(1 * MiB, "EDGELOADER_RUN_OUTPUT_MAX", 1024, 64 * MiB)
+    # An invoke body, which becomes request.json.
+    request_max: int = whole(1 * MiB, "EDGELOADER_INVOKE_BODY_MAX", 1024, 64 * MiB)
+    build_context_max: int = whole(  # an uploaded build context
+        256 * MiB, "EDGELOADER_BUILD_CONTEXT_MAX", 1024, 64 * 1024 * MiB
+    )
+    build_timeout: float = seconds(30 * 60, "EDGELOADER_BUILD_TIMEOUT")
 
 
 @dataclass(frozen=True)
-class DownloadSettings:
+class DownloadSettings(_Loadable):
     """``EDGELOADER_DOWNLOAD_*``: how big parts are read from the CDN, by
     loads and pre-staging alike (docs/architecture.md, "Parallel ranged reads")."""
 
-    connections: int = 4  # ranged reads at once per object; 1: every object as one stream
-    part_size: int = 8 * MiB  # rounded to the format's unit (16 B in v1, whole chunks in v2)
-    parallel_min: int = 16 * MiB  # smaller objects are read as one stream
-    inflight_max: int = 64 * MiB  # CDN bytes in memory, all reads together
-    max_rate: int | None = None  # bytes/s over all CDN reads; None: no cap
-    stall_timeout: float = 30.0  # a read that receives nothing this long is dropped and resumed
-    retries: int = 5  # per part, once the object's first answer has arrived
-    retry_backoff: float = 0.5  # the first wait between tries; it doubles up to 8 s
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> DownloadSettings:
-        part_size = _integer(
-            env, "EDGELOADER_DOWNLOAD_PART_SIZE", cls.part_size, 64 * 1024, 1024 * MiB
-        )
-        inflight = _integer(
-            env, "EDGELOADER_DOWNLOAD_INFLIGHT_MAX", cls.inflight_max, 4 * MiB, 64 * 1024 * MiB
-        )
-        if inflight < part_size:
-            raise ConfigError(
-                "EDGELOADER_DOWNLOAD_INFLIGHT_MAX must be at least EDGELOADER_DOWNLOAD_PART_SIZE"
-            )
-        rate = env.get("EDGELOADER_DOWNLOAD_MAX_RATE", "").strip()
-        return cls(
-            connections=_integer(env, "EDGELOADER_DOWNLOAD_CONNECTIONS", cls.connections, 1, 64),
-            part_size=part_size,
-            parallel_min=_integer(
-                env, "EDGELOADER_DOWNLOAD_PARALLEL_MIN", cls.parallel_min, 0, 1 << 62
-            ),
-            inflight_max=inflight,
-            max_rate=(
-                _integer(env, "EDGELOADER_DOWNLOAD_MAX_RATE", 0, 1024, 1 << 62) if rate else None
-            ),
-            stall_timeout=_seconds(env, "EDGELOADER_DOWNLOAD_STALL_TIMEOUT", cls.stall_timeout),
-            retries=_integer(env, "EDGELOADER_DOWNLOAD_RETRIES", cls.retries, 0, 100),
-            retry_backoff=_seconds(env, "EDGELOADER_DOWNLOAD_RETRY_BACKOFF", cls.retry_backoff),
-        )
+    # Ranged reads at once per object; 1: every object as one stream.
+    connections: int = whole(4, "EDGELOADER_DOWNLOAD_CONNECTIONS", 1, 64)
+    # Rounded to the format's unit (16 B in v1, whole chunks in v2).
+    part_size: int = whole(8 * MiB, "EDGELOADER_DOWNLOAD_PART_SIZE", 64 * 1024, 1024 * MiB)
+    # Smaller objects are read as one stream.
+    parallel_min: int = whole(16 * MiB, "EDGELOADER_DOWNLOAD_PARALLEL_MIN", 0, 1 << 62)
+    # CDN bytes in memory, all reads together; at least part_size (checked when loaded).
+    inflight_max: int = whole(
+        64 * MiB, "EDGELOADER_DOWNLOAD_INFLIGHT_MAX", 4 * MiB, 64 * 1024 * MiB
+    )
+    # Bytes/s over all CDN reads; None: no cap.
+    max_rate: int | None = whole(None, "EDGELOADER_DOWNLOAD_MAX_RATE", 1024, 1 << 62)
+    # A read that receives nothing this long is dropped and resumed.
+    stall_timeout: float = seconds(30, "EDGELOADER_DOWNLOAD_STALL_TIMEOUT")
+    # Per part, once the object's first answer has arrived.
+    retries: int = whole(5, "EDGELOADER_DOWNLOAD_RETRIES", 0, 100)
+    # The first wait between tries; it doubles up to 8 s.
+    retry_backoff: float = seconds(0.5, "EDGELOADER_DOWNLOAD_RETRY_BACKOFF")
 
 
 @dataclass(frozen=True)
-class AuthLimits:
+class AuthLimits(_Loadable):
     """Bounds of the login throttle and the audit (docs/security.md).
 
     The storage bounds are in bytes, so that no client input, however
@@ -147,47 +189,48 @@ class AuthLimits:
     first_wait: float = 1.0  # the wait after the last free failure; it doubles with each further
     max_wait: float = 15 * 60
     forget_after: float = 60 * 60  # a key's failures are forgotten this long after its last one
-    throttle_max_bytes: int = 16 * MiB
-    audit_retention: float = 90 * 86_400
-    audit_max_bytes: int = 64 * MiB
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AuthLimits:
-        return cls(
-            throttle_max_bytes=_integer(
-                env, "EDGELOADER_THROTTLE_MAX_BYTES", cls.throttle_max_bytes, 64 * 1024, 1024 * MiB
-            ),
-            audit_retention=_seconds(env, "EDGELOADER_AUDIT_RETENTION", cls.audit_retention),
-            audit_max_bytes=_integer(
-                env, "EDGELOADER_AUDIT_MAX_BYTES", cls.audit_max_bytes, 64 * 1024, 64 * 1024 * MiB
-            ),
-        )
+    throttle_max_bytes: int = whole(
+        16 * MiB, "EDGELOADER_THROTTLE_MAX_BYTES", 64 * 1024, 1024 * MiB
+    )
+    audit_retention: float = seconds(90 * 86_400, "EDGELOADER_AUDIT_RETENTION")
+    audit_max_bytes: int = whole(64 * MiB, "EDGELOADER_AUDIT_MAX_BYTES", 64 * 1024, 64 * 1024 * MiB)
 
 
 @dataclass(frozen=True)
 class Settings:
-    resource_api_url: str
-    images_path: Path = Path("/opt/edgeloader/images.enc")
-    api_version: str = "latest"
-    api_services: tuple[str, ...] = ()
-    cache_dir: Path | None = None
-    prefetch_max_jobs: int = 32  # pre-staging jobs running or waiting at once
-    prefetch_max_jobs_per_caller: int = 8  # of those, started by one identity
-    host: str = "0.0.0.0"  # noqa: S104 - a device service, reached by agents on the box
-    port: int = 8080
-    docker_host: str | None = None
+    resource_api_url: str = field(
+        metadata=_read_from(
+            "RESOURCE_API_URL",
+            AfterValidator(_url),
+            AfterValidator(lambda url: url.rstrip("/")),
+            about="the Resource API base URL",
+        )
+    )
+    images_path: Path = knob(Path("/opt/edgeloader/images.enc"), "IMAGES_PATH")  # noqa: RUF009
+    api_version: str = knob("latest", "API_VERSION")
+    api_services: tuple[str, ...] = knob(
+        (), "EDGELOADER_API_SERVICES", NoDecode, BeforeValidator(_names)
+    )
+    cache_dir: Path | None = knob(None, "EDGELOADER_CACHE_DIR")  # noqa: RUF009
+    # Pre-staging jobs running or waiting at once, and of those started by one identity.
+    prefetch_max_jobs: int = whole(32, "EDGELOADER_PREFETCH_MAX_JOBS", 1, 4096)
+    prefetch_max_jobs_per_caller: int = whole(8, "EDGELOADER_PREFETCH_MAX_JOBS_PER_CALLER", 1, 4096)
+    # A device service, reached by agents on the box.
+    host: str = knob("0.0.0.0", "EDGELOADER_HOST")  # noqa: S104
+    port: int = whole(8080, "EDGELOADER_PORT", 0, 65535)
+    docker_host: str | None = knob(None, "DOCKER_HOST")
     cdn: CdnOverrides = field(default_factory=CdnOverrides)
-    upstream_jwt_key: str | None = None
+    upstream_jwt_key: str | None = knob(None, "EDGELOADER_UPSTREAM_JWT_KEY")
     # Agent authentication (docs/security.md).
-    auth_mode: str = "required"
-    state_dir: Path = Path("/var/lib/edgeloader")
-    access_token_ttl: float = 15 * 60
-    refresh_token_ttl: float = 30 * 86_400
+    auth_mode: str = knob("required", "EDGELOADER_AUTH", BeforeValidator(_auth_mode))
+    state_dir: Path = knob(Path("/var/lib/edgeloader"), "EDGELOADER_STATE_DIR")  # noqa: RUF009
+    access_token_ttl: float = seconds(15 * 60, "EDGELOADER_ACCESS_TOKEN_TTL")
+    refresh_token_ttl: float = seconds(30 * 86_400, "EDGELOADER_REFRESH_TOKEN_TTL")
     token_issuer: str = "edgeloader"  # noqa: S105 - the `iss` claim, not a secret
     # Integrity (docs/security.md): the publisher's Ed25519 public key (PEM).
-    publisher_key: Path | None = None
+    publisher_key: Path | None = knob(None, "EDGELOADER_PUBLISHER_KEY")  # noqa: RUF009
     # Container format of what /upload writes: 1 keeps mixed Azaion fleets working.
-    upload_format: int = 1
+    upload_format: int = knob(1, "EDGELOADER_UPLOAD_FORMAT", BeforeValidator(_format))
     # Tuning; the defaults suit small devices.
     chunk_size: int = 1 * MiB
     upload_part_size: int = 8 * MiB
@@ -198,86 +241,30 @@ class Settings:
     auth_limits: AuthLimits = field(default_factory=AuthLimits)
     downloads: DownloadSettings = field(default_factory=DownloadSettings)
     # Connections (web/server.py): None means half of what the descriptor limit leaves.
-    max_connections: int | None = None
-    header_timeout: float = 15.0
-    body_timeout: float = 30.0
-    body_min_rate: int = 1024  # bytes/s a request body must average over body_timeout
-    # The event stream, GET /api/events (docs/events.md).
-    events_heartbeat: float = 15.0  # a comment line this often keeps proxies from closing it
-    events_queue: int = 256  # events held per stream before its oldest are dropped
-    events_max_streams: int = 64  # streams open at once
-    events_max_streams_per_caller: int = 8  # of those, held by one identity
+    max_connections: int | None = whole(None, "EDGELOADER_MAX_CONNECTIONS", 1, 1_000_000)
+    header_timeout: float = seconds(15, "EDGELOADER_HEADER_TIMEOUT")
+    body_timeout: float = seconds(30, "EDGELOADER_BODY_TIMEOUT")
+    # Bytes/s a request body must average over body_timeout.
+    body_min_rate: int = whole(1024, "EDGELOADER_BODY_MIN_RATE", 0, 1 << 30)
+    # The event stream, GET /api/events (docs/events.md): a comment line this
+    # often keeps proxies from closing it; events held per stream before its
+    # oldest are dropped; streams open at once, and of those held by one identity.
+    events_heartbeat: float = seconds(15, "EDGELOADER_EVENTS_HEARTBEAT")
+    events_queue: int = whole(256, "EDGELOADER_EVENTS_QUEUE", 16, 65536)
+    events_max_streams: int = whole(64, "EDGELOADER_EVENTS_MAX_STREAMS", 1, 4096)
+    events_max_streams_per_caller: int = whole(
+        8, "EDGELOADER_EVENTS_MAX_STREAMS_PER_CALLER", 1, 4096
+    )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, file: Path | None = None
+    ) -> Settings:
+        """The settings from ``env`` (default: the process's environment) over
+        the configuration file: ``file`` if given, else ``EDGELOADER_CONFIG``."""
         env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        url = get("RESOURCE_API_URL")
-        if url is None:
-            raise ConfigError("RESOURCE_API_URL is required (the Resource API base URL)")
-        _check_url("RESOURCE_API_URL", url)
-        cdn = CdnOverrides.from_env(env)
-        services = tuple(s.strip() for s in (get("EDGELOADER_API_SERVICES") or "").split(","))
-        cache = get("EDGELOADER_CACHE_DIR")
-        auth_mode = (get("EDGELOADER_AUTH") or "required").lower()
-        if auth_mode not in AUTH_MODES:
-            raise ConfigError(f"EDGELOADER_AUTH must be one of {', '.join(AUTH_MODES)}")
-        settings = cls(
-            resource_api_url=url.rstrip("/"),
-            images_path=_absolute(get("IMAGES_PATH") or cls.images_path),
-            api_version=get("API_VERSION") or cls.api_version,
-            api_services=tuple(s for s in services if s),
-            cache_dir=_absolute(cache) if cache else None,
-            prefetch_max_jobs=_integer(
-                env, "EDGELOADER_PREFETCH_MAX_JOBS", cls.prefetch_max_jobs, 1, 4096
-            ),
-            prefetch_max_jobs_per_caller=_integer(
-                env,
-                "EDGELOADER_PREFETCH_MAX_JOBS_PER_CALLER",
-                cls.prefetch_max_jobs_per_caller,
-                1,
-                4096,
-            ),
-            host=get("EDGELOADER_HOST") or cls.host,
-            port=_port(get("EDGELOADER_PORT") or str(cls.port)),
-            docker_host=get("DOCKER_HOST"),
-            cdn=cdn,
-            upstream_jwt_key=get("EDGELOADER_UPSTREAM_JWT_KEY"),
-            auth_mode=auth_mode,
-            state_dir=_absolute(get("EDGELOADER_STATE_DIR") or cls.state_dir),
-            publisher_key=_absolute(key) if (key := get("EDGELOADER_PUBLISHER_KEY")) else None,
-            upload_format=_format(get("EDGELOADER_UPLOAD_FORMAT") or "v1"),
-            access_token_ttl=_seconds(env, "EDGELOADER_ACCESS_TOKEN_TTL", cls.access_token_ttl),
-            refresh_token_ttl=_seconds(env, "EDGELOADER_REFRESH_TOKEN_TTL", cls.refresh_token_ttl),
-            max_connections=(
-                _integer(env, "EDGELOADER_MAX_CONNECTIONS", 0, 1, 1_000_000)
-                if get("EDGELOADER_MAX_CONNECTIONS")
-                else None
-            ),
-            header_timeout=_seconds(env, "EDGELOADER_HEADER_TIMEOUT", cls.header_timeout),
-            body_timeout=_seconds(env, "EDGELOADER_BODY_TIMEOUT", cls.body_timeout),
-            body_min_rate=_integer(env, "EDGELOADER_BODY_MIN_RATE", cls.body_min_rate, 0, 1 << 30),
-            events_heartbeat=_seconds(env, "EDGELOADER_EVENTS_HEARTBEAT", cls.events_heartbeat),
-            events_queue=_integer(env, "EDGELOADER_EVENTS_QUEUE", cls.events_queue, 16, 65536),
-            events_max_streams_per_caller=_integer(
-                env,
-                "EDGELOADER_EVENTS_MAX_STREAMS_PER_CALLER",
-                cls.events_max_streams_per_caller,
-                1,
-                4096,
-            ),
-            events_max_streams=_integer(
-                env, "EDGELOADER_EVENTS_MAX_STREAMS", cls.events_max_streams, 1, 4096
-            ),
-            functions=FunctionSettings.from_env(env),
-            auth_limits=AuthLimits.from_env(env),
-            downloads=DownloadSettings.from_env(env),
-        )
-        return settings
+        named = env.get(CONFIG_VARIABLE, "").strip()
+        return _load(cls, env, file or (Path(named) if named else None))
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields changed (CLI flags win over the environment)."""
@@ -298,57 +285,200 @@ class Settings:
         return tuple(f"{repo}:{self.api_version}" for repo in self.api_services)
 
 
-def _check_url(name: str, url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{name} must be an http(s) URL, got {url!r}")
+# -- loading ----------------------------------------------------------------------------
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+@dataclass(frozen=True)
+class _Knob:
+    variable: str
+    key: str  # in a configuration file
+    is_path: bool
+    bounds: tuple[int, int] | None
+    about: str | None
+
+
+class _Model(BaseSettings):
+    """Base of the models made from the dataclasses' knobs: one field per
+    variable, named after it."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="forbid", frozen=True, validate_default=False
+    )
+
+
+class _Environment(EnvSettingsSource):
+    """The variables of ``env`` (the process's, or a test's), blank ones unset."""
+
+    def __init__(self, model: type[_Model], env: Mapping[str, str]) -> None:
+        self.given = {name: value.strip() for name, value in env.items() if value.strip()}
+        super().__init__(model, case_sensitive=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return self.given
+
+
+def _load(cls: type[T], env: Mapping[str, str], file: Path | None) -> T:
+    model, knobs = _model(cast(type, cls))  # (a class is hashable)
+    environment = _Environment(model, env)
+    sources: tuple[EnvSettingsSource | InitSettingsSource, ...] = (environment,)
+    if file is not None:  # after the environment: the first source that has a value wins
+        sources += (InitSettingsSource(model, _read(file, knobs)),)
+    origin = _Origin(environment.given, file, knobs)
     try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive")
+        values = model(_build_sources=(sources, {}))
+    except ValidationError as exc:
+        raise ConfigError(origin.explain(exc.errors()[0])) from None
+    loaded = _build(cls, dict(values))
+    downloads = getattr(loaded, "downloads", loaded)
+    if isinstance(downloads, DownloadSettings) and downloads.inflight_max < downloads.part_size:
+        raise ConfigError(
+            f"{origin.name('EDGELOADER_DOWNLOAD_INFLIGHT_MAX')} must be at least "
+            f"{origin.name('EDGELOADER_DOWNLOAD_PART_SIZE', with_file=False)}"
+        )
+    return loaded
+
+
+@cache
+def _model(cls: type) -> tuple[type[_Model], dict[str, _Knob]]:
+    """The pydantic-settings model of ``cls``'s knobs (its groups' included)."""
+    definitions: dict[str, Any] = {}
+    knobs: dict[str, _Knob] = {}
+    for f, hint in _walk(cls):
+        variable = f.metadata["variable"]
+        inner, optional = _without_none(hint)
+        rules = f.metadata["rules"]
+        if inner in (int, float):
+            rules = (BeforeValidator(_no_flag), *rules)
+        if inner is Path:
+            rules = (*rules, AfterValidator(_absolute))
+        annotation: Any = Annotated[(inner, *rules)] if rules else inner
+        if optional:
+            annotation = annotation | None
+        definitions[variable] = (annotation, ... if f.default is MISSING else f.default)
+        key = variable.lower().removeprefix("edgeloader_")
+        about = f.metadata.get("about")
+        knobs[variable] = _Knob(variable, key, inner is Path, f.metadata["bounds"], about)
+    return create_model(f"{cls.__name__}Model", __base__=_Model, **definitions), knobs
+
+
+def _walk(cls: type) -> Iterator[tuple[Field[Any], Any]]:
+    """(field, type) of every knob of ``cls`` and of its groups."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if "variable" in f.metadata:
+            yield f, hints[f.name]
+        elif is_dataclass(hints[f.name]):
+            yield from _walk(hints[f.name])
+
+
+def _without_none(hint: Any) -> tuple[Any, bool]:
+    if isinstance(hint, UnionType) and NoneType in get_args(hint):
+        (inner,) = (a for a in get_args(hint) if a is not NoneType)
+        return inner, True
+    return hint, False
+
+
+def _no_flag(value: object) -> object:
+    if isinstance(value, bool):  # else a file's `true` would count as 1
+        raise ValueError(f"must be a number, not {str(value).lower()}")
     return value
 
 
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+def _build(cls: type[T], values: Mapping[str, Any]) -> T:
+    """``cls`` with its knobs, and its groups', from the validated ``values``."""
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if "variable" in f.metadata:
+            kwargs[f.name] = values[f.metadata["variable"]]
+        elif is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], values)
+    return cls(**kwargs)
+
+
+def _read(path: Path, knobs: Mapping[str, _Knob]) -> dict[str, Any]:
+    """The file's values under their variables' names, its relative paths
+    joined to its folder; blank values count as unset."""
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"configuration file {path} {problem}")
+    raw = _parse(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must hold keys with values, like warm_max = 4")
+    by_key = {k.key: k for k in knobs.values()}
+    for key in raw:
+        if key not in by_key:
+            raise ConfigError(f"{path}: unknown key {key!r}{_guess(str(key), by_key)}")
+    folder = path.parent.absolute()
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        knob = by_key[key]
+        value = value.strip() if isinstance(value, str) else value
+        if value == "" or value is None:
+            continue
+        values[knob.variable] = folder / value if knob.is_path and isinstance(value, str) else value
+    return values
+
+
+def _parse(path: Path) -> object:
     try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be {low}-{high}, got {value}")
-    return value
+        if path.suffix == ".toml":
+            return TomlConfigSettingsSource(_Model, toml_file=path).toml_data
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                return YamlConfigSettingsSource(_Model, yaml_file=path).yaml_data
+            except yaml.YAMLError as exc:
+                raise ValueError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except ValueError as exc:  # not TOML or YAML, or not UTF-8
+        raise ConfigError(f"{path}: {' '.join(str(exc).split())}") from None
+    raise ConfigError(f"configuration file {path} must end in .toml, .yaml or .yml")
 
 
-def _format(value: str) -> int:
-    formats = {"v1": 1, "v2": 2}
-    if value.lower() not in formats:
-        raise ConfigError(f"EDGELOADER_UPLOAD_FORMAT must be v1 or v2, got {value!r}")
-    return formats[value.lower()]
+def _guess(key: str, keys: Collection[str]) -> str:
+    """`` (did you mean 'warm_max'?)`` for a variable's name or a near miss."""
+    plain = key.lower().removeprefix("edgeloader_")
+    close = [plain] if plain in keys else difflib.get_close_matches(plain, keys, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ConfigError(f"EDGELOADER_PORT must be a number, got {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"EDGELOADER_PORT must be 0-65535, got {port}")
-    return port
+@dataclass(frozen=True)
+class _Origin:
+    """Where the values came from, to name a bad one the way it was given."""
 
+    env: Mapping[str, str]
+    file: Path | None
+    knobs: Mapping[str, _Knob]
 
-def _absolute(path: str | Path) -> Path:
-    """A path setting made absolute against the working directory at start:
-    the engine resolves a run folder's bind from its own working directory,
-    so a relative one would name another folder there."""
-    return Path(os.path.abspath(path))
+    def name(self, variable: str, *, with_file: bool = True) -> str:
+        """The variable, or the file's key (after the file) when the file gave it."""
+        if self.file is None or variable in self.env:
+            return variable
+        key = self.knobs[variable].key
+        return f"{self.file}: {key}" if with_file else key
+
+    def explain(self, error: ErrorDetails) -> str:
+        variable = str(error["loc"][0])
+        knob, got = self.knobs[variable], error["input"]
+        match error["type"]:
+            case "missing":
+                where = f"; {knob.key} in {self.file}" if self.file else ""
+                return f"{variable} is required ({knob.about}{where})"
+            case "int_parsing" | "int_type" | "int_from_float":
+                reason = f"must be a whole number, got {got!r}"
+            case "greater_than_equal" | "less_than_equal" if knob.bounds:
+                reason = f"must be {knob.bounds[0]}-{knob.bounds[1]}, got {got}"
+            case "float_parsing" | "float_type":
+                reason = f"must be a number of seconds, got {got!r}"
+            case "greater_than":
+                reason = f"must be positive, got {got}"
+            case "string_type":
+                reason = "must be text (in quotes)"
+            case "value_error":
+                reason = str(error.get("ctx", {}).get("error", error["msg"]))
+            case _:
+                reason = error["msg"][:1].lower() + error["msg"][1:]
+        return f"{self.name(variable)} {reason}"

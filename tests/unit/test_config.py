@@ -50,7 +50,7 @@ def test_every_variable_is_read() -> None:
     [
         ({}, "RESOURCE_API_URL is required"),
         ({"RESOURCE_API_URL": "ftp://x"}, "must be an http(s) URL"),
-        (BASE | {"EDGELOADER_PORT": "eighty"}, "must be a number"),
+        (BASE | {"EDGELOADER_PORT": "eighty"}, "must be a whole number"),
         (BASE | {"EDGELOADER_PORT": "70000"}, "0-65535"),
         (BASE | {"EDGELOADER_CDN_HOST": "cdn.local"}, "EDGELOADER_CDN_HOST must be"),
     ],

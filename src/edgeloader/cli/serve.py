@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeloader import logs
@@ -22,12 +23,26 @@ def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="run the loader service",
         description=(
             "Run the loader's HTTP API. Configuration comes from the environment "
-            "(RESOURCE_API_URL is required; see docs/configuration.md); "
-            "the flags below win over it."
+            "and, optionally, a TOML or YAML file whose keys are the variables' names "
+            "in lower case without EDGELOADER_ (RESOURCE_API_URL or resource_api_url "
+            "is required; see docs/configuration.md). The environment wins over the "
+            "file; the flags below win over both."
         ),
     )
-    run.add_argument("--host", help="address to bind (default: $EDGELOADER_HOST or 0.0.0.0)")
-    run.add_argument("--port", type=int, help="port to bind (default: $EDGELOADER_PORT or 8080)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="configuration file, .toml, .yaml or .yml (default: $EDGELOADER_CONFIG, if set)",
+    )
+    run.add_argument(
+        "--host", help="address to bind (default: $EDGELOADER_HOST, the file's host, or 0.0.0.0)"
+    )
+    run.add_argument(
+        "--port",
+        type=int,
+        help="port to bind (default: $EDGELOADER_PORT, the file's port, or 8080)",
+    )
     run.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="log line format"
     )
@@ -40,7 +55,7 @@ def serve(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_format, args.log_level)
     flags = {"host": args.host, "port": args.port}
-    settings = Settings.from_env().with_overrides(
+    settings = Settings.from_env(file=args.config).with_overrides(
         **{k: v for k, v in flags.items() if v is not None}
     )
     asyncio.run(_serve_until_stopped(settings))

@@ -10,6 +10,7 @@ import pytest
 from edgeloader.cli.output import (
     EXIT_FAILURE,
     EXIT_USAGE,
+    PLAIN_SECONDS,
     Progress,
     UsageError,
     read_password,
@@ -57,16 +58,69 @@ def test_password_from_stdin_env_or_nowhere(monkeypatch: pytest.MonkeyPatch) -> 
         read_password(from_stdin=True, stdin=io.StringIO("\n"))
 
 
-def test_progress_prints_plain_lines_off_a_terminal() -> None:
+class Clock:
+    """Seconds that pass only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_off_a_terminal_fast_work_prints_its_last_line_only() -> None:
     out = io.StringIO()
-    progress = Progress("copied", 20 << 20, stream=out)
+    progress = Progress("copied", 8 << 20, stream=out, min_bytes=0, clock=Clock())
+    for _ in range(8 * 16):  # 8 MiB in 64 KiB pieces, all within a moment
+        progress.advance(64 << 10)
+    progress.close()
+    assert out.getvalue() == "copied 8 / 8 MiB (100%)\n"
+
+
+def test_off_a_terminal_slow_work_prints_each_quarter_once() -> None:
+    out, clock = io.StringIO(), Clock()
+    progress = Progress("copied", 20 << 20, stream=out, clock=clock)
     for _ in range(20):
+        clock.now += 10  # a MiB every 10 s: every quarter is past the 5 s spacing
         progress.advance(1 << 20)
     progress.close()
-    lines = out.getvalue().splitlines()
-    assert lines[0] == "copied 1 / 20 MiB (5%)"
-    assert lines[-1] == "copied 20 / 20 MiB (100%)"
-    assert len(lines) == 20
+    assert out.getvalue().splitlines() == [
+        "copied 5 / 20 MiB (25%)",
+        "copied 10 / 20 MiB (50%)",
+        "copied 15 / 20 MiB (75%)",
+        "copied 20 / 20 MiB (100%)",
+    ]
+
+
+def test_off_a_terminal_lines_are_spaced_in_time() -> None:
+    out, clock = io.StringIO(), Clock()
+    progress = Progress("copied", 100 << 20, stream=out, clock=clock)
+    clock.now += PLAIN_SECONDS  # the first quarter comes after the spacing: shown
+    progress.update_to(30 << 20)
+    clock.now += 1  # the next quarter 1 s later: not shown...
+    progress.update_to(50 << 20)
+    clock.now += PLAIN_SECONDS  # ...but the work past it is, once the spacing is over
+    progress.update_to(60 << 20)
+    progress.update_to(70 << 20)  # the same quarter again: nothing
+    progress.update_to(100 << 20)  # the end: always, however soon
+    assert out.getvalue().splitlines() == [
+        "copied 30 / 100 MiB (30%)",
+        "copied 60 / 100 MiB (60%)",
+        "copied 100 / 100 MiB (100%)",
+    ]
+
+
+def test_work_seen_late_starts_where_it_is() -> None:
+    out, clock = io.StringIO(), Clock()
+    progress = Progress(
+        "prefetch", 8 << 20, stream=out, min_bytes=0, initial=7 << 20, clock=clock
+    )
+    assert progress.done == 7 << 20
+    clock.now += 60
+    progress.update_to(7 << 20)  # the quarters it started past are not shown
+    assert out.getvalue() == ""
+    progress.update_to(8 << 20)
+    assert out.getvalue() == "prefetch 8 / 8 MiB (100%)\n"
 
 
 def test_progress_is_silent_for_small_work() -> None:

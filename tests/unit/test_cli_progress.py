@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 
+from edgeloader.cli.commands.follow import StatusView
 from edgeloader.cli.output import Console, Progress
 
 MiB = 1 << 20
@@ -64,3 +65,40 @@ def test_plain_lines_with_a_late_total() -> None:
     progress.update_to(2 * MiB, 2 * MiB)
     progress.close()
     assert out.getvalue() == "unlock 2 / 2 MiB (100%)\n"
+
+
+def _final_frame(screen: Terminal) -> str:
+    return screen.getvalue().rstrip("\n").rsplit("\r", 1)[-1]
+
+
+def test_a_job_seen_late_has_no_rate_from_bytes_it_did_not_see_move() -> None:
+    # A pre-staging job first seen when its bytes are all in (it ran before the
+    # command looked, or resumed after a restart): those bytes took no time to
+    # "arrive" here, so the rate must not count them (it once read 39 GiB/s).
+    screen = Terminal()
+    view = StatusView(Console(err=screen), "prefetch", frozenset({"done", "failed"}))
+    view({"state": "verifying", "bytesDone": 8 * MiB, "bytesTotal": 8 * MiB})
+    view.close()
+    final = _final_frame(screen)
+    assert "8.00MiB/8.00MiB" in final, final
+    assert final.endswith("?iB/s]"), final  # no bytes seen moving: no rate
+
+
+def test_a_job_seen_midway_counts_from_there() -> None:
+    screen = Terminal()
+    view = StatusView(Console(err=screen), "prefetch", frozenset({"done", "failed"}))
+    view({"state": "running", "bytesDone": 6 * MiB, "bytesTotal": 8 * MiB})
+    assert view.progress is not None
+    assert view.progress.done == 6 * MiB
+    view({"state": "running", "bytesDone": 8 * MiB, "bytesTotal": 8 * MiB})
+    view.close()
+    assert "8.00MiB/8.00MiB" in _final_frame(screen)
+
+
+def test_a_job_over_when_first_seen_gets_no_bar() -> None:
+    screen = Terminal()
+    view = StatusView(Console(err=screen), "prefetch", frozenset({"done", "failed"}))
+    view({"state": "done", "bytesDone": 8 * MiB, "bytesTotal": 8 * MiB})
+    view.close()
+    assert view.progress is None
+    assert screen.getvalue() == ""

@@ -4,11 +4,14 @@ progress.
 
 - A failure is one line on stderr, ``PROG: message``, never a traceback.
 - Exit codes: 0 success, 1 a failure while working, 2 bad usage (wrong
-  arguments or configuration), 130 interrupted.
+  arguments or configuration, an unknown command), 130 interrupted.
+- Output whose reader has gone (``edgeloader doctor | head -1``) ends the
+  command quietly, with 0: what the reader wanted, it has.
 - A password is never an argument: it comes from stdin, an environment
   variable named by the command, or a prompt on a terminal.
 - Progress (:class:`Progress`, the one renderer) is a bar with bytes, rate
-  and ETA on a terminal (tqdm), plain lines every 5% otherwise.
+  and ETA on a terminal (tqdm); otherwise a few plain lines: at each
+  quarter, at most one per :data:`PLAIN_SECONDS`, and the last one.
 - A client command's results (:class:`Console`) are plain lines on stdout,
   or with ``--json`` one JSON document per result; notes and progress go
   to stderr, and ``--json`` silences them.
@@ -17,12 +20,15 @@ progress.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import getpass
 import io
 import json
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn, TextIO
 
@@ -35,9 +41,12 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "PLAIN_SECONDS",
+    "CommandParser",
     "Console",
     "Progress",
     "UsageError",
+    "quiet_closed_output",
     "read_line",
     "read_password",
     "run_command",
@@ -49,6 +58,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _MIB = 1024 * 1024
+#: Off a terminal, progress lines are at least this far apart (the last one excepted).
+PLAIN_SECONDS = 5.0
 # name, percentage, bar, bytes done / total, elapsed < ETA, rate
 _BAR = (
     "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}iB/{total_fmt}iB [{elapsed}<{remaining}, {rate_fmt}]"
@@ -78,10 +89,41 @@ class UsageError(InvalidRequest):
     """Bad usage."""
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse, but a mistyped command is one line naming the closest one:
+    ``edgeloader: unknown command 'lod' (did you mean 'load'?)``, exit 2.
+    Subcommand parsers are of the same class, so ``edgeloader keys lst``
+    is answered alike."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if (
+            isinstance(action, argparse._SubParsersAction)
+            and choices is not None
+            and value not in choices
+        ):
+            names = [str(name) for name in choices]
+            close = difflib.get_close_matches(str(value), names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"see `{self.prog} --help`"
+            self.exit(EXIT_USAGE, f"{self.prog}: unknown command {value!r} ({hint})\n")
+        super()._check_value(action, value)
+
+
 def _os_message(exc: OSError | sqlite3.Error) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def quiet_closed_output() -> None:
+    """Points stdout and stderr at /dev/null once a reader has closed the
+    pipe, so that nothing written later, nor the flush at exit, fails again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        # A stream that is no file (a test's buffer) has nothing to flush at exit.
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def run_command(prog: str, command: Command, args: argparse.Namespace) -> int:
@@ -92,7 +134,12 @@ def run_command(prog: str, command: Command, args: argparse.Namespace) -> int:
         return code
 
     try:
-        return int(command(args))
+        code = int(command(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the flush at exit
+        return code
+    except BrokenPipeError:
+        quiet_closed_output()
+        return EXIT_OK
     except (ConfigError, InvalidRequest) as exc:
         return fail(exc.detail, EXIT_USAGE)
     except EdgeloaderError as exc:
@@ -157,9 +204,14 @@ class Progress:
     """Progress of work measured in bytes, the one renderer of every command.
 
     On a terminal: a bar with bytes, rate and ETA (tqdm), redrawn in place.
-    Off a terminal: ``VERB done / total MiB (pct%)`` at every 5%, one line per
-    step. Silent for work under ``min_bytes`` and when ``enabled`` is false.
+    Off a terminal (a log, a pipe): ``VERB done / total MiB (pct%)`` once a
+    new quarter is reached, at most one line per :data:`PLAIN_SECONDS`, and
+    always the line of the end; a few lines however big or fast the work.
+    Silent for work under ``min_bytes`` and when ``enabled`` is false.
     ``total`` may be None (unknown): the bar then shows bytes and rate only.
+    ``initial``: the bytes already done when the work is first seen (a job
+    followed once it runs, a resumed download); they count as done but not
+    in the rate, which is over the bytes seen moving.
     """
 
     def __init__(
@@ -170,20 +222,25 @@ class Progress:
         stream: TextIO | None = None,
         min_bytes: int = 16 * _MIB,
         enabled: bool = True,
+        initial: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.verb = verb
         self.total = total
         self._stream = stream or sys.stderr
         self._tty = self._stream.isatty()
         self._enabled = enabled and (total is None or total >= min_bytes)
-        self._shown = -1
+        self._clock = clock
+        self._shown_at = clock()
+        self._quarter = self._quarter_of(initial)
         self._bar: tqdm[NoReturn] | None = None
-        self.done = 0
+        self.done = initial
         if self._enabled and self._tty:
             # A terminal that reports no size (some pseudo-terminals) is taken as 80x24.
             width = _columns(self._stream)
             self._bar = tqdm(
                 total=total,
+                initial=initial,
                 desc=verb,
                 unit="iB",
                 unit_scale=True,
@@ -197,6 +254,9 @@ class Progress:
                 leave=True,
                 bar_format=_BAR if total else None,
             )
+
+    def _quarter_of(self, done: int) -> int:
+        return min(done * 4 // self.total, 4) if self.total else 0
 
     def advance(self, n: int) -> None:
         self.update_to(self.done + n)
@@ -216,11 +276,15 @@ class Progress:
             return
         if not self.total:
             return
-        step = min(self.done * 20 // self.total, 20)
-        if step == self._shown:
+        quarter = self._quarter_of(done)
+        if quarter <= self._quarter:
             return
-        self._shown = step
-        line = f"{self.verb} {self.done / _MIB:.0f} / {self.total / _MIB:.0f} MiB ({step * 5}%)"
+        now = self._clock()
+        if quarter < 4 and now - self._shown_at < PLAIN_SECONDS:
+            return
+        self._quarter, self._shown_at = quarter, now
+        percent = min(done * 100 // self.total, 100)
+        line = f"{self.verb} {done / _MIB:.0f} / {self.total / _MIB:.0f} MiB ({percent}%)"
         print(line, file=self._stream, flush=True)
 
     def note(self, text: str) -> None:
@@ -262,7 +326,14 @@ class Console:
         if not self.json_mode:
             print(text, file=self._err, flush=True)
 
-    def progress(self, verb: str, total: int | None, *, min_bytes: int = _MIB) -> Progress:
+    def progress(
+        self, verb: str, total: int | None, *, min_bytes: int = _MIB, initial: int = 0
+    ) -> Progress:
         return Progress(
-            verb, total, stream=self._err, min_bytes=min_bytes, enabled=not self.json_mode
+            verb,
+            total,
+            stream=self._err,
+            min_bytes=min_bytes,
+            enabled=not self.json_mode,
+            initial=initial,
         )

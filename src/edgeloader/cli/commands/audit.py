@@ -18,8 +18,8 @@ def add_audit_command(commands: Subcommands, parent: argparse.ArgumentParser) ->
         parents=[parent],
         help="show the audit log (admins)",
         description=(
-            "Entries of the audit log (GET /api/audit), oldest first: logins, token "
-            "exchanges, keys, loads, uploads, unlocks, functions."
+            "The newest entries of the audit log (GET /api/audit?newest=true), listed "
+            "oldest first: logins, token exchanges, keys, loads, uploads, unlocks, functions."
         ),
     )
     audit.add_argument(
@@ -29,7 +29,11 @@ def add_audit_command(commands: Subcommands, parent: argparse.ArgumentParser) ->
         help="epoch seconds, an ISO 8601 time (UTC if no zone) or a duration back (15m, 2h, 7d)",
     )
     audit.add_argument(
-        "--limit", type=int, default=100, metavar="N", help="at most N entries (1-1000; 100)"
+        "--limit",
+        type=int,
+        default=100,
+        metavar="N",
+        help="the newest N entries from --since on (1-1000; default: 100)",
     )
     audit.set_defaults(func=with_client(audit_command))
 
@@ -52,7 +56,11 @@ def _entry_line(entry: dict[str, Any]) -> str:
 
 
 async def audit_command(args: argparse.Namespace, client: Client, out: Console) -> int:
-    params = {"since": f"{parse_since(args.since):.3f}", "limit": str(args.limit)}
+    params = {
+        "since": f"{parse_since(args.since):.3f}",
+        "limit": str(args.limit),
+        "newest": "true",
+    }
     answer = await client.call("GET", "/api/audit", params=params)
     entries = answer.get("entries", [])
     out.result(answer, [_entry_line(e) for e in entries] or ["no audit entries"])

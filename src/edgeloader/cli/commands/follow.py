@@ -34,7 +34,9 @@ def add_wait_options(parser: argparse.ArgumentParser, what: str) -> None:
 class StatusView:
     """Each new state as a line (``LABEL: state``, with the status's error
     when it has one), and the bytes as a progress bar once ``counting`` says
-    the status counts them. Final states are left to the command's result."""
+    the status counts them, from the bytes done then (a job resumed, or seen
+    late, is not read as bytes moved in no time). Final states are left to
+    the command's result."""
 
     def __init__(
         self,
@@ -63,7 +65,10 @@ class StatusView:
             return
         if self.counting(status):
             if self.progress is None:
-                self.progress = self.out.progress(self.label, total)
+                if state in self.final:
+                    return  # over before a byte was seen moving: the result says it all
+                # The bytes done before the bar appears are not in its rate.
+                self.progress = self.out.progress(self.label, total, initial=done)
             self.progress.update_to(done, total)
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from edgeloader.cli.client import Client
 from edgeloader.cli.commands.common import Subcommands, format_time, with_client
-from edgeloader.cli.output import Console
+from edgeloader.cli.output import Console, table
 from edgeloader.roles import Role
 
 __all__ = ["add_keys_commands"]
@@ -64,18 +64,25 @@ async def create_command(args: argparse.Namespace, client: Client, out: Console)
     return 0
 
 
-def _key_line(key: dict[str, Any]) -> str:
+KEY_COLUMNS = ("ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES")
+
+
+def _key_row(key: dict[str, Any]) -> tuple[str, ...]:
     state = "revoked" if key.get("revokedAt") else "active"
     return (
-        f"{key['id']}  {key['name']}  {key['role']}  {state}  "
-        f"created {format_time(key.get('createdAt'))}  expires {format_time(key.get('expiresAt'))}"
+        str(key["id"]),
+        str(key["name"]),
+        str(key["role"]),
+        state,
+        format_time(key.get("createdAt")),
+        format_time(key.get("expiresAt")),
     )
 
 
 async def list_command(args: argparse.Namespace, client: Client, out: Console) -> int:
     answer = await client.call("GET", "/api/keys")
     keys = answer.get("keys", [])
-    out.result(answer, [_key_line(k) for k in keys] or ["no API keys"])
+    out.result(answer, table(KEY_COLUMNS, [_key_row(k) for k in keys]))
     return 0
 
 

@@ -84,8 +84,10 @@ async def prefetch_command(args: argparse.Namespace, client: Client, out: Consol
             f"pre-staging of {args.folder}/{args.name} is still {state} after {args.timeout:g} s"
         ),
     )
-    out.result(final, _summary(final))
     if final["state"] != "done":
+        # Said once, as the error line; --json still gets the final status.
+        out.result(final, None)
         why = final.get("error") or "unknown error"
         raise PrefetchFailed(f"pre-staging of {args.folder}/{args.name} failed: {why}")
+    out.result(final, _summary(final))
     return 0

@@ -25,6 +25,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from edgeloader import logs
+from edgeloader.cli.client import DEFAULT_URL
 from edgeloader.config import Settings
 from edgeloader.errors import EdgeloaderError
 from edgeloader.roles import Role
@@ -125,7 +126,7 @@ async def run(args: argparse.Namespace) -> None:
         settings = Settings.from_env(env).with_overrides(host=args.host, port=args.port)
         loader_runner, loader = await serve_loader(settings, host=settings.host, port=settings.port)
         stack.push_async_callback(loader_runner.cleanup)
-        _print_usage(loader, sample, engine is not None)
+        print("\n".join(banner(loader, sample, engine is not None)) + "\n", flush=True)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -135,7 +136,22 @@ async def run(args: argparse.Namespace) -> None:
         log.info("stopping")
 
 
-def _print_usage(url: str, sample: Path, with_engine: bool) -> None:
+#: The CLI lines of README.md's first block, exactly: the banner prints them.
+CLI_LINES = (
+    ".venv/bin/edgeloader login --device"
+    "                                   # tokens kept in ~/.config/edgeloader",
+    ".venv/bin/edgeloader load sample-model.bin -o sample-model.bin"
+    "        # streamed, with a progress bar",
+    ".venv/bin/edgeloader prefetch sample-model.bin --wait"
+    "                 # pre-staged for offline installs",
+    ".venv/bin/edgeloader unlock --wait"
+    "                                    # images decrypted into the engine",
+)
+
+
+def banner(url: str, sample: Path, with_engine: bool) -> list[str]:
+    """What ``make run`` prints once the stack is up: the demo user, the
+    README's CLI lines, and the same over REST with curl."""
     creds = json.dumps({"email": DEMO_EMAIL, "password": DEMO_PASSWORD})
     folder = json.dumps({"folder": FOLDER})
     ctype = "-H 'Content-Type: application/json'"
@@ -144,6 +160,21 @@ def _print_usage(url: str, sample: Path, with_engine: bool) -> None:
     lines = [
         "",
         f"edgeloader is up at {url}  (Ctrl-C stops everything)",
+        "",
+        f"demo user: {DEMO_EMAIL}",
+        f"password:  {DEMO_PASSWORD}",
+        "",
+        "In a second shell, the CLI (login asks for the user and password above):",
+        "",
+    ]
+    if url != DEFAULT_URL:
+        lines.append(f"export EDGELOADER_URL={url}")
+    lines += CLI_LINES
+    if not with_engine:
+        lines.append("# (no engine here: unlock has nothing to load into; `make engine`)")
+    lines += [
+        "",
+        "Or over REST with curl:",
         "",
         "  # log the device in upstream; the answer carries an access token for agents",
         f"  TOKEN=$(curl -s -X POST {url}/login {ctype} -d '{creds}' | {read_token})",
@@ -157,7 +188,7 @@ def _print_usage(url: str, sample: Path, with_engine: bool) -> None:
             f"  curl -s -X POST {url}/unlock {bearer} {ctype} -d '{creds}'",
             f"  curl -s {bearer} {url}/unlock/status",
         ]
-    print("\n".join(lines) + "\n", flush=True)
+    return lines
 
 
 def main() -> int:

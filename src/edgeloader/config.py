@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import tomllib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from functools import cache
@@ -27,6 +28,7 @@ from typing import Annotated, Any, Self, TypeVar, cast, get_args, get_type_hints
 from urllib.parse import urlsplit
 
 import pydantic
+import yaml
 from pydantic import AfterValidator, BeforeValidator, ValidationError, create_model
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -35,8 +37,6 @@ from pydantic_settings import (
     InitSettingsSource,
     NoDecode,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
-    YamlConfigSettingsSource,
 )
 
 from edgeloader.errors import ConfigError
@@ -423,12 +423,10 @@ def _read(path: Path, knobs: Mapping[str, _Knob]) -> dict[str, Any]:
 def _parse(path: Path) -> object:
     try:
         if path.suffix == ".toml":
-            return TomlConfigSettingsSource(_Model, toml_file=path).toml_data
+            return tomllib.loads(path.read_text(encoding="utf-8"))
         if path.suffix in (".yaml", ".yml"):
-            import yaml
-
             try:
-                return YamlConfigSettingsSource(_Model, yaml_file=path).yaml_data
+                return yaml.safe_load(path.read_text(encoding="utf-8"))
             except yaml.YAMLError as exc:
                 raise ValueError(str(exc)) from None
     except OSError as exc:

@@ -2,21 +2,25 @@
 # Install the container engines used by the integration tests (Debian 12):
 # podman's Docker-compatible API service with runc, Docker Engine (dockerd
 # with containerd), and a static busybox to build test images without a
-# registry. Idempotent; needs root to install.
+# registry; and the checkers of the box kit (tests/unit/test_box_kit.py):
+# promtool, from the prometheus package, and systemd-analyze, from the
+# systemd package. Idempotent; needs root to install.
 #
 # The tests start their own private services (tests/support/podman.py and
 # docker.py); nothing here starts one. Package scripts are kept from starting
-# the system's dockerd or containerd during the install (policy-rc.d), so no
-# system service is left running and systemd is not needed.
+# the system's dockerd, containerd or prometheus during the install
+# (policy-rc.d), so no system service is left running. The systemd package
+# is installed for its tools only: systemd need not be the running init.
 set -euo pipefail
 
 # podman pulls conmon and containers-common. netavark and iptables are named
 # so that default (bridge) networking works without the recommends; rootless
 # helpers (uidmap, slirp4netns, fuse-overlayfs), catatonit, criu and buildah
 # are not needed when running as root with the vfs storage driver. docker.io
-# brings containerd, runc and tini.
-PACKAGES=(podman runc netavark iptables busybox-static docker.io containerd)
-COMMANDS=(podman runc dockerd containerd containerd-shim-runc-v2)
+# brings containerd, runc and tini. prometheus brings promtool (its
+# recommended node exporter is left out).
+PACKAGES=(podman runc netavark iptables busybox-static docker.io containerd prometheus systemd)
+COMMANDS=(podman runc dockerd containerd containerd-shim-runc-v2 promtool systemd-analyze)
 
 installed() {
     local name
@@ -30,12 +34,12 @@ installed() {
 }
 
 if installed; then
-    echo "install-engine: podman, docker.io, runc and busybox-static already installed"
+    echo "install-engine: podman, docker.io, runc, busybox-static, prometheus and systemd already installed"
     exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "install-engine: podman, docker.io, runc or busybox-static is missing; run as root" \
+    echo "install-engine: podman, docker.io, runc, busybox-static, prometheus or systemd is missing; run as root" \
         "(or: sudo apt-get install -y --no-install-recommends ${PACKAGES[*]})" >&2
     exit 1
 fi
@@ -54,7 +58,7 @@ apt-get update
 apt-get install -y --no-install-recommends "${PACKAGES[@]}"
 
 if ! installed; then
-    echo "install-engine: installation finished but the engines are still incomplete" >&2
+    echo "install-engine: installation finished but the engines or the checkers are still incomplete" >&2
     exit 1
 fi
 podman --version

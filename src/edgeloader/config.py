@@ -285,6 +285,11 @@ class Settings:
         return tuple(f"{repo}:{self.api_version}" for repo in self.api_services)
 
 
+def file_keys() -> dict[str, str]:
+    """Each setting's key in a configuration file, by its variable."""
+    return {variable: knob.key for variable, knob in _model(Settings)[1].items()}
+
+
 # -- loading ----------------------------------------------------------------------------
 
 

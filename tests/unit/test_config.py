@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,10 @@ import aiohttp
 import pytest
 
 from edgeloader.cli import build_parser
-from edgeloader.config import Settings
+from edgeloader.config import Settings, file_keys
 from edgeloader.errors import ConfigError
 from tests.support.harness.net import LOOPBACK, dead_url, free_port, wait_http
-from tests.support.harness.processes import clean_env, spawn
+from tests.support.harness.processes import REPO_ROOT, clean_env, spawn
 
 BASE = {"RESOURCE_API_URL": "http://api.local:8090/"}
 
@@ -342,3 +343,14 @@ async def test_serve_with_a_config_file_serves(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http, http.get(f"{url}/health") as resp:
             assert resp.status == 200
         assert (folder / "state").is_dir()
+
+
+def test_the_example_file_loads_and_names_every_setting(tmp_path: Path) -> None:
+    example = (REPO_ROOT / "deploy" / "edgeloader.toml.example").read_text()
+    shipped = Settings.from_env({}, file=write(tmp_path, "shipped.toml", example))
+    assert shipped.resource_api_url == "https://api.example.org"
+    everything = re.sub(r"(?m)^# (\w+ = )", r"\1", example)
+    keys = re.findall(r"(?m)^(\w+) = ", everything)
+    assert sorted(keys) == sorted(file_keys().values())
+    loaded = Settings.from_env({}, file=write(tmp_path, "everything.toml", everything))
+    assert loaded.functions.warm_max == 4

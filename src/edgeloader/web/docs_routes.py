@@ -25,11 +25,12 @@ docs_routes = web.RouteTableDef()
 #: Swagger UI's files, from the installed package.
 BUNDLE = Path(swagger_ui_bundle.swagger_ui_path)
 JAVASCRIPT = "text/javascript"
-#: The page's own scripts and styles only; Swagger UI draws its icons from
-#: ``data:`` images in its stylesheet and sets element styles as it renders.
+#: The page's own scripts and styles only. Swagger UI draws its icons from
+#: ``data:`` images in its stylesheet, shows an image an operation answered
+#: from a ``blob:`` URL, and sets element styles as it renders.
 PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+    "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
 #: Relative links: the page works under a reverse proxy's path prefix too.

@@ -473,7 +473,7 @@ async def test_the_stream_follows_an_unlock_in_order_and_ends_when_the_client_le
             name, data = await stream.next()
             if name != "unlock":
                 continue
-            assert set(data) == {"state", "error", "bytesDone", "bytesTotal"}
+            assert set(data) == {"state", "error", "bytesDone", "bytesTotal", "images"}
             if not states or states[-1] != data["state"]:
                 states.append(data["state"])
             progress.append((data["bytesDone"], data["bytesTotal"]))

@@ -49,7 +49,9 @@ async def test_unlock_loads_every_expected_image(
         "error": None,
         "bytesDone": archive.stat().st_size,
         "bytesTotal": archive.stat().st_size,
+        "images": status["images"],
     }
+    assert sorted(status["images"]) == sorted(IMAGES)  # named as the engine loaded them
     for ref in IMAGES:
         assert image_exists(clean_engine, ref)
 
@@ -63,6 +65,7 @@ async def test_already_loaded_is_ready_at_once(
     assert (await final_status(stack))["state"] == "ready"
     await start_unlocker(stack, clean_engine, archive)
     assert await unlock(stack) == {"state": "ready"}
+    assert (await final_status(stack))["images"] == list(IMAGES)  # found in the engine
 
 
 async def test_concurrent_unlocks_start_one_run(
@@ -168,6 +171,7 @@ async def test_bad_credentials_end_in_error(
         "error": "invalid email or password",
         "bytesDone": 0,
         "bytesTotal": archive.stat().st_size,
+        "images": [],
     }
 
 
@@ -340,9 +344,12 @@ async def test_an_engine_that_vanishes_mid_load_leaves_nothing_and_a_retry_loads
 
         retry = await unlock(stack)
         assert retry["state"] == "authenticating"
-        assert await final_status(stack) == {
+        status = await final_status(stack)
+        assert status == {
             "state": "ready",
             "error": None,
             "bytesDone": archive.stat().st_size,
             "bytesTotal": archive.stat().st_size,
+            "images": status["images"],
         }
+        assert sorted(status["images"]) == sorted(IMAGES)

@@ -2,7 +2,8 @@
 (docs/events.md).
 
 The stream opens with the unlock's current state, then carries the events
-the caller's role may see, a ``: heartbeat`` comment whenever nothing
+the caller may see (by its role, or as the identity an event names: a
+run's invoker sees its ``run-output``; the bus decides), a ``: heartbeat`` comment whenever nothing
 happened for ``events_heartbeat`` seconds, and ends with an ``end`` event
 when the service stops or the caller's access token expires or is revoked
 (checked at each heartbeat). A client that goes away ends it too.
@@ -50,14 +51,17 @@ async def _token_ended(svc: Services, token: str, expires_at: float) -> str | No
     answers={
         200: Reply(
             "`event: TYPE` and one `data:` line of JSON per message (unlock, run, "
-            "prefetch, security, dropped, end), with `: heartbeat` comments; "
+            "run-output, prefetch, security, dropped, end), with `: heartbeat` comments; "
             "docs/events.md",
             media_type="text/event-stream",
             schema={"type": "string"},
         )
     },
     errors={429: "too many streams are open, with Retry-After"},
-    description="Needs an access token (not an API key); the events follow the role.",
+    description=(
+        "Needs an access token (not an API key); the events follow the role, and a "
+        "run's output (`run-output`) goes to admins and the run's invoker only."
+    ),
 )
 async def events(request: web.Request) -> web.StreamResponse:
     svc = services(request)

@@ -1,7 +1,8 @@
 """The examples of docs/functions.md, run as the docs write them: the
 greet function (a script on the busybox base image) and the warm echo
 handler (examples/warm-echo), each built from its documented files with
-its documented spec, then invoked with the documented body."""
+its documented spec, then invoked with the documented body; and the greet
+function deployed with the CLI from its documented deploy file."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests.support.cli import Cli
 from tests.support.functions import Api, build_form
 from tests.support.harness.processes import REPO_ROOT
+from tests.support.stack import ADMIN
 
 DOCS = REPO_ROOT / "docs" / "functions.md"
 BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.DOTALL)
@@ -92,3 +95,34 @@ async def test_the_warm_example_runs_as_documented(api: Api, tmp_path: Path) -> 
     second = await api.invoke("echo", {"hello": 2})
     assert (second["coldStart"], second["result"]["n"]) == (False, 2)
     assert second["result"]["token"] == first["result"]["token"]
+
+
+async def test_the_greet_deploy_file_runs_as_documented(api: Api, tmp_path: Path) -> None:
+    folder = tmp_path / "greet"
+    folder.mkdir()
+    (folder / "greet.sh").write_text(block_starting("# greet.sh\n"))
+    (folder / "Dockerfile").write_text(
+        block_starting("FROM localhost/edgeloader-fn-busybox:latest\nCOPY greet.sh")
+    )
+    (folder / "greet.yml").write_text(block_starting("# greet.yml\n"))
+    commands = block_starting("edgeloader fn deploy -f greet.yml\n").splitlines()
+    home = tmp_path / "home"
+    home.mkdir()
+    cli = Cli(home, api.url)
+    await cli.login(ADMIN)
+    outputs = []
+    for line in commands:
+        if not line.startswith("edgeloader "):
+            continue
+        # The CLI runs from the repository: the documented files by their full path.
+        words = [str(folder / w) if (folder / w).exists() else w for w in shlex.split(line)[1:]]
+        outputs.append((await cli.ok(*words)).text.splitlines())
+    assert outputs[0][0].startswith("deployed greet version 1 ")
+    shown = [line.removeprefix("# ") for line in commands if line.startswith("# ")]
+    assert re.fullmatch(r"run \S+ of greet v1: succeeded in \d+ ms", outputs[1][0]), outputs[1]
+    assert re.fullmatch(r"run \S+ of greet v1: succeeded in \d+ ms", shown[0].replace("…", "0"))
+    assert outputs[1][1] == shown[1] == '{"greeting": "Hello, Ada"}'
+    record = await api.get("/api/functions/greet")
+    assert (record["envKeys"], record["limits"]["memoryMb"], record["limits"]["timeoutS"]) == (
+        ["GREETING"], 64, 10,
+    )  # fmt: skip

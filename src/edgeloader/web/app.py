@@ -32,6 +32,7 @@ from edgeloader.web.doctor_routes import doctor_routes
 from edgeloader.web.event_routes import event_routes
 from edgeloader.web.function_routes import function_routes
 from edgeloader.web.guards import audit_middleware, auth_middleware
+from edgeloader.web.image_routes import image_routes
 from edgeloader.web.metrics_routes import metrics_routes
 from edgeloader.web.middlewares import context_middleware, echo_request_id, error_middleware
 from edgeloader.web.openapi import openapi_routes
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, fingerprint: str | None = None) -> web.App
     app.add_routes(routes)
     app.add_routes(auth_routes)
     app.add_routes(function_routes)
+    app.add_routes(image_routes)
     app.add_routes(metrics_routes)
     app.add_routes(event_routes)
     app.add_routes(prefetch_routes)

@@ -216,3 +216,8 @@ async def test_a_model_missing_upstream_fails_the_run_clearly(
     run = await api.invoke("hash")
     assert run["status"] == "failed"
     assert run["error"] == f"model {stack.bucket}/absent.bin: not found"
+    # A load of it says the same, without the name of the part the API was asked for.
+    status, body, _ = await api.call(
+        "POST", "/load/absent.bin", api.admin, json={"folder": stack.bucket}
+    )
+    assert (status, body["detail"]) == (404, f"model {stack.bucket}/absent.bin: not found")

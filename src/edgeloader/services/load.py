@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeloader import crypto
-from edgeloader.errors import CdnError, DecryptionError, IntegrityError
+from edgeloader.errors import CdnError, DecryptionError, IntegrityError, NotFound
 from edgeloader.metrics import Metrics
 from edgeloader.services.cache import CacheEntry, CacheWriter, EntryCheck, ModelCache, cache_tag
 from edgeloader.services.download import Alignment, Download, Transfers
@@ -30,6 +30,18 @@ from edgeloader.services.manifest import Release, ReleaseGate, Verified
 from edgeloader.services.session import DeviceSession
 
 log = logging.getLogger(__name__)
+
+
+async def small_part(
+    fetch: Callable[[str, str], Awaitable[bytes]], folder: str, name: str
+) -> bytes:
+    """``folder/name``'s small part from the Resource API. A resource it
+    does not have is ``model F/N: not found`` (docs/functions.md,
+    "Models"), never the name of the part the API was asked for."""
+    try:
+        return await fetch(folder, crypto.small_name(name))
+    except NotFound:
+        raise NotFound(f"model {folder}/{name}: not found") from None
 
 
 @dataclass
@@ -93,7 +105,7 @@ class LoadService:
         release = await self.gate.release(self.session.fetch_small, folder, name)
         if release is not None:
             return release.identity
-        small = await self.session.fetch_small(folder, crypto.small_name(name))
+        small = await small_part(self.session.fetch_small, folder, name)
         return _identity(small, None)
 
     async def open(self, folder: str, name: str) -> PlaintextStream:
@@ -104,7 +116,7 @@ class LoadService:
         cached = await asyncio.to_thread(cache.lookup, folder, name) if cache else None
         small: bytes | None = None
         if cached is not None:
-            small = await session.fetch_small(folder, crypto.small_name(name))
+            small = await small_part(session.fetch_small, folder, name)
             if cached.matches(small, identity):
                 try:
                     return await self._from_file(small, cached, release)
@@ -129,7 +141,7 @@ class LoadService:
         session, cache = self.session, self.cache
         key = crypto.big_name(name)
         if small is None:
-            small = await session.fetch_small(folder, crypto.small_name(name))
+            small = await small_part(session.fetch_small, folder, name)
         cdn = await session.cdn()
         tail = b""
         size = etag = None

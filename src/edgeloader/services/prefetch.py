@@ -39,6 +39,7 @@ from edgeloader.errors import (
 from edgeloader.events import PREFETCH, Event, EventBus, Pacer
 from edgeloader.services.cache import ModelCache, PartialEntry, cache_tag
 from edgeloader.services.download import Alignment, Download, Transfers
+from edgeloader.services.load import small_part
 from edgeloader.services.manifest import Release, ReleaseGate, Verified
 from edgeloader.services.session import DeviceSession
 from edgeloader.storage.sqlite import Database
@@ -348,7 +349,7 @@ class PrefetchService:
         assert self.cache is not None
         folder, name = job.row.folder, job.row.name
         try:
-            small = await self.session.fetch_small(folder, crypto.small_name(name))
+            small = await small_part(self.session.fetch_small, folder, name)
             release = await self.gate.release(self.session.fetch_small, folder, name)
         except IntegrityError as exc:
             if exc.reason == "unavailable":

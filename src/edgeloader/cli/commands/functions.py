@@ -432,6 +432,7 @@ async def describe_command(args: argparse.Namespace, client: Client, out: Consol
         + (", ".join(f"{m['folder']}/{m['name']}" for m in record.get("models") or []) or "-"),
         "  warm         "
         + (f"up to {warm['max']}, idle {warm['idleS']} s" if warm else "no (a container per run)"),
+        f"  created      {format_time(record.get('createdAt'))}",
         f"  updated      {format_time(record.get('updatedAt'))}",
         f"  stats        {stats['runs']} runs: {stats['succeeded']} succeeded, "
         f"{stats['failed']} failed, {stats['timeouts']} timeouts, {stats['oom']} oom; "

@@ -6,7 +6,8 @@ so nothing it prints after that is missed: ``run-output`` events carry its
 output, the ``run`` event with a final status its end. A service without
 the stream, a stream not open to the caller, or one that ends early, is
 followed by polling ``GET /api/runs/{id}`` instead. The run's final record
-is read over REST either way: it is what the command reports.
+is read over REST either way: it is what the command reports (and what
+says whether a run ended while its events were being dropped).
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ class Printed:
 
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
-    #: Some output may be missing (events were dropped, or the stream ended).
-    gap: bool = False
 
 
 def run_path(run_id: str) -> str:
@@ -73,11 +72,12 @@ async def follow_run(
             if record.get("status") in FINAL:
                 return record, printed
             if not streaming:
-                printed.gap = True
                 return await _final(client, run_id), printed
             async for event in read_events(resp.content):
-                if event.name == "dropped":
-                    printed.gap = True
+                if event.name == "dropped":  # the run's end may be among the lost
+                    if (await client.call("GET", run_path(run_id))).get("status") in FINAL:
+                        break
+                    continue
                 if event.name not in ("run", "run-output"):
                     continue
                 try:
@@ -94,10 +94,8 @@ async def follow_run(
                         on_output(stdout, stderr)
                 elif data.get("status") in FINAL:
                     break
-            else:
-                printed.gap = True  # the stream ended first
     except ServiceUnreachable:
         if run_id is None:
             raise
-        printed.gap = True  # the stream broke: polling says whether the service is gone
+        # The stream broke: polling says whether the service is gone.
     return await _final(client, run_id), printed

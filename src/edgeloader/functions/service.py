@@ -328,7 +328,11 @@ class FunctionService:
             ticket.close()
             self._queue_depth(run.function)
         if feed is not None:
-            await feed.close()  # the output goes out before the run's end
+            try:
+                await feed.close()  # the output goes out before the run's end
+            except asyncio.CancelledError:  # the service stops: the run ended all the same
+                await self._finish(run, outcome, caller)
+                raise
         return await self._finish(run, outcome, caller)
 
     def _ended(self, run_id: str, task: asyncio.Task[RunRecord]) -> None:

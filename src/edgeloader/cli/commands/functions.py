@@ -353,7 +353,7 @@ async def runs_command(args: argparse.Namespace, client: Client, out: Console) -
 
 
 async def logs_command(args: argparse.Namespace, client: Client, out: Console) -> int:
-    if args.follow and not out.json_mode:
+    if args.follow:
         return await _follow_logs(args.run_id, client, out)
     answer = await client.call("GET", f"{run_path(args.run_id)}/logs")
     if out.json_mode:
@@ -381,34 +381,41 @@ async def _follow_logs(run_id: str, client: Client, out: Console) -> int:
     async def start() -> str:
         return run_id
 
-    _, printed = await follow_run(client, start, _write)
+    # --json: one document, the logs, once the run has ended.
+    _, printed = await follow_run(client, start, None if out.json_mode else _write)
     try:
         answer = await client.call("GET", f"{run_path(run_id)}/logs")
     except ApiError as exc:
-        if exc.status != 404:  # 404: it never started, so it printed nothing
+        if exc.status != 404 or out.json_mode:  # 404: it never started, printed nothing
             raise
         answer = {}
-    _write(*_rest(answer, printed))
+    if out.json_mode:
+        out.result(answer)
+        return 0
+    stdout, stderr, placed = _rest(answer, printed)
+    _write(stdout, stderr)
+    if not placed:
+        out.note(f"(not all of the output was seen live: `fn logs {run_id}` has it all)")
     if answer.get("truncated"):
         out.note("(the output was cut at the service's limit)")
     return 0
 
 
-def _rest(answer: JSON, printed: Printed) -> tuple[str, str]:
-    """What the run's kept output holds beyond what was printed live. When
-    the live output is not the start of it (the follow began after the run
-    did, or events were dropped), the rest cannot be placed: say so."""
+def _rest(answer: JSON, printed: Printed) -> tuple[str, str, bool]:
+    """What the run's kept output holds beyond what was printed live, and
+    whether that completes it. When the live output is not the start of
+    the kept one (the follow began after the run did, or events were
+    dropped), the rest cannot be placed after it."""
     rest = []
+    placed = True
     for key, seen in (("stdout", printed.stdout), ("stderr", printed.stderr)):
         kept, shown = str(answer.get(key) or ""), "".join(seen)
         if kept.startswith(shown):
             rest.append(kept[len(shown) :])
         else:
             rest.append("")
-            printed.gap = True
-    if printed.gap and (printed.stdout or printed.stderr):
-        sys.stderr.write("(not all of the output was seen live: `fn logs RUN_ID` has it all)\n")
-    return rest[0], rest[1]
+            placed = False
+    return rest[0], rest[1], placed
 
 
 async def describe_command(args: argparse.Namespace, client: Client, out: Console) -> int:

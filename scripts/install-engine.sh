@@ -2,9 +2,10 @@
 # Install the container engines used by the integration tests (Debian 12):
 # podman's Docker-compatible API service with runc, Docker Engine (dockerd
 # with containerd), and a static busybox to build test images without a
-# registry; and the checkers of the box kit (tests/unit/test_box_kit.py):
-# promtool, from the prometheus package, and systemd-analyze, from the
-# systemd package. Idempotent; needs root to install.
+# registry; and the checkers of the box kit (tests/unit/test_box_kit.py,
+# tests/integration/test_box_kit_service.py): promtool, from the prometheus
+# package, systemd-analyze, from the systemd package, and strace.
+# Idempotent; needs root to install.
 #
 # The tests start their own private services (tests/support/podman.py and
 # docker.py); nothing here starts one. Package scripts are kept from starting
@@ -19,8 +20,8 @@ set -euo pipefail
 # are not needed when running as root with the vfs storage driver. docker.io
 # brings containerd, runc and tini. prometheus brings promtool (its
 # recommended node exporter is left out).
-PACKAGES=(podman runc netavark iptables busybox-static docker.io containerd prometheus systemd)
-COMMANDS=(podman runc dockerd containerd containerd-shim-runc-v2 promtool systemd-analyze)
+PACKAGES=(podman runc netavark iptables busybox-static docker.io containerd prometheus systemd strace)
+COMMANDS=(podman runc dockerd containerd containerd-shim-runc-v2 promtool systemd-analyze strace)
 
 installed() {
     local name
@@ -34,12 +35,12 @@ installed() {
 }
 
 if installed; then
-    echo "install-engine: podman, docker.io, runc, busybox-static, prometheus and systemd already installed"
+    echo "install-engine: the engines, busybox-static and the checkers are already installed"
     exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "install-engine: podman, docker.io, runc, busybox-static, prometheus or systemd is missing; run as root" \
+    echo "install-engine: an engine, busybox-static or a checker is missing; run as root" \
         "(or: sudo apt-get install -y --no-install-recommends ${PACKAGES[*]})" >&2
     exit 1
 fi

@@ -59,6 +59,7 @@ def whole(default: T, variable: str, low: int, high: int) -> T:
 
 
 def seconds(default: float, variable: str) -> float:
+    """A number of seconds above 0."""
     return knob(float(default), variable, pydantic.Field(gt=0))
 
 
@@ -329,7 +330,7 @@ def _load(cls: type[T], env: Mapping[str, str], file: Path | None) -> T:
     if file is not None:  # after the environment: the first source that has a value wins
         sources += (InitSettingsSource(model, _read(file, knobs)),)
     origin = _Origin(environment.given, file, knobs)
-    try:
+    try:  # pydantic-settings' way to be given its sources rather than make its own
         values = model(_build_sources=(sources, {}))
     except ValidationError as exc:
         raise ConfigError(origin.explain(exc.errors()[0])) from None

@@ -23,8 +23,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from functools import cache
 from pathlib import Path
-from types import NoneType, UnionType
-from typing import Annotated, Any, Self, TypeVar, cast, get_args, get_type_hints
+from typing import Annotated, Any, Self, TypeVar, cast, get_type_hints
 from urllib.parse import urlsplit
 
 import pydantic
@@ -48,25 +47,31 @@ CONFIG_VARIABLE = "EDGELOADER_CONFIG"  # names the configuration file
 T = TypeVar("T")
 
 
-def knob(default: T, variable: str, *rules: Any, bounds: tuple[int, int] | None = None) -> T:
+def knob(default: T, variable: str, *rules: Any, **facts: Any) -> T:
     """A field read from ``variable``, checked by the pydantic ``rules``."""
-    return field(default=default, metadata=_read_from(variable, *rules, bounds=bounds))
+    return field(default=default, metadata=_read_from(variable, *rules, **facts))
 
 
 def whole(default: T, variable: str, low: int, high: int) -> T:
     """A whole number from ``low`` to ``high``."""
-    return knob(default, variable, pydantic.Field(ge=low, le=high), bounds=(low, high))
+    rules = (BeforeValidator(_no_flag), pydantic.Field(ge=low, le=high))
+    return knob(default, variable, *rules, bounds=(low, high))
 
 
 def seconds(default: float, variable: str) -> float:
     """A number of seconds above 0."""
-    return knob(float(default), variable, pydantic.Field(gt=0))
+    return knob(float(default), variable, BeforeValidator(_no_flag), pydantic.Field(gt=0))
 
 
-def _read_from(
-    variable: str, *rules: Any, bounds: tuple[int, int] | None = None, about: str | None = None
-) -> dict[str, Any]:
-    return {"variable": variable, "rules": rules, "bounds": bounds, "about": about}
+def path(default: T, variable: str) -> T:
+    """A path, made absolute when loaded."""
+    return knob(default, variable, AfterValidator(_absolute), is_path=True)
+
+
+def _read_from(variable: str, *rules: Any, **facts: Any) -> dict[str, Any]:
+    """A knob's metadata; ``facts`` may hold its ``bounds``, ``is_path`` and,
+    for a required one, ``about`` (what it is)."""
+    return {"variable": variable, "rules": rules, **facts}
 
 
 def _url(value: str) -> str:
@@ -97,6 +102,12 @@ def _format(value: object) -> int:
     if name not in formats:
         raise ValueError(f"must be v1 or v2, got {value!r}")
     return formats[name]
+
+
+def _no_flag(value: object) -> object:
+    if isinstance(value, bool):  # else a file's `true` would count as 1
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    return value
 
 
 def _absolute(path: Path) -> Path:
@@ -137,7 +148,7 @@ class FunctionSettings(_Loadable):
     model_memory_max: int = whole(1024 * MiB, "EDGELOADER_MODEL_MEMORY_MAX", MiB, 1 << 40)
     warm_max: int = whole(4, "EDGELOADER_WARM_MAX", 0, 256)  # idle warm containers, box-wide
     # Default: STATE_DIR/functions.
-    dir: Path | None = knob(None, "EDGELOADER_FUNCTIONS_DIR")  # noqa: RUF009
+    dir: Path | None = path(None, "EDGELOADER_FUNCTIONS_DIR")  # noqa: RUF009
     # Records of runs that ended longer ago are dropped, and the oldest beyond
     # these many or this much kept output in all.
     run_retention: float = seconds(7 * 86_400, "EDGELOADER_RUN_RETENTION")
@@ -207,12 +218,12 @@ class Settings:
             about="the Resource API base URL",
         )
     )
-    images_path: Path = knob(Path("/opt/edgeloader/images.enc"), "IMAGES_PATH")  # noqa: RUF009
+    images_path: Path = path(Path("/opt/edgeloader/images.enc"), "IMAGES_PATH")  # noqa: RUF009
     api_version: str = knob("latest", "API_VERSION")
     api_services: tuple[str, ...] = knob(
         (), "EDGELOADER_API_SERVICES", NoDecode, BeforeValidator(_names)
     )
-    cache_dir: Path | None = knob(None, "EDGELOADER_CACHE_DIR")  # noqa: RUF009
+    cache_dir: Path | None = path(None, "EDGELOADER_CACHE_DIR")  # noqa: RUF009
     # Pre-staging jobs running or waiting at once, and of those started by one identity.
     prefetch_max_jobs: int = whole(32, "EDGELOADER_PREFETCH_MAX_JOBS", 1, 4096)
     prefetch_max_jobs_per_caller: int = whole(8, "EDGELOADER_PREFETCH_MAX_JOBS_PER_CALLER", 1, 4096)
@@ -224,12 +235,12 @@ class Settings:
     upstream_jwt_key: str | None = knob(None, "EDGELOADER_UPSTREAM_JWT_KEY")
     # Agent authentication (docs/security.md).
     auth_mode: str = knob("required", "EDGELOADER_AUTH", BeforeValidator(_auth_mode))
-    state_dir: Path = knob(Path("/var/lib/edgeloader"), "EDGELOADER_STATE_DIR")  # noqa: RUF009
+    state_dir: Path = path(Path("/var/lib/edgeloader"), "EDGELOADER_STATE_DIR")  # noqa: RUF009
     access_token_ttl: float = seconds(15 * 60, "EDGELOADER_ACCESS_TOKEN_TTL")
     refresh_token_ttl: float = seconds(30 * 86_400, "EDGELOADER_REFRESH_TOKEN_TTL")
     token_issuer: str = "edgeloader"  # noqa: S105 - the `iss` claim, not a secret
     # Integrity (docs/security.md): the publisher's Ed25519 public key (PEM).
-    publisher_key: Path | None = knob(None, "EDGELOADER_PUBLISHER_KEY")  # noqa: RUF009
+    publisher_key: Path | None = path(None, "EDGELOADER_PUBLISHER_KEY")  # noqa: RUF009
     # Container format of what /upload writes: 1 keeps mixed Azaion fleets working.
     upload_format: int = knob(1, "EDGELOADER_UPLOAD_FORMAT", BeforeValidator(_format))
     # Tuning; the defaults suit small devices.
@@ -350,20 +361,13 @@ def _model(cls: type) -> tuple[type[_Model], dict[str, _Knob]]:
     definitions: dict[str, Any] = {}
     knobs: dict[str, _Knob] = {}
     for f, hint in _walk(cls):
-        variable = f.metadata["variable"]
-        inner, optional = _without_none(hint)
-        rules = f.metadata["rules"]
-        if inner in (int, float):
-            rules = (BeforeValidator(_no_flag), *rules)
-        if inner is Path:
-            rules = (*rules, AfterValidator(_absolute))
-        annotation: Any = Annotated[(inner, *rules)] if rules else inner
-        if optional:
-            annotation = annotation | None
+        meta = f.metadata
+        variable, rules = meta["variable"], meta["rules"]
+        annotation = Annotated[(hint, *rules)] if rules else hint
         definitions[variable] = (annotation, ... if f.default is MISSING else f.default)
         key = variable.lower().removeprefix("edgeloader_")
-        about = f.metadata.get("about")
-        knobs[variable] = _Knob(variable, key, inner is Path, f.metadata["bounds"], about)
+        facts = (meta.get("is_path", False), meta.get("bounds"), meta.get("about"))
+        knobs[variable] = _Knob(variable, key, *facts)
     return create_model(f"{cls.__name__}Model", __base__=_Model, **definitions), knobs
 
 
@@ -375,19 +379,6 @@ def _walk(cls: type) -> Iterator[tuple[Field[Any], Any]]:
             yield f, hints[f.name]
         elif is_dataclass(hints[f.name]):
             yield from _walk(hints[f.name])
-
-
-def _without_none(hint: Any) -> tuple[Any, bool]:
-    if isinstance(hint, UnionType) and NoneType in get_args(hint):
-        (inner,) = (a for a in get_args(hint) if a is not NoneType)
-        return inner, True
-    return hint, False
-
-
-def _no_flag(value: object) -> object:
-    if isinstance(value, bool):  # else a file's `true` would count as 1
-        raise ValueError(f"must be a number, not {str(value).lower()}")
-    return value
 
 
 def _build(cls: type[T], values: Mapping[str, Any]) -> T:

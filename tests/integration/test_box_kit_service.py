@@ -35,6 +35,17 @@ from tests.support.harness.processes import Child
 from tests.support.stack import ADMIN, Stack
 from tests.unit.test_box_kit import UNIT, service
 
+#: The devices DevicePolicy=closed leaves a service (systemd.resource-control).
+CLOSED_POLICY_DEVICES = {
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/ptmx",
+    "/dev/pts/ptmx",
+}
 #: Capability numbers (linux/capability.h) of the names the unit keeps.
 CAPABILITY_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_SYS_ADMIN": 21}
 
@@ -148,9 +159,26 @@ async def test_functions_run_within_the_units_system_call_filter(
         await run_functions(Api(stack.http, url), handler)
         assert stop_traced(child) == 0
     assert mounted_under(tmp_path / "state") == []
-    used = traced_syscalls(trace)
+    text = read_trace(trace)
+    # "PID name(args) = result"; "<... name resumed>" lines repeat a name.
+    used = set(re.findall(r"^\d+ +(\w+)\(", text, re.MULTILINE))
     assert {"mount", "umount2", "connect", "chown"} <= used
     assert used <= allowed_syscalls(), sorted(used - allowed_syscalls())
+
+    # What the unit's other seccomp and cgroup settings allow.
+    settings = service(UNIT)
+    families = set(re.findall(r"\bsocket\((AF_\w+)", text))
+    assert {"AF_UNIX", "AF_INET"} <= families
+    assert families <= set(settings["RestrictAddressFamilies"][0].split())
+    assert settings["RestrictNamespaces"] == ["yes"]
+    assert not re.search(r"CLONE_NEW|^\d+ +(unshare|setns)\(", text, re.MULTILINE)
+    assert settings["DevicePolicy"] == ["closed"]
+    devices = set(
+        re.findall(r'^\d+ +open(?:at)?\((?:AT_FDCWD, )?"(/dev/[^"]*)"', text, re.MULTILINE)
+    )
+    # /dev/shm holds files (POSIX semaphores of multiprocessing), not devices.
+    devices = {d for d in devices if not d.startswith("/dev/shm/")}
+    assert devices <= CLOSED_POLICY_DEVICES, devices - CLOSED_POLICY_DEVICES
 
 
 def stop_traced(child: Child) -> int:
@@ -162,9 +190,8 @@ def stop_traced(child: Child) -> int:
     return child.process.wait(60)
 
 
-def traced_syscalls(trace: Path) -> set[str]:
-    # "PID name(args) = result"; "<... name resumed>" lines repeat a name.
-    return set(re.findall(r"^\d+ +(\w+)\(", trace.read_text(), re.MULTILINE))
+def read_trace(trace: Path) -> str:
+    return trace.read_text(errors="replace")
 
 
 async def run_functions(api: Api, handler: bytes) -> None:

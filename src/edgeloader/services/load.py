@@ -147,9 +147,12 @@ class LoadService:
         download = Download(
             cdn, self.transfers, folder, key, alignment=alignment, size=size, etag=etag, hold=hold
         )
+        writer: CacheWriter | None = None
 
         async def close() -> None:
             download.close()
+            if writer is not None:
+                writer.abort()  # after a commit, this only lets go of the entry
 
         try:
             await download.open()
@@ -159,7 +162,6 @@ class LoadService:
             if len(small) < crypto.V2_HEADER_SIZE and ct.big_size:
                 ct.big_head = await anext(chunks, b"")
             length = _check(ct, tail, release)
-            writer = None
             if cache is not None:
                 identity = release.identity if release is not None else None
                 writer = await asyncio.to_thread(cache.writer, folder, name, small, identity)

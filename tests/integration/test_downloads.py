@@ -125,6 +125,26 @@ async def test_a_capped_link_is_read_over_several_connections(stack: Stack, fmt:
     assert peaks["parallel"] >= 3
 
 
+@pytest.mark.parametrize("fmt", [1, 2], ids=["v1", "v2"])
+async def test_slow_ranged_starts_give_one_stream_that_resumes_after_cuts(
+    stack: Stack, fmt: int
+) -> None:
+    """Every answer starts late against its body (as on a server that reads
+    the whole object per ranged GET): the read stays one stream, and a cut
+    one resumes from its first missing byte, byte-identical."""
+    data = pattern(3 * MiB)
+    publish(stack, fmt, "m.bin", data)
+    async with proxied(
+        stack, PARALLEL, cache=False, latency=0.3, cut_at=[1_000_000, 2_000_000]
+    ) as proxy:
+        status, length, body, cut = await stack.load_until_cut("m.bin")
+        assert proxy.cuts == 2
+        assert proxy.peak_streams == 1
+        assert proxy.bytes_down < 2 * len(data)
+    assert (status, length, cut) == (200, len(data), False)
+    assert body == data
+
+
 # -- resume -----------------------------------------------------------------------------
 
 

@@ -25,7 +25,7 @@ from edgeloader import crypto
 from edgeloader.errors import CdnError, DecryptionError, IntegrityError, ObjectChanged
 from edgeloader.metrics import Metrics
 from edgeloader.services.cache import CacheEntry, CacheWriter, EntryCheck, ModelCache, cache_tag
-from edgeloader.services.download import Alignment, Download, Transfers
+from edgeloader.services.download import READ_SIZE, Alignment, Download, Transfers
 from edgeloader.services.manifest import Release, ReleaseGate, Verified
 from edgeloader.services.session import DeviceSession
 from edgeloader.upstream.cdn import CdnRange
@@ -184,7 +184,9 @@ class LoadService:
     async def _from_file(
         self, small: bytes, entry: CacheEntry, release: Release | None
     ) -> PlaintextStream:
-        chunk_size = self.session.settings.chunk_size
+        # Pieces of the CDN's size: each waits, as plaintext, in a slow
+        # client's socket buffer, outside the budget.
+        chunk_size = READ_SIZE
         handle = await asyncio.to_thread(entry.path.open, "rb")
 
         def read_ends() -> tuple[int, bytes, bytes]:
@@ -195,7 +197,15 @@ class LoadService:
             handle.seek(0)
             return size, handle.read(crypto.V2_HEADER_SIZE), tail
 
+        # What a load from the cache holds at once (a piece read, its
+        # plaintext, a segment being verified) comes from the same budget as
+        # CDN reads: many concurrent loads from the cache wait for room
+        # instead of each holding its own megabytes.
+        hold = release.artifact.segment if release is not None else 0
+        claim = self.transfers.budget.claim(2 * chunk_size + hold, urgent=True)
+
         async def close() -> None:
+            claim.close()
             handle.close()
 
         try:
@@ -203,12 +213,14 @@ class LoadService:
             handle.seek(0)
 
             async def chunks() -> AsyncIterator[bytes]:
+                await claim.wait()
                 while data := await asyncio.to_thread(handle.read, chunk_size):
                     yield data
 
             ct = _Ciphertext(small, size, b"", chunks(), close)
             length = _check(ct, tail, release, head=head)
         except BaseException:
+            claim.close()
             handle.close()
             raise
         # Under a release the entry is verified by segments as it streams;

@@ -44,7 +44,7 @@ def check_space(args: argparse.Namespace) -> None:
     # encrypted archives, the image in storage and the engine's temp copies.
     p2 = 0
     if "loopback" in args.only:
-        p2 += 2 * (sum(args.p2_sizes) + args.moto_size)
+        p2 += 2 * (sum(args.p2_sizes) + sum(args.moto_sizes))
     if "capped" in args.only:
         p2 += args.capped_size
     if "crowd" in args.only:
@@ -83,11 +83,10 @@ async def bench(args: argparse.Namespace) -> None:
         loopback = capped = crowd = signed = mount = None
         p3 = []
         if "loopback" in parts:
-            # moto reads the whole object for each ranged GET: one size shows it.
             cases = [
                 (server, size * MiB)
                 for server in args.loopback_servers
-                for size in (args.p2_sizes if server == S3S_FS else [args.moto_size])
+                for size in (args.p2_sizes if server == S3S_FS else args.moto_sizes)
             ]
             loopback = await bench_loopback(upstream, cases, args.runs, cleanup)
         if "capped" in parts:
@@ -99,7 +98,12 @@ async def bench(args: argparse.Namespace) -> None:
             )
         if "crowd" in parts:
             size = args.crowd_size * MiB
-            crowd = await bench_crowd(upstream, p2_server, size, args.crowd, args.runs, cleanup)
+            crowd = [
+                await bench_crowd(
+                    upstream, p2_server, size, args.crowd, args.runs, cleanup, signed=signed
+                )
+                for signed in (False, True)
+            ]
         if "signed" in parts:
             size = args.signed_size * MiB
             signed = await bench_signed(upstream, p2_server, size, args.runs, cleanup)
@@ -120,7 +124,7 @@ async def bench(args: argparse.Namespace) -> None:
         print_loopback(loopback, args.runs)
     if capped is not None:
         print_capped(capped, args.runs)
-    if crowd is not None:
+    if crowd:
         print_crowd(crowd, args.runs)
     if signed is not None:
         print_signed(signed, args.runs)
@@ -198,9 +202,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--p2-sizes",
         type=_sizes,
-        default=[256, 1024],
+        default=[64, 256, 1024],
         metavar="MiB,...",
-        help="resource sizes for the loopback part (default: 256,1024)",
+        help="resource sizes for the loopback part on s3s-fs (default: 64,256,1024)",
     )
     parser.add_argument(
         "--loopback-servers",
@@ -210,11 +214,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"S3 servers of the loopback part (default: {S3S_FS},{MOTO})",
     )
     parser.add_argument(
-        "--moto-size",
-        type=int,
-        default=256,
-        metavar="MiB",
-        help="the one size of the loopback part on moto (default: %(default)s)",
+        "--moto-sizes",
+        type=_sizes,
+        default=[256, 1024],
+        metavar="MiB,...",
+        help="resource sizes of the loopback part on moto (default: 256,1024)",
     )
     parser.add_argument(
         "--p2-server",
@@ -243,7 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--crowd", type=int, default=50, metavar="N", help="concurrent loads (default: 50)"
     )
     parser.add_argument(
-        "--crowd-size", type=int, default=32, metavar="MiB", help="default: %(default)s"
+        "--crowd-size", type=int, default=16, metavar="MiB", help="default: %(default)s"
     )
     parser.add_argument(
         "--mount-size", type=int, default=256, metavar="MiB", help="P5's model (%(default)s)"
@@ -297,10 +301,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.p2_sizes, args.moto_size, args.p3_sizes = [64], 64, [64]
+        args.p2_sizes, args.moto_sizes, args.p3_sizes = [64], [64], [64]
         args.capped_size, args.crowd_size, args.signed_size = 64, 16, 64
         args.mount_size = 32
-    numbers = [args.runs, args.moto_size, args.capped_size]
+    numbers = [args.runs, args.capped_size]
     numbers += [args.crowd, args.crowd_size]
     if min(numbers) < 1 or args.capped_rate <= 0 or args.capped_latency < 0:
         parser.error("counts, sizes and the rate must be positive")

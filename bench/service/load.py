@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,6 +46,7 @@ class LoopbackResult:
     size: int
     loader: list[Transfer]
     loader_v2: list[Transfer]  # the same plaintext published in format v2
+    loader_cached: list[Transfer]  # v1 through a loader with a model cache (written as it loads)
     raw: list[Transfer]
     raw_ranges: list[Transfer]  # the loader's pattern: RANGE_WIDTH ranges of RANGE_PART at once
     tail: list[float]  # seconds for a ranged GET of the big part's last 32 bytes
@@ -172,6 +174,13 @@ async def tail_get(s3: Any, res: Published) -> float:
     return time.perf_counter() - start
 
 
+def drop_entries(cache: Path) -> None:
+    """Empties a loader's model cache, so that its next load comes from the
+    CDN and writes the cache again."""
+    for entry in cache.rglob("*.big"):
+        entry.unlink()
+
+
 async def bench_loopback(
     upstream: Upstream,
     cases: list[tuple[str, int]],
@@ -188,15 +197,24 @@ async def bench_loopback(
         loader, url = await start_loader(
             upstream, cleanup, f"p2-{server}-{mib}mib", EDGELOADER_CDN_HOST=res.url
         )
+        cache = upstream.work / f"cache-p2-{server}-{mib}mib"
+        cached, cached_url = await start_loader(
+            upstream,
+            cleanup,
+            f"p2-{server}-{mib}mib-cache",
+            EDGELOADER_CDN_HOST=res.url,
+            EDGELOADER_CACHE_DIR=str(cache),
+        )
         pids = {"server": upstream.servers[server][0].pid, "client": os.getpid()}
         idle_rss = proc_status_bytes(loader.pid, "VmRSS")
-        result = LoopbackResult(server, size, [], [], [], [], [], idle_rss, 0)
+        result = LoopbackResult(server, size, [], [], [], [], [], [], idle_rss, 0)
         raw_digests: dict[str, str] = {}
         async with (
             aiohttp.ClientSession(timeout=NO_TIMEOUT) as http,
             async_s3_client(res.url, S3_CONFIG) as s3,
         ):
             auth = await login(http, url)
+            cached_auth = await login(http, cached_url)
             for i in range(runs + 1):  # the first round warms up
                 log(f"P2 loopback on {server}: {mib} MiB, " + _round(i, runs))
                 raw = await via_s3(s3, res, Clock(pids), raw_digests)
@@ -204,8 +222,14 @@ async def bench_loopback(
                 with_loader = pids | {"loader": loader.pid}
                 ours = await via_loader(http, url, auth, res, Clock(with_loader))
                 ours_v2 = await via_loader(http, url, auth, res_v2, Clock(with_loader))
+                await asyncio.to_thread(drop_entries, cache)
+                with_cache = pids | {"loader": cached.pid}
+                ours_cached = await via_loader(
+                    http, cached_url, cached_auth, res, Clock(with_cache)
+                )
                 tail = await tail_get(s3, res)
                 if i > 0:
+                    result.loader_cached.append(ours_cached)
                     result.raw.append(raw)
                     result.raw_ranges.append(ranges)
                     result.loader.append(ours)
@@ -213,6 +237,7 @@ async def bench_loopback(
                     result.tail.append(tail)
         result.peak_rss = proc_status_bytes(loader.pid, "VmHWM")
         loader.stop()
+        cached.stop()
         results.append(result)
     return results
 

@@ -141,7 +141,8 @@ class FakeRange:
         self._pos = 0
 
     async def read(self, size: int) -> bytes:
-        await asyncio.sleep(0)
+        # A link: the first byte after ``first_byte`` s, then a piece every ``delay`` s.
+        await asyncio.sleep(self._cdn.first_byte if self._pos == 0 else self._cdn.delay)
         absolute = self.start + self._pos
         if absolute in self._cdn.cut_at:
             self._cdn.cut_at.remove(absolute)
@@ -160,10 +161,14 @@ class FakeRange:
 class FakeCdn:
     """Serves ``data``; cuts or stalls a read at given offsets (once each)."""
 
-    def __init__(self, data: bytes, piece: int = 8 * KiB) -> None:
+    def __init__(
+        self, data: bytes, piece: int = 8 * KiB, *, first_byte: float = 0.0, delay: float = 0.0
+    ) -> None:
         self.data = data
         self.etag = '"v1"'
         self.piece = piece
+        self.first_byte = first_byte
+        self.delay = delay
         self.cut_at: list[int] = []
         self.stall_at: list[int] = []
         self.requests: list[tuple[int, int | None, str | None]] = []
@@ -211,11 +216,37 @@ async def test_every_size_reads_whole_in_order(size: int, known: bool) -> None:
     assert await read(cdn, transfers(), **kw) == data
 
 
-async def test_a_slow_link_widens_to_the_connection_limit() -> None:
+async def test_a_capped_link_widens_to_the_connection_limit() -> None:
+    """Each connection is capped (a piece per millisecond) and answers at
+    once: every widening pays, so the read goes to the ceiling, byte-identical
+    while the width changes."""
     data = os.urandom(2 << 20)
-    cdn = FakeCdn(data, piece=1 * KiB)
-    assert await read(cdn, transfers()) == data
+    cdn = FakeCdn(data, piece=4 * KiB, delay=0.001)
+    download = Download(cdn, transfers(), "b", "k")  # type: ignore[arg-type]
+    await download.open()
+    assert b"".join([c async for c in download.chunks()]) == data
+    await download.aclose()
     assert cdn.peak_open == FAST.connections
+    assert download.width == FAST.connections
+    assert "ceiling" in download.settled
+    # The first request streamed to the end until it was cut at a part boundary.
+    assert cdn.requests[0] == (0, None, None)
+
+
+@pytest.mark.parametrize("known", [True, False])
+async def test_slow_ranged_starts_read_the_rest_as_one_request(known: bool) -> None:
+    """A server that answers every ranged read late (it reads the whole
+    object first) is read with one request: widening would multiply that."""
+    data = os.urandom(1 << 20)
+    cdn = FakeCdn(data, piece=32 * KiB, first_byte=0.05)
+    kw: dict[str, Any] = {"size": len(data), "etag": cdn.etag} if known else {}
+    download = Download(cdn, transfers(), "b", "k", **kw)  # type: ignore[arg-type]
+    await download.open()
+    assert b"".join([c async for c in download.chunks()]) == data
+    await download.aclose()
+    assert len(cdn.requests) == 1
+    assert download.width == 1
+    assert "slowly" in download.settled
 
 
 async def test_one_connection_is_one_request() -> None:
@@ -273,8 +304,10 @@ async def test_a_changed_object_aborts_the_read() -> None:
 async def test_a_new_etag_mid_read_aborts_it() -> None:
     data = os.urandom(600 * KiB)
     cdn = FakeCdn(data)
-    cdn.cut_at = [300 * KiB]
-    download = Download(cdn, transfers(), "b", "k")  # type: ignore[arg-type]
+    cdn.cut_at = [296 * KiB]  # where a piece starts
+    # One stream, so that the cut comes after the change, in the reader's order.
+    shared = transfers(replace(FAST, connections=1))
+    download = Download(cdn, shared, "b", "k")  # type: ignore[arg-type]
     received = b""
 
     async def consume() -> None:

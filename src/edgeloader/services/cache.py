@@ -37,7 +37,7 @@ import re
 import shutil
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,9 +103,19 @@ def _is_real_dir(path: Path) -> bool:
         return False
 
 
+# A writer hands its bytes to a worker thread in batches of this size: one
+# thread hand-off per batch instead of per piece (docs/performance.md, "CPU
+# per GB"), and at most this much held per load on its way to the disk.
+WRITE_BATCH = 512 * 1024
+
+
 class ModelCache:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Entries being written: one writer each, so that concurrent loads
+        # of one resource write it once (the others only stream).
+        self._writing: set[Path] = set()
+        self._writing_lock = threading.Lock()
 
     def _dir(self, folder: str, name: str) -> Path | None:
         """The entry folder, or None when any part of it is not a real folder."""
@@ -154,11 +164,22 @@ class ModelCache:
         self, folder: str, name: str, small_ciphertext: bytes, identity: str | None = None
     ) -> CacheWriter | None:
         """A writer for a new entry (of the release ``identity``, if any);
-        None when the folder is not safe to write."""
+        None when the folder is not safe to write, or when another load is
+        writing this entry already."""
         directory = self._writable_dir(folder, name)
         if directory is None:
             return None
-        return CacheWriter(directory, cache_tag(small_ciphertext), identity)
+        tag = cache_tag(small_ciphertext)
+        key = directory / tag
+        with self._writing_lock:
+            if key in self._writing:
+                return None
+            self._writing.add(key)
+        return CacheWriter(directory, tag, identity, done=lambda: self._done_writing(key))
+
+    def _done_writing(self, key: Path) -> None:
+        with self._writing_lock:
+            self._writing.discard(key)
 
     def partial(self, folder: str, name: str, tag: str) -> PartialEntry | None:
         """The pre-staged big part of the resource whose small part has
@@ -212,20 +233,40 @@ class CacheWriter:
     under its final name: the release's identity, or else its own digest
     (the one case where the writer hashes what it writes)."""
 
-    def __init__(self, directory: Path, tag: str, identity: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        tag: str,
+        identity: str | None = None,
+        *,
+        done: Callable[[], None] | None = None,
+    ) -> None:
         self.directory = directory
         self.tag = tag
         self.identity = identity
         self._file = AtomicFile(directory / f"{tag}{_SUFFIX}")
         self._hash = crypto.Sha256() if identity is None else None
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._done = done
 
-    def _write(self, data: bytes) -> None:
-        self._file.write(data)
+    def _write(self, pieces: list[bytes]) -> None:
+        self._file.write_pieces(pieces)
         if self._hash is not None:
-            self._hash.update(data)
+            for piece in pieces:
+                self._hash.update(piece)
 
     async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(self._write, data)
+        """Queues ``data``; writes (in a worker thread) once a batch is full."""
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= WRITE_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        pieces, self._pending, self._pending_bytes = self._pending, [], 0
+        if pieces:
+            await asyncio.to_thread(self._write, pieces)
 
     def _commit(self) -> None:
         if self._hash is not None:
@@ -242,11 +283,22 @@ class CacheWriter:
                 ModelCache.discard(other)
 
     async def commit(self) -> None:
-        await asyncio.to_thread(self._commit)
+        try:
+            await self._flush()
+            await asyncio.to_thread(self._commit)
+        finally:
+            self._release()
 
     def abort(self) -> None:
         """Removes the temporary file; the previous entry, if any, stays."""
+        self._pending.clear()
         self._file.abort()
+        self._release()
+
+    def _release(self) -> None:
+        if self._done is not None:
+            done, self._done = self._done, None
+            done()
 
 
 class PartialEntry:

@@ -20,6 +20,7 @@ from edgeloader.config import DownloadSettings
 from edgeloader.errors import CdnError, CdnReadFailed, DecryptionError, NotFound, ObjectChanged
 from edgeloader.metrics import Metrics
 from edgeloader.services.budget import ByteBudget, Claim, TokenBucket
+from edgeloader.services.width import Sample, WidthRule
 from edgeloader.upstream.cdn import MAX_POOL, Cdn, CdnRange
 
 __all__ = ["Alignment", "Download", "Transfers"]
@@ -29,11 +30,17 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 8.0
 # The most one read of a body returns. Each piece goes on, decrypted, to a
 # client that may be slow, where it waits as plaintext and as a copy in the
-# socket's buffer: outside the budget, so kept small (it costs nothing in
-# speed: the HTTP client rarely holds more than this at once).
-READ_SIZE = 128 * 1024
+# socket's buffer: outside the budget, so not large. But every piece costs
+# the same Python work on its way (about ten steps from the CDN's socket to
+# the client's), so not small either: the event loop receives at most
+# 256 KiB at once, and a read of that size takes what has arrived whole.
+READ_SIZE = 256 * 1024
 # Below the CDN client's pool: the rest is for the short reads (v1 tails).
 CONNECTION_SLOTS = MAX_POOL - 4
+# Parts past the reader's current one that may be started (finished ones
+# wait in memory for the reader): a slow current part does not leave the
+# other connections idle. The budget bounds their bytes.
+MAX_AHEAD = 6
 _jitter = random.Random()  # noqa: S311 - spreads retries out, nothing secret
 
 
@@ -91,10 +98,17 @@ class Transfers:
 
 
 class _Part:
-    def __init__(self, start: int, end: int | None, request_end: int | None) -> None:
+    def __init__(
+        self, start: int, end: int | None, request_end: int | None, *, rest: bool = False
+    ) -> None:
         self.start = start
         self.end = end  # exclusive; None until the object's size is known
         self.request_end = request_end  # what the first request asks for (None: to the end)
+        # The rest of the object as one stream: started only as the current part.
+        self.rest = rest
+        self.wait: float | None = None  # seconds from the first request to its first byte
+        self.first_at = 0.0
+        self.sampled = False  # its first request was reported to the width rule
         self.received = 0
         self.chunks: collections.deque[bytes] = collections.deque()
         self.held = 0  # bytes received and not yet released by the reader
@@ -155,7 +169,7 @@ class Download:
         self._current = 0  # the part the reader is on
         self._next = 0  # the first part not started
         self._width = 1
-        self._yielded = False
+        self._rule: WidthRule | None = None  # made once the size is known
         self._closing = False
         self._fatal: BaseException | None = None
         self._opened: asyncio.Future[None] | None = None
@@ -170,8 +184,13 @@ class Download:
 
     @property
     def width(self) -> int:
-        """Parts read at once so far (grows while the link is the bottleneck)."""
+        """Parts read at once so far (services/width.py decides)."""
         return self._width
+
+    @property
+    def settled(self) -> str:
+        """Why the width stopped growing ("" while it may grow)."""
+        return self._rule.why if self._rule is not None else ""
 
     async def open(self) -> None:
         """Starts reading; returns once the object's first answer arrived
@@ -179,49 +198,32 @@ class Download:
         if self.size is not None and self.start >= self.size:
             return
         self._opened = asyncio.get_running_loop().create_future()
-        first = self._first_part()
-        self._parts.append(first)
+        # One stream to the end; the width rule splits it when widening pays.
+        self._parts.append(_Part(self.start, self.size, self.size))
         if self.size is not None:
-            self._plan_rest(first)
+            self._make_rule()
         self._fill()
         await asyncio.shield(self._opened)
 
-    def _first_part(self) -> _Part:
-        s = self._settings
-        if self.size is not None:
-            if s.connections == 1 or self.size - self.start < s.parallel_min:
-                end = self.size
-            else:
-                end = min(self._alignment.up(self.start + self._part_size), self.size)
-            return _Part(self.start, end, end)
-        if s.connections == 1:
-            return _Part(self.start, None, None)
-        # The size comes with the first answer: ask for enough that an
-        # object below ``parallel_min`` is one request.
-        first = max(self._part_size, self._alignment.round(s.parallel_min))
-        return _Part(self.start, None, self._alignment.up(self.start + first))
-
-    def _plan_rest(self, first: _Part) -> None:
+    def _make_rule(self) -> None:
         assert self.size is not None
-        assert first.end is not None
         s = self._settings
-        position = first.end
-        if position < self.size and self.size - self.start < s.parallel_min:
-            self._parts.append(_Part(position, self.size, self.size))
-            return
-        while position < self.size:
-            end = min(position + self._part_size, self.size)
-            self._parts.append(_Part(position, end, end))
-            position = end
+        small = self.size - self.start < max(s.parallel_min, 2 * self._part_size)
+        self._rule = WidthRule(1 if small else s.connections, self._part_size)
 
     def _fill(self) -> None:
-        """Starts parts up to ``width`` from the current one."""
-        while (
-            not self._closing
-            and self._next < len(self._parts)
-            and self._next < self._current + self._width
-        ):
+        """Starts parts in order while fewer than ``width`` are in flight,
+        at most MAX_AHEAD past the reader's; the one-stream rest only once
+        the reader is on it."""
+        while not self._closing and self._next < len(self._parts):
             part = self._parts[self._next]
+            if part.rest and self._next != self._current:
+                return
+            if self._next - self._current > MAX_AHEAD:
+                return
+            running = sum(1 for p in self._parts[self._current : self._next] if not p.done)
+            if running >= self._width:
+                return
             part.streamed = self._next == self._current
             if part.streamed:
                 part.claim = self._budget.claim(2 * self._chunk + self._hold, urgent=True)
@@ -230,6 +232,54 @@ class Download:
                 part.claim = self._budget.claim(part.end - part.start)
             part.task = asyncio.create_task(self._fetch(part))
             self._next += 1
+
+    def _observe(self, part: _Part, n: int, now: float) -> None:
+        """Feeds the width rule with a piece of ``part`` and acts on it."""
+        rule = self._rule
+        if rule is None:
+            return
+        rule.received(n, now)
+        if not part.sampled and part.wait is not None:
+            ended = part.end is not None and part.start + part.received >= part.end
+            if part.received >= self._part_size or ended:
+                part.sampled = True
+                rule.sample(Sample(part.wait, now - part.first_at), now)
+        if rule.one_stream:
+            self._one_stream()
+        if rule.width > self._width:
+            self._width = rule.width
+            self._split()
+            self._fill()
+
+    def _one_stream(self) -> None:
+        """The parts not started become one request for the rest."""
+        if self._next >= len(self._parts) or self._parts[self._next].rest:
+            return
+        start = self._parts[self._next].start
+        del self._parts[self._next :]
+        self._parts.append(_Part(start, self.size, self.size, rest=True))
+
+    def _split(self) -> None:
+        """Gives a widened read parts to start: when none is left unstarted,
+        the last part (a stream to the end) stops a part ahead of where it
+        is, and the rest is planned in parts."""
+        if self._next < len(self._parts) or not self._parts:
+            return
+        last = self._parts[-1]
+        assert self.size is not None
+        if last.done or last.end != self.size:
+            return
+        cut = self._alignment.up(last.start + last.received + self._part_size)
+        if self.size - cut < self._part_size:
+            return
+        last.end = cut
+        position = cut
+        while position < self.size:
+            end = position + self._part_size
+            if self.size - end < self._part_size // 2:
+                end = self.size  # no sliver of a part at the end
+            self._parts.append(_Part(position, end, end))
+            position = end
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The object's bytes in order, from ``start``."""
@@ -244,7 +294,6 @@ class Download:
                 if part.chunks:
                     data = part.chunks.popleft()
                     yield data
-                    self._yielded = True
                     part.held -= len(data)
                     if not part.streamed:
                         part.claim.release(len(data))
@@ -254,18 +303,11 @@ class Download:
                     raise part.error
                 if part.done:
                     break
-                if part.claim.granted and self._yielded:
-                    self._widen()
                 part.claim.hurry()
                 part.arrived.clear()
                 await part.arrived.wait()
             part.claim.close()
             self._current += 1
-            self._fill()
-
-    def _widen(self) -> None:
-        if self._width < self._settings.connections and len(self._parts) > 1:
-            self._width += 1
             self._fill()
 
     def close(self) -> None:
@@ -299,6 +341,7 @@ class Download:
             await part.claim.wait()
             await self._read_part(part)
             part.done = True
+            self._fill()  # a connection is free
         except asyncio.CancelledError:
             raise
         except ObjectChanged as exc:
@@ -339,6 +382,7 @@ class Download:
                 if self._opened is not None and not self._opened.done():
                     raise exc if isinstance(exc, CdnError) else CdnError(reason) from exc
                 progressed = part.received - before >= self._chunk
+                part.sampled = True  # a failed try's timing says nothing of the server
                 if not progressed:
                     failures += 1
                 where = f"{part.span()} at byte {part.start + part.received}"
@@ -384,6 +428,8 @@ class Download:
         position = part.start + part.received
         end = part.end if part.end is not None else part.request_end
         found: CdnRange | None = None
+        clock = asyncio.get_running_loop().time
+        asked = clock()
         try:
             async with asyncio.timeout(stall):
                 found = await self._cdn.open_range(
@@ -400,12 +446,16 @@ class Download:
                     data = await found.read(READ_SIZE)
                 if not data:
                     raise CdnError(f"the CDN ended a {self.what} early")
+                now = clock()
+                if part.wait is None:
+                    part.wait, part.first_at = now - asked, now
                 data = data[: part.end - position]
                 part.chunks.append(data)
                 part.received += len(data)
                 part.held += len(data)
                 self.received += len(data)
                 part.arrived.set()
+                self._observe(part, len(data), now)
                 if self._rate is not None:
                     await self._rate.take(len(data))
                 while part.streamed and part.held >= self._chunk and not self._closing:
@@ -425,7 +475,7 @@ class Download:
         if self.size is None:
             self.size = found.total
             part.end = found.start + found.length
-            self._plan_rest(part)
+            self._make_rule()
         elif found.total != self.size:
             raise ObjectChanged(f"{self.what}: the object changed on the CDN (another size)")
         if self._opened is not None and not self._opened.done():

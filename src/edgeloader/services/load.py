@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgeloader import crypto
-from edgeloader.errors import CdnError, DecryptionError, IntegrityError, NotFound
+from edgeloader.errors import CdnError, DecryptionError, IntegrityError, NotFound, ObjectChanged
 from edgeloader.metrics import Metrics
 from edgeloader.services.cache import CacheEntry, CacheWriter, EntryCheck, ModelCache, cache_tag
-from edgeloader.services.download import Alignment, Download, Transfers
+from edgeloader.services.download import READ_SIZE, Alignment, Download, Transfers
 from edgeloader.services.manifest import Release, ReleaseGate, Verified
 from edgeloader.services.session import DeviceSession
+from edgeloader.upstream.cdn import CdnRange
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +131,14 @@ class LoadService:
     async def _from_cdn(
         self, folder: str, name: str, small: bytes | None, release: Release | None
     ) -> PlaintextStream:
-        """The small part first, then (v1 only) the big part's last blocks (its
-        size and ETag pin the reads that follow), then the big part's body,
-        decrypted as it arrives.
+        """The small part first, then the big part's body, decrypted as it
+        arrives; in v1 its last blocks are read at the same time (the
+        plaintext length), and must come from the same version of the object.
 
-        A load never waits for a CDN connection while it holds one: with many
-        concurrent loads the connection pool would otherwise fill with bodies
-        whose loads all wait for a second connection.
+        The body's reads take their connections under ``Transfers.slots``,
+        which leaves room in the pool for the short tail reads: a tail never
+        waits for a connection a body holds for long, so many concurrent
+        loads cannot fill the pool with bodies whose loads wait for tails.
         """
         session, cache = self.session, self.cache
         key = crypto.big_name(name)
@@ -144,11 +146,14 @@ class LoadService:
             small = await small_part(session.fetch_small, folder, name)
         cdn = await session.cdn()
         tail = b""
-        size = etag = None
+        tail_read: asyncio.Task[tuple[CdnRange, bytes]] | None = None
         if crypto.detect_format(small[: crypto.FORMAT_PREFIX]) == 1:
-            # The tail gives the size, and the version the body is pinned to.
-            found, tail = await cdn.tail(folder, key, crypto.V1_TAIL)
-            size, etag = found.total, found.etag or None
+            # v1's plaintext length is in its last block: read beside the
+            # body's first request, not before it (on a server that reads the
+            # whole object for every GET, the two reads then overlap). The
+            # tail holds no connection the body waits for, and none it holds
+            # waits for the body.
+            tail_read = asyncio.create_task(cdn.tail(folder, key, crypto.V1_TAIL))
         if release is not None:
             # Parts start on segment boundaries, and the reader holds one
             # segment while it is verified: reserved with its current part.
@@ -156,27 +161,33 @@ class LoadService:
             alignment, hold = Alignment.segments(small, segment), segment
         else:
             alignment, hold = Alignment.after(small), 0
-        download = Download(
-            cdn, self.transfers, folder, key, alignment=alignment, size=size, etag=etag, hold=hold
-        )
+        download = Download(cdn, self.transfers, folder, key, alignment=alignment, hold=hold)
+        writer: CacheWriter | None = None
 
         async def close() -> None:
             download.close()
+            if writer is not None:
+                writer.abort()  # after a commit, this only lets go of the entry
 
         try:
             await download.open()
+            if tail_read is not None:
+                found, tail = await tail_read
+                if found.total != download.size or found.etag != (download.etag or ""):
+                    raise ObjectChanged(f"{download.what}: the object changed on the CDN")
             chunks = download.chunks()
             ct = _Ciphertext(small, download.size or 0, b"", chunks, close)
             # v2 needs the header, which a tiny resource's small part may not hold whole.
             if len(small) < crypto.V2_HEADER_SIZE and ct.big_size:
                 ct.big_head = await anext(chunks, b"")
             length = _check(ct, tail, release)
-            writer = None
             if cache is not None:
                 identity = release.identity if release is not None else None
                 writer = await asyncio.to_thread(cache.writer, folder, name, small, identity)
         except BaseException:
             download.close()
+            if tail_read is not None:
+                tail_read.cancel()
             raise
         verified = release.gate() if release is not None else None
         plain = self._decrypt(ct, length, writer, verified)
@@ -185,7 +196,9 @@ class LoadService:
     async def _from_file(
         self, small: bytes, entry: CacheEntry, release: Release | None
     ) -> PlaintextStream:
-        chunk_size = self.session.settings.chunk_size
+        # Pieces of the CDN's size: each waits, as plaintext, in a slow
+        # client's socket buffer, outside the budget.
+        chunk_size = READ_SIZE
         handle = await asyncio.to_thread(entry.path.open, "rb")
 
         def read_ends() -> tuple[int, bytes, bytes]:
@@ -196,7 +209,15 @@ class LoadService:
             handle.seek(0)
             return size, handle.read(crypto.V2_HEADER_SIZE), tail
 
+        # What a load from the cache holds at once (a piece read, its
+        # plaintext, a segment being verified) comes from the same budget as
+        # CDN reads: many concurrent loads from the cache wait for room
+        # instead of each holding its own megabytes.
+        hold = release.artifact.segment if release is not None else 0
+        claim = self.transfers.budget.claim(2 * chunk_size + hold, urgent=True)
+
         async def close() -> None:
+            claim.close()
             handle.close()
 
         try:
@@ -204,12 +225,14 @@ class LoadService:
             handle.seek(0)
 
             async def chunks() -> AsyncIterator[bytes]:
+                await claim.wait()
                 while data := await asyncio.to_thread(handle.read, chunk_size):
                     yield data
 
             ct = _Ciphertext(small, size, b"", chunks(), close)
             length = _check(ct, tail, release, head=head)
         except BaseException:
+            claim.close()
             handle.close()
             raise
         # Under a release the entry is verified by segments as it streams;

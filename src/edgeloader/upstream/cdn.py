@@ -44,6 +44,26 @@ COPY_PART_SIZE = 1 << 30
 MAX_POOL = 32
 
 
+# One botocore session for the process: its loader keeps what it parsed
+# (the S3 model and endpoint rules, about 12 MB in memory), so only the first
+# client pays for parsing, and :func:`preload_models` makes that start-up.
+_boto_session = get_session()
+
+
+async def preload_models() -> None:
+    """Parses the S3 client's model now, at start-up, instead of during the
+    first load: a client is made and closed without sending anything."""
+    async with _boto_session.create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="preload",
+        aws_secret_access_key="preload",  # noqa: S106 - no request is ever sent
+        config=Config(s3={"addressing_style": "path"}),
+    ):
+        pass
+
+
 @dataclass(frozen=True)
 class CdnConfig:
     host: str
@@ -169,7 +189,7 @@ class Cdn:
         self._writer: Any = None
 
     async def __aenter__(self) -> Cdn:
-        session = get_session()
+        session = _boto_session
         common = {
             "endpoint_url": self.config.host,
             "region_name": self.config.region,

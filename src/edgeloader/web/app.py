@@ -24,6 +24,7 @@ from edgeloader.services.prefetch import PrefetchService
 from edgeloader.services.session import DeviceSession
 from edgeloader.services.unlock import UnlockManager
 from edgeloader.services.upload import Uploader
+from edgeloader.upstream.cdn import preload_models
 from edgeloader.upstream.engine import Engine
 from edgeloader.upstream.resource_api import ResourceApiClient
 from edgeloader.web.auth_routes import auth_routes
@@ -117,6 +118,7 @@ def _services(
             # functions mount alike, shares one budget of bytes in memory
             # and one rate cap.
             transfers = Transfers(settings.downloads, settings.chunk_size, metrics)
+            await preload_models()  # the first load's CDN client is then quick to make
             loads = LoadService(session, cache, gate, transfers, metrics)
             functions = await stack.enter_async_context(
                 open_functions(settings, engine, auth.auditor, loads, events)

@@ -177,7 +177,7 @@ class DownloadSettings(_Loadable):
     parallel_min: int = whole(16 * MiB, "EDGELOADER_DOWNLOAD_PARALLEL_MIN", 0, 1 << 62)
     # CDN bytes in memory, all reads together; at least part_size (checked when loaded).
     inflight_max: int = whole(
-        64 * MiB, "EDGELOADER_DOWNLOAD_INFLIGHT_MAX", 4 * MiB, 64 * 1024 * MiB
+        32 * MiB, "EDGELOADER_DOWNLOAD_INFLIGHT_MAX", 4 * MiB, 64 * 1024 * MiB
     )
     # Bytes/s over all CDN reads; None: no cap.
     max_rate: int | None = whole(None, "EDGELOADER_DOWNLOAD_MAX_RATE", 1024, 1 << 62)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeloader import logs
+from edgeloader.process import limit_malloc_arenas
 
 if TYPE_CHECKING:
     from edgeloader.config import Settings
@@ -58,6 +59,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env(file=args.config).with_overrides(
         **{k: v for k, v in flags.items() if v is not None}
     )
+    limit_malloc_arenas()  # before the first worker thread
     asyncio.run(_serve_until_stopped(settings))
     return 0
 

@@ -16,10 +16,16 @@ fixed set named where it is recorded (docs/metrics.md lists them).
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["AUTH_EVENTS", "METHODS", "UNMATCHED", "Metrics"]
+from edgeloader.errors import IntegrityError
+
+__all__ = ["AUTH_EVENTS", "METHODS", "MODEL_MOUNT_OUTCOMES", "UNMATCHED", "Metrics"]
 
 #: The ``route`` of a request that matched no route (404, 405).
 UNMATCHED = "unmatched"
@@ -43,6 +49,15 @@ AUTH_EVENTS = frozenset(
         "access_denied",
     }
 )
+
+#: The values of ``edgeloader_model_mounts_total{outcome}``.
+MODEL_MOUNT_OUTCOMES = ("ok", "cached", "integrity", "not-found", "no-room", "error")
+#: The labelled counters whose values form a closed set, each set to 0 when
+#: the registry is made: a series that exists from the start rises from 0,
+#: so ``increase()`` sees its first event too (docs/monitoring.md).
+_UNLOCK_OUTCOMES = ("ready", "error")
+_LOAD_SOURCES = ("cdn", "cache")
+_CDN_READ_FAILURES = ("retries-spent", "object-changed")
 
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 _RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -168,13 +183,77 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Read when scraped (docs/metrics.md): the app says where from.
+        self.state_free_bytes = Gauge(
+            "edgeloader_state_free_bytes",
+            "Bytes free for the service on the file system of the state folder",
+            registry=r,
+        )
+        self.state_size_bytes = Gauge(
+            "edgeloader_state_size_bytes",
+            "Size in bytes of the file system of the state folder",
+            registry=r,
+        )
+        self.run_folders_bytes = Gauge(
+            "edgeloader_run_folders_bytes",
+            "Bytes held in the run folders (tmpfs) of runs and warm containers",
+            registry=r,
+        )
+        self.run_folders_limit_bytes = Gauge(
+            "edgeloader_run_folders_limit_bytes",
+            "Sum of the sizes (diskMb) of the run folders mounted now",
+            registry=r,
+        )
+        self.model_store_limit_bytes = Gauge(
+            "edgeloader_model_store_limit_bytes",
+            "Most bytes of decrypted models the store may hold (EDGELOADER_MODEL_MEMORY_MAX)",
+            registry=r,
+        )
         ProcessCollector(registry=r)
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        for event in sorted(AUTH_EVENTS):
+            self.auth_events.labels(event)
+        for outcome in _UNLOCK_OUTCOMES:
+            self.unlocks.labels(outcome)
+        for reason in IntegrityError.REASONS:
+            self.integrity_failures.labels(reason)
+        for outcome in MODEL_MOUNT_OUTCOMES:
+            self.model_mounts.labels(outcome)
+        for source in _LOAD_SOURCES:
+            self.load_bytes.labels(source)
+        for reason in _CDN_READ_FAILURES:
+            self.cdn_read_failures.labels(reason)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The registry in the format ``accept`` asks for (Prometheus's text
         format by default, OpenMetrics on request), and its content type."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
+
+    # What is read at each scrape.
+
+    def watch_state_dir(self, path: Path) -> None:
+        """The state folder's file system: its free bytes and size, read
+        at each scrape (NaN while it cannot be read)."""
+
+        def read(field: str) -> Callable[[], float]:
+            def value() -> float:
+                try:
+                    return float(getattr(shutil.disk_usage(path), field))
+                except OSError:
+                    return float("nan")
+
+            return value
+
+        self.state_free_bytes.set_function(read("free"))
+        self.state_size_bytes.set_function(read("total"))
+
+    def watch_run_folders(self, usage: Callable[[], tuple[int, int]]) -> None:
+        """``usage()`` gives the run folders' (used, size) in bytes at each scrape."""
+        self.run_folders_bytes.set_function(lambda: usage()[0])
+        self.run_folders_limit_bytes.set_function(lambda: usage()[1])
 
     # What the services record, one call where each event happens.
 

@@ -135,6 +135,21 @@ class RunFolders:
     def exists(self, run_id: str) -> bool:
         return self.home(run_id).exists()
 
+    def usage(self) -> tuple[int, int]:
+        """(bytes held, bytes of size) summed over the run folders mounted
+        now: cheap, for ``/metrics`` at each scrape."""
+        used = size = 0
+        for point in mounted_under(self.root):
+            if point == self.root:
+                continue
+            try:
+                fs = os.statvfs(point)
+            except OSError:  # unmounted meanwhile
+                continue
+            used += (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+            size += fs.f_blocks * fs.f_frsize
+        return used, size
+
 
 def parse_output(data: bytes, name: str) -> Any:
     """A file the function wrote, as JSON; :class:`BadOutput` if it is not."""

@@ -48,8 +48,6 @@ __all__ = ["ModelFailed", "ModelSource", "ModelStore", "Mounted"]
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-#: Outcomes of a mount, the ``outcome`` label of ``edgeloader_model_mounts_total``.
-OUTCOMES = ("ok", "cached", "integrity", "not-found", "no-room", "error")
 
 
 class ModelFailed(EdgeloaderError):

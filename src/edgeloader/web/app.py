@@ -88,6 +88,7 @@ def _services(
         # also when a later one fails to open.
         async with contextlib.AsyncExitStack() as stack:
             metrics = Metrics()
+            metrics.watch_state_dir(settings.state_dir)
             events = EventBus(
                 settings.events_queue,
                 settings.events_max_streams,
@@ -123,6 +124,8 @@ def _services(
             functions = await stack.enter_async_context(
                 open_functions(settings, engine, auth.auditor, loads, events)
             )
+            metrics.watch_run_folders(functions.folders.usage)
+            metrics.model_store_limit_bytes.set(functions.models.budget)
             prefetch = await stack.enter_async_context(
                 PrefetchService(settings, session, cache, gate, transfers, events)
             )

@@ -1,11 +1,10 @@
 """The one typed settings object: the environment, over an optional file.
 
-Every knob of the loader is a field of one of the frozen dataclasses below,
-whose metadata (``knob``) names its environment variable and its rules.
-Loading turns those fields into one pydantic-settings model, so pydantic
-parses and bounds the values, and a bad one stops start-up with a single
-clear line (a :class:`ConfigError`) instead of failing later mid-request.
-Dataclasses built directly (by tests) are not checked.
+Every knob is a field of one of the frozen dataclasses below, whose metadata
+names its environment variable and the pydantic rules of its value. Loading
+checks the knobs with one pydantic-settings model, so a bad value stops
+start-up with one clear line (a :class:`ConfigError`), not later mid-request;
+dataclasses built directly (by tests) are not checked.
 
 The configuration file (TOML or YAML, named by ``EDGELOADER_CONFIG`` or
 ``edgeloader serve --config``) holds the same knobs, each under its
@@ -19,7 +18,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -30,13 +29,7 @@ import pydantic
 import yaml
 from pydantic import AfterValidator, BeforeValidator, ValidationError, create_model
 from pydantic_core import ErrorDetails
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    InitSettingsSource,
-    NoDecode,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edgeloader.errors import ConfigError
 
@@ -47,15 +40,14 @@ CONFIG_VARIABLE = "EDGELOADER_CONFIG"  # names the configuration file
 T = TypeVar("T")
 
 
-def knob(default: T, variable: str, *rules: Any, **facts: Any) -> T:
+def knob(default: T, variable: str, *rules: Any, is_path: bool = False) -> T:
     """A field read from ``variable``, checked by the pydantic ``rules``."""
-    return field(default=default, metadata=_read_from(variable, *rules, **facts))
+    return field(default=default, metadata={"variable": variable, "rules": rules, "path": is_path})
 
 
 def whole(default: T, variable: str, low: int, high: int) -> T:
     """A whole number from ``low`` to ``high``."""
-    rules = (BeforeValidator(_no_flag), pydantic.Field(ge=low, le=high))
-    return knob(default, variable, *rules, bounds=(low, high))
+    return knob(default, variable, BeforeValidator(_no_flag), AfterValidator(_within(low, high)))
 
 
 def seconds(default: float, variable: str) -> float:
@@ -68,10 +60,13 @@ def path(default: T, variable: str) -> T:
     return knob(default, variable, AfterValidator(_absolute), is_path=True)
 
 
-def _read_from(variable: str, *rules: Any, **facts: Any) -> dict[str, Any]:
-    """A knob's metadata; ``facts`` may hold its ``bounds``, ``is_path`` and,
-    for a required one, ``about`` (what it is)."""
-    return {"variable": variable, "rules": rules, **facts}
+def _within(low: int, high: int) -> Callable[[int], int]:
+    def check(number: int) -> int:
+        if not low <= number <= high:
+            raise ValueError(f"must be {low}-{high}, got {number}")
+        return number
+
+    return check
 
 
 def _url(value: str) -> str:
@@ -210,19 +205,15 @@ class AuthLimits(_Loadable):
 
 @dataclass(frozen=True)
 class Settings:
-    resource_api_url: str = field(
-        metadata=_read_from(
-            "RESOURCE_API_URL",
-            AfterValidator(_url),
-            AfterValidator(lambda url: url.rstrip("/")),
-            about="the Resource API base URL",
-        )
+    resource_api_url: str = knob(
+        cast(str, MISSING),  # required
+        "RESOURCE_API_URL",
+        AfterValidator(_url),
+        AfterValidator(lambda url: url.rstrip("/")),
     )
     images_path: Path = path(Path("/opt/edgeloader/images.enc"), "IMAGES_PATH")  # noqa: RUF009
     api_version: str = knob("latest", "API_VERSION")
-    api_services: tuple[str, ...] = knob(
-        (), "EDGELOADER_API_SERVICES", NoDecode, BeforeValidator(_names)
-    )
+    api_services: tuple[str, ...] = knob((), "EDGELOADER_API_SERVICES", BeforeValidator(_names))
     cache_dir: Path | None = path(None, "EDGELOADER_CACHE_DIR")  # noqa: RUF009
     # Pre-staging jobs running or waiting at once, and of those started by one identity.
     prefetch_max_jobs: int = whole(32, "EDGELOADER_PREFETCH_MAX_JOBS", 1, 4096)
@@ -299,92 +290,86 @@ class Settings:
 
 def file_keys() -> dict[str, str]:
     """Each setting's key in a configuration file, by its variable."""
-    return {variable: knob.key for variable, knob in _model(Settings)[1].items()}
+    return {variable: _key(variable) for variable in _knobs(Settings)}
+
+
+def _key(variable: str) -> str:
+    return variable.lower().removeprefix("edgeloader_")
 
 
 # -- loading ----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class _Knob:
-    variable: str
-    key: str  # in a configuration file
-    is_path: bool
-    bounds: tuple[int, int] | None
-    about: str | None
+_Knobs = dict[str, tuple[Any, Field[Any]]]  # each knob's type and field, by its variable
 
 
 class _Model(BaseSettings):
-    """Base of the models made from the dataclasses' knobs: one field per
-    variable, named after it."""
+    """Base of the models made from the dataclasses' knobs: a field per variable."""
 
-    model_config = SettingsConfigDict(
-        case_sensitive=True, extra="forbid", frozen=True, validate_default=False
-    )
+    model_config = SettingsConfigDict(case_sensitive=True, extra="forbid", validate_default=False)
 
-
-class _Environment(EnvSettingsSource):
-    """The variables of ``env`` (the process's, or a test's), blank ones unset."""
-
-    def __init__(self, model: type[_Model], env: Mapping[str, str]) -> None:
-        self.given = {name: value.strip() for name, value in env.items() if value.strip()}
-        super().__init__(model, case_sensitive=True)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return self.given
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the values _load passes: the given environment over the file,
+        # never the process's environment behind its back.
+        return (init_settings,)
 
 
 def _load(cls: type[T], env: Mapping[str, str], file: Path | None) -> T:
-    model, knobs = _model(cast(type, cls))  # (a class is hashable)
-    environment = _Environment(model, env)
-    sources: tuple[EnvSettingsSource | InitSettingsSource, ...] = (environment,)
-    if file is not None:  # after the environment: the first source that has a value wins
-        sources += (InitSettingsSource(model, _read(file, knobs)),)
-    origin = _Origin(environment.given, file, knobs)
-    try:  # pydantic-settings' way to be given its sources rather than make its own
-        values = model(_build_sources=(sources, {}))
+    kind: type = cls  # (a class is hashable)
+    knobs = _knobs(kind)
+    given = {name: env[name].strip() for name in knobs if env.get(name, "").strip()}
+
+    def named(variable: str, with_file: bool = True) -> str:
+        """The variable, or the file's key (after the file) when the file gave it."""
+        if file is None or variable in given:
+            return variable
+        return f"{file}: {_key(variable)}" if with_file else _key(variable)
+
+    try:  # the environment wins over the file
+        values = _model(kind)(**((_read(file, knobs) if file else {}) | given))
     except ValidationError as exc:
-        raise ConfigError(origin.explain(exc.errors()[0])) from None
+        raise ConfigError(_explain(exc.errors()[0], file, named)) from None
     loaded = _build(cls, dict(values))
     downloads = getattr(loaded, "downloads", loaded)
     if isinstance(downloads, DownloadSettings) and downloads.inflight_max < downloads.part_size:
         raise ConfigError(
-            f"{origin.name('EDGELOADER_DOWNLOAD_INFLIGHT_MAX')} must be at least "
-            f"{origin.name('EDGELOADER_DOWNLOAD_PART_SIZE', with_file=False)}"
+            f"{named('EDGELOADER_DOWNLOAD_INFLIGHT_MAX')} must be at least "
+            f"{named('EDGELOADER_DOWNLOAD_PART_SIZE', with_file=False)}"
         )
     return loaded
 
 
 @cache
-def _model(cls: type) -> tuple[type[_Model], dict[str, _Knob]]:
-    """The pydantic-settings model of ``cls``'s knobs (its groups' included)."""
-    definitions: dict[str, Any] = {}
-    knobs: dict[str, _Knob] = {}
-    for f, hint in _walk(cls):
-        meta = f.metadata
-        variable, rules = meta["variable"], meta["rules"]
-        annotation = Annotated[(hint, *rules)] if rules else hint
-        definitions[variable] = (annotation, ... if f.default is MISSING else f.default)
-        key = variable.lower().removeprefix("edgeloader_")
-        facts = (meta.get("is_path", False), meta.get("bounds"), meta.get("about"))
-        knobs[variable] = _Knob(variable, key, *facts)
-    return create_model(f"{cls.__name__}Model", __base__=_Model, **definitions), knobs
-
-
-def _walk(cls: type) -> Iterator[tuple[Field[Any], Any]]:
-    """(field, type) of every knob of ``cls`` and of its groups."""
-    hints = get_type_hints(cls)
+def _knobs(cls: type) -> _Knobs:
+    """The knobs of ``cls`` and of its groups."""
+    hints, knobs = get_type_hints(cls), _Knobs()
     for f in fields(cls):
         if "variable" in f.metadata:
-            yield f, hints[f.name]
+            knobs[f.metadata["variable"]] = (hints[f.name], f)
         elif is_dataclass(hints[f.name]):
-            yield from _walk(hints[f.name])
+            knobs |= _knobs(hints[f.name])
+    return knobs
+
+
+@cache
+def _model(cls: type) -> type[_Model]:
+    definitions: dict[str, Any] = {}
+    for variable, (hint, f) in _knobs(cls).items():
+        annotation = Annotated[(hint, *f.metadata["rules"])] if f.metadata["rules"] else hint
+        definitions[variable] = (annotation, ... if f.default is MISSING else f.default)
+    return create_model(f"{cls.__name__}Model", __base__=_Model, **definitions)
 
 
 def _build(cls: type[T], values: Mapping[str, Any]) -> T:
-    """``cls`` with its knobs, and its groups', from the validated ``values``."""
-    hints = get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
+    """``cls`` with its knobs, and its groups', from the checked ``values``."""
+    hints, kwargs = get_type_hints(cls), dict[str, Any]()
     for f in fields(cls):  # type: ignore[arg-type]
         if "variable" in f.metadata:
             kwargs[f.name] = values[f.metadata["variable"]]
@@ -393,87 +378,60 @@ def _build(cls: type[T], values: Mapping[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def _read(path: Path, knobs: Mapping[str, _Knob]) -> dict[str, Any]:
+def _read(path: Path, knobs: _Knobs) -> dict[str, Any]:
     """The file's values under their variables' names, its relative paths
     joined to its folder; blank values count as unset."""
     if not path.is_file():
         problem = "is not a file" if path.exists() else "does not exist"
         raise ConfigError(f"configuration file {path} {problem}")
-    raw = _parse(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must hold keys with values, like warm_max = 4")
-    by_key = {k.key: k for k in knobs.values()}
-    for key in raw:
-        if key not in by_key:
-            raise ConfigError(f"{path}: unknown key {key!r}{_guess(str(key), by_key)}")
-    folder = path.parent.absolute()
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        knob = by_key[key]
-        value = value.strip() if isinstance(value, str) else value
-        if value == "" or value is None:
-            continue
-        values[knob.variable] = folder / value if knob.is_path and isinstance(value, str) else value
-    return values
-
-
-def _parse(path: Path) -> object:
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"configuration file {path} must end in .toml, .yaml or .yml")
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(path.read_text(encoding="utf-8"))
-        if path.suffix in (".yaml", ".yml"):
-            try:
-                return yaml.safe_load(path.read_text(encoding="utf-8"))
-            except yaml.YAMLError as exc:
-                raise ValueError(str(exc)) from None
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
-    except ValueError as exc:  # not TOML or YAML, or not UTF-8
+    except (ValueError, yaml.YAMLError) as exc:  # not TOML or YAML, or not UTF-8
         raise ConfigError(f"{path}: {' '.join(str(exc).split())}") from None
-    raise ConfigError(f"configuration file {path} must end in .toml, .yaml or .yml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must hold keys with values, like warm_max = 4")
+    variables = {_key(variable): variable for variable in knobs}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in variables:
+            raise ConfigError(f"{path}: unknown key {key!r}{_guess(str(key), variables)}")
+        value = value.strip() if isinstance(value, str) else value
+        if value != "" and value is not None:
+            variable = variables[key]
+            joined = knobs[variable][1].metadata["path"] and isinstance(value, str)
+            values[variable] = path.parent.absolute() / value if joined else value
+    return values
 
 
 def _guess(key: str, keys: Collection[str]) -> str:
     """`` (did you mean 'warm_max'?)`` for a variable's name or a near miss."""
-    plain = key.lower().removeprefix("edgeloader_")
+    plain = _key(key)
     close = [plain] if plain in keys else difflib.get_close_matches(plain, keys, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-@dataclass(frozen=True)
-class _Origin:
-    """Where the values came from, to name a bad one the way it was given."""
-
-    env: Mapping[str, str]
-    file: Path | None
-    knobs: Mapping[str, _Knob]
-
-    def name(self, variable: str, *, with_file: bool = True) -> str:
-        """The variable, or the file's key (after the file) when the file gave it."""
-        if self.file is None or variable in self.env:
-            return variable
-        key = self.knobs[variable].key
-        return f"{self.file}: {key}" if with_file else key
-
-    def explain(self, error: ErrorDetails) -> str:
-        variable = str(error["loc"][0])
-        knob, got = self.knobs[variable], error["input"]
-        match error["type"]:
-            case "missing":
-                where = f"; {knob.key} in {self.file}" if self.file else ""
-                return f"{variable} is required ({knob.about}{where})"
-            case "int_parsing" | "int_type" | "int_from_float":
-                reason = f"must be a whole number, got {got!r}"
-            case "greater_than_equal" | "less_than_equal" if knob.bounds:
-                reason = f"must be {knob.bounds[0]}-{knob.bounds[1]}, got {got}"
-            case "float_parsing" | "float_type":
-                reason = f"must be a number of seconds, got {got!r}"
-            case "greater_than":
-                reason = f"must be positive, got {got}"
-            case "string_type":
-                reason = "must be text (in quotes)"
-            case "value_error":
-                reason = str(error.get("ctx", {}).get("error", error["msg"]))
-            case _:
-                reason = error["msg"][:1].lower() + error["msg"][1:]
-        return f"{self.name(variable)} {reason}"
+def _explain(error: ErrorDetails, file: Path | None, named: Callable[[str], str]) -> str:
+    """The one line for pydantic's ``error``, naming the variable or the file and key."""
+    variable, got = str(error["loc"][0]), error["input"]
+    match error["type"]:
+        case "missing":  # RESOURCE_API_URL, the one setting without a default
+            where = f"; {_key(variable)} in {file}" if file else ""
+            return f"{variable} is required (the Resource API base URL{where})"
+        case "int_parsing" | "int_type" | "int_from_float":
+            reason = f"must be a whole number, got {got!r}"
+        case "float_parsing" | "float_type":
+            reason = f"must be a number of seconds, got {got!r}"
+        case "greater_than":
+            reason = f"must be positive, got {got}"
+        case "string_type":
+            reason = "must be text (in quotes)"
+        case "value_error":
+            reason = str(error.get("ctx", {}).get("error", error["msg"]))
+        case _:
+            reason = error["msg"][:1].lower() + error["msg"][1:]
+    return f"{named(variable)} {reason}"

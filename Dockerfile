@@ -71,8 +71,12 @@ RUN case "${TARGETARCH:-$(dpkg --print-architecture)}" in \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends curl ca-certificates gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
-RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal \
-        --default-toolchain "$RUST_VERSION" --target "$(cat /rust-target)"
+# Downloaded first, not piped: a pipe's status is sh's, so a failed
+# download would pass this step with no Rust installed.
+RUN curl -sSf https://sh.rustup.rs -o /tmp/rustup-init.sh \
+    && sh /tmp/rustup-init.sh -y --profile minimal \
+        --default-toolchain "$RUST_VERSION" --target "$(cat /rust-target)" \
+    && rm /tmp/rustup-init.sh
 ENV PATH="/root/.cargo/bin:${PATH}"
 RUN pip install --no-cache-dir "maturin==${MATURIN_VERSION}" "ziglang==${ZIG_VERSION}"
 WORKDIR /src

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import re
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeloader import crypto, logs
 from edgeloader.auth import signing_key
+from edgeloader.functions.records import RunStatus
 from edgeloader.roles import Role
 from edgeloader.web.state import SERVICES
 from edgeloader_publisher.release import generate_keypair
@@ -37,6 +39,7 @@ FUNCTION_IMAGE = "localhost/edgeloader-obs-fn:1"
 FUNCTION_SECRET = "fn-env-secret-value-7d1f"
 ECHO = "cat request.json > result.json"
 CREDS = {"email": ADMIN[0], "password": ADMIN[1]}
+MiB = 1 << 20
 UNLOCK_STATES = ["authenticating", "downloading_key", "decrypting", "loading_images", "ready"]
 
 Key = tuple[str, frozenset[tuple[str, str]]]
@@ -394,6 +397,69 @@ async def test_metrics_take_an_admin_token_or_api_key(make_stack: Any) -> None:
     key_id = admin_key.split("_")[1]
     assert (await loader.call("DELETE", f"/api/keys/{key_id}", admin)).status == 200
     assert (await loader.call("GET", "/metrics", admin_key)).status == 401
+
+
+async def test_the_boxs_resources_are_read_at_each_scrape(
+    make_stack: Any, clean_engine: EngineService, function_image: str
+) -> None:
+    stack: Stack = await make_stack()
+    settings = stack.settings(auth_mode="required", docker_host=clean_engine.docker_host)
+    loader = Loader(stack, await stack.start_loader(settings))
+    admin = await loader.token()
+
+    def gauge(samples: Samples, name: str) -> float:
+        return samples.values[(name, frozenset())]  # present, not defaulted
+
+    idle = await loader.scrape(admin)
+    disk = shutil.disk_usage(settings.state_dir)
+    assert gauge(idle, "edgeloader_state_size_bytes") == disk.total
+    assert 0 < gauge(idle, "edgeloader_state_free_bytes") <= disk.total
+    limit = gauge(idle, "edgeloader_model_store_limit_bytes")
+    assert limit == settings.functions.model_memory_max
+    assert gauge(idle, "edgeloader_run_folders_bytes") == 0
+    assert gauge(idle, "edgeloader_run_folders_limit_bytes") == 0
+
+    # A run writes 1 MiB into its 4 MiB folder, then waits for the test.
+    script = (
+        "head -c 1048576 /dev/zero > fill.bin && touch filled; "
+        "while [ ! -e go ]; do sleep 0.05; done"
+    )
+    fn = {
+        "name": "fill",
+        "image": function_image,
+        "command": ["sh", "-c", script],
+        "limits": {"diskMb": 4, "timeoutS": 120},
+    }
+    assert (await loader.call("POST", "/api/functions", admin, json=fn)).status == 201
+    answer = await loader.call("POST", "/api/functions/fill/invoke?async=true", admin, json={})
+    assert answer.status == 202, answer.body
+    run_id = str(answer.body["runId"])
+    folder = settings.functions_dir / "runs" / run_id / "app"
+
+    async def filled() -> bool:
+        return (folder / "filled").exists()
+
+    await wait_for(filled, 60, failure="the run did not fill its folder")
+    busy = await loader.scrape(admin)
+    assert MiB <= gauge(busy, "edgeloader_run_folders_bytes") < 2 * MiB
+    assert gauge(busy, "edgeloader_run_folders_limit_bytes") == 4 * MiB
+
+    (folder / "go").touch()
+
+    async def ended() -> bool:
+        run = await loader.call("GET", f"/api/runs/{run_id}", admin)
+        return RunStatus(run.body["status"]).final
+
+    await wait_for(ended, 60, failure="the run did not end")
+    run = (await loader.call("GET", f"/api/runs/{run_id}", admin)).body
+    assert run["status"] == "succeeded", run
+
+    async def folder_gone() -> bool:
+        done = await loader.scrape(admin)
+        return gauge(done, "edgeloader_run_folders_limit_bytes") == 0
+
+    await wait_for(folder_gone, 60, failure="the ended run's folder is still counted")
+    assert gauge(await loader.scrape(admin), "edgeloader_run_folders_bytes") == 0
 
 
 # -- the event stream ------------------------------------------------------------------

@@ -207,6 +207,10 @@ def test_the_documented_commands_run_as_written(stack: DevStack, tmp_path: Path)
             if name == "README.md":  # the first login's tokens, where its comment says
                 assert (home / ".config" / "edgeloader" / "credentials.json").is_file()
     assert ran >= 25
+    # What docs/cli.md's eval line is for: bash now completes edgeloader.
+    completion = 'eval "$(edgeloader completion bash)"; complete -p edgeloader'
+    [step] = run_lines([completion], cwd=cwd, env=env, answers=[])
+    assert (step.code, step.output.rsplit(" ", 1)[-1]) == (0, "edgeloader"), step
 
 
 def test_the_banner_s_curl_lines_run_as_printed(stack: DevStack, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from edgeloader.errors import ConfigError
 
-MiB = 1 << 20
+MiB, GiB = 1 << 20, 1 << 30
 AUTH_MODES = ("required", "compat")
 CONFIG_VARIABLE = "EDGELOADER_CONFIG"  # names the configuration file
 
@@ -153,9 +153,8 @@ class FunctionSettings(_Loadable):
     output_max: int = whole(1 * MiB, "EDGELOADER_RUN_OUTPUT_MAX", 1024, 64 * MiB)
     # An invoke body, which becomes request.json.
     request_max: int = whole(1 * MiB, "EDGELOADER_INVOKE_BODY_MAX", 1024, 64 * MiB)
-    build_context_max: int = whole(  # an uploaded build context
-        256 * MiB, "EDGELOADER_BUILD_CONTEXT_MAX", 1024, 64 * 1024 * MiB
-    )
+    # An uploaded build context.
+    build_context_max: int = whole(256 * MiB, "EDGELOADER_BUILD_CONTEXT_MAX", 1024, 64 * GiB)
     build_timeout: float = seconds(30 * 60, "EDGELOADER_BUILD_TIMEOUT")
 
 
@@ -167,13 +166,11 @@ class DownloadSettings(_Loadable):
     # Ranged reads at once per object; 1: every object as one stream.
     connections: int = whole(4, "EDGELOADER_DOWNLOAD_CONNECTIONS", 1, 64)
     # Rounded to the format's unit (16 B in v1, whole chunks in v2).
-    part_size: int = whole(8 * MiB, "EDGELOADER_DOWNLOAD_PART_SIZE", 64 * 1024, 1024 * MiB)
+    part_size: int = whole(8 * MiB, "EDGELOADER_DOWNLOAD_PART_SIZE", 64 * 1024, GiB)
     # Smaller objects are read as one stream.
     parallel_min: int = whole(16 * MiB, "EDGELOADER_DOWNLOAD_PARALLEL_MIN", 0, 1 << 62)
     # CDN bytes in memory, all reads together; at least part_size (checked when loaded).
-    inflight_max: int = whole(
-        32 * MiB, "EDGELOADER_DOWNLOAD_INFLIGHT_MAX", 4 * MiB, 64 * 1024 * MiB
-    )
+    inflight_max: int = whole(32 * MiB, "EDGELOADER_DOWNLOAD_INFLIGHT_MAX", 4 * MiB, 64 * GiB)
     # Bytes/s over all CDN reads; None: no cap.
     max_rate: int | None = whole(None, "EDGELOADER_DOWNLOAD_MAX_RATE", 1024, 1 << 62)
     # A read that receives nothing this long is dropped and resumed.
@@ -196,11 +193,9 @@ class AuthLimits(_Loadable):
     first_wait: float = 1.0  # the wait after the last free failure; it doubles with each further
     max_wait: float = 15 * 60
     forget_after: float = 60 * 60  # a key's failures are forgotten this long after its last one
-    throttle_max_bytes: int = whole(
-        16 * MiB, "EDGELOADER_THROTTLE_MAX_BYTES", 64 * 1024, 1024 * MiB
-    )
+    throttle_max_bytes: int = whole(16 * MiB, "EDGELOADER_THROTTLE_MAX_BYTES", 64 * 1024, GiB)
     audit_retention: float = seconds(90 * 86_400, "EDGELOADER_AUDIT_RETENTION")
-    audit_max_bytes: int = whole(64 * MiB, "EDGELOADER_AUDIT_MAX_BYTES", 64 * 1024, 64 * 1024 * MiB)
+    audit_max_bytes: int = whole(64 * MiB, "EDGELOADER_AUDIT_MAX_BYTES", 64 * 1024, 64 * GiB)
 
 
 @dataclass(frozen=True)
@@ -237,7 +232,7 @@ class Settings:
     # Tuning; the defaults suit small devices.
     chunk_size: int = 1 * MiB
     upload_part_size: int = 8 * MiB
-    max_upload_bytes: int = 64 * 1024 * MiB
+    max_upload_bytes: int = 64 * GiB
     api_timeout: float = 30.0
     cdn_connect_timeout: float = 10.0
     functions: FunctionSettings = field(default_factory=FunctionSettings)
@@ -271,8 +266,7 @@ class Settings:
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields changed (CLI flags win over the environment)."""
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
+        unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -316,8 +310,7 @@ class _Model(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Only the values _load passes: the given environment over the file,
-        # never the process's environment behind its back.
+        # Only what _load passes (never the process's environment behind its back).
         return (init_settings,)
 
 

@@ -46,13 +46,14 @@ def test_a_mistyped_command_names_the_closest(
     assert captured.out == ""
 
 
-def test_a_wrong_option_value_is_still_argparse_s_usage_error(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_a_wrong_option_value_is_one_usage_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["keys", "create", "x", "--role", "Nobody"])
     assert exited.value.code == EXIT_USAGE
-    assert "invalid choice: 'Nobody'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("edgeloader keys create: argument --role: invalid choice: 'Nobody'")
+    assert err.endswith("(see `edgeloader keys create --help`)\n")
 
 
 def _complete(line: str) -> list[str]:

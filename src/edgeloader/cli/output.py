@@ -90,8 +90,9 @@ class UsageError(InvalidRequest):
 
 
 class CommandParser(argparse.ArgumentParser):
-    """argparse, but a mistyped command is one line naming the closest one:
-    ``edgeloader: unknown command 'lod' (did you mean 'load'?)``, exit 2.
+    """argparse, but a usage error is one line, exit 2, and a mistyped
+    command names the closest one:
+    ``edgeloader: unknown command 'lod' (did you mean 'load'?)``.
     Subcommand parsers are of the same class, so ``edgeloader keys lst``
     is answered alike."""
 
@@ -107,6 +108,11 @@ class CommandParser(argparse.ArgumentParser):
             hint = f"did you mean {close[0]!r}?" if close else f"see `{self.prog} --help`"
             self.exit(EXIT_USAGE, f"{self.prog}: unknown command {value!r} ({hint})\n")
         super()._check_value(action, value)
+
+    def error(self, message: str) -> NoReturn:
+        """Any other usage error is one line too, pointing at ``--help``
+        instead of printing the usage."""
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def _os_message(exc: OSError | sqlite3.Error) -> str:

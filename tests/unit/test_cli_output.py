@@ -112,9 +112,7 @@ def test_off_a_terminal_lines_are_spaced_in_time() -> None:
 
 def test_work_seen_late_starts_where_it_is() -> None:
     out, clock = io.StringIO(), Clock()
-    progress = Progress(
-        "prefetch", 8 << 20, stream=out, min_bytes=0, initial=7 << 20, clock=clock
-    )
+    progress = Progress("prefetch", 8 << 20, stream=out, min_bytes=0, initial=7 << 20, clock=clock)
     assert progress.done == 7 << 20
     clock.now += 60
     progress.update_to(7 << 20)  # the quarters it started past are not shown

@@ -1,10 +1,14 @@
 """Service benchmarks, each against a raw baseline measured in the same run.
 
 P2  POST /load through the loader against raw aiobotocore GETs of the same
-    big part from the same S3 server, every consumer hashing what it gets:
-    loopback   one load at a time, on s3s-fs and on moto;
+    big part from the same S3 server, every consumer hashing what it gets,
+    with the CPU seconds per GB of each process (loader, S3 server, client):
+    loopback   one load at a time, on s3s-fs (64 MiB, 256 MiB, 1 GiB) and on
+               moto (256 MiB, 1 GiB), also through a loader with a model cache;
     capped     through a proxy pacing each connection (20 MB/s, 20 ms);
-    crowd      50 concurrent loads of one resource (aggregate, peak RSS).
+    crowd      50 concurrent loads of one resource through a loader with a
+               model cache, from the CDN and from the cache, v1 and a signed
+               v2 (aggregate, peak RSS against idle + 64 MB).
 P4  a v2 load under a signed release (every 1 MiB segment verified) against
     the same load with no publisher key.
 P3  POST /unlock of an encrypted docker-archive into each engine (podman,
@@ -21,8 +25,8 @@ s3s-fs, the throttling proxy, the reference Resource API and the loader
 (`python -m edgeloader serve`) each run as their own process on loopback:
 the loader's peak RSS is its VmHWM, and no client shares a GIL or an event
 loop with a server. A fresh loader process, in the default auth mode (bearer
-tokens), without a model cache and with the default download settings, is
-started per case. Figures vary between machines and runs; the ratios are
+tokens), with the default download settings, is started per case; without
+a model cache unless the case says otherwise. Figures vary between machines and runs; the ratios are
 what to compare. MB is 10^6 bytes, MiB 2^20. Linux only (reads /proc).
 
 Modules: `stack` starts the components (with tests/support/harness), `s3s`

@@ -28,7 +28,8 @@ T = TypeVar("T")
 def print_header(servers: dict[str, str]) -> None:
     print(f"edgeloader service benchmarks; {os.cpu_count()} cores")
     print("S3 servers: " + "; ".join(f"{name} ({v})" for name, v in servers.items()))
-    print("loader: `python -m edgeloader serve`, default auth (bearer token), no model cache,")
+    print("loader: `python -m edgeloader serve`, default auth (bearer token), no model cache")
+    print("        unless a table says so,")
     print("        download settings: the defaults unless listed below;")
     print("        every consumer hashes (SHA-256) what it receives and checks it")
 

@@ -179,7 +179,12 @@ async def test_a_stalled_cdn_cuts_the_body_and_the_audit_says_why(stack: Stack, 
     assert len(body) < len(data)
     assert body == data[: len(body)]
     assert cached_entries(stack, "m.bin") == []
-    outcome = (await load_outcomes(stack))[-1]
+    # The audit entry is written once the handler has returned, which may
+    # be after the client saw the cut.
+    async with asyncio.timeout(GENEROUS):
+        while not (outcomes := await load_outcomes(stack)):
+            await asyncio.sleep(0.05)
+    outcome = outcomes[-1]
     assert outcome.startswith("failed mid-stream: CDN read of"), outcome
     assert "after 3 failed tries: stalled: no bytes for 0.5 s" in outcome
     failures = "edgeloader_cdn_read_failures_total"

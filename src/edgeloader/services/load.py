@@ -209,12 +209,13 @@ class LoadService:
             handle.seek(0)
             return size, handle.read(crypto.V2_HEADER_SIZE), tail
 
-        # What a load from the cache holds at once (a piece read, its
-        # plaintext, a segment being verified) comes from the same budget as
-        # CDN reads: many concurrent loads from the cache wait for room
-        # instead of each holding its own megabytes.
+        # What a load from the cache holds at once comes from the same budget
+        # as CDN reads: a piece being read, its plaintext held back, one in
+        # the client's socket buffer and one on its way there (four pieces),
+        # and a segment being verified. Many concurrent loads from the cache
+        # wait for room instead of each holding its own megabytes.
         hold = release.artifact.segment if release is not None else 0
-        claim = self.transfers.budget.claim(2 * chunk_size + hold, urgent=True)
+        claim = self.transfers.budget.claim(4 * chunk_size + hold, urgent=True)
 
         async def close() -> None:
             claim.close()

@@ -29,9 +29,9 @@ def test_a_capped_link_widens_one_step_at_a_time_to_the_ceiling() -> None:
     rule, clock = WidthRule(4, PART), [0.0]
     first_part(rule, clock, 0.045, 20e6)
     assert (rule.width, rule.settled) == (2, False)
-    feed(rule, clock, 2 * PART, 40e6)
+    feed(rule, clock, PART, 40e6)
     assert (rule.width, rule.settled) == (3, False)
-    feed(rule, clock, 3 * PART, 60e6)
+    feed(rule, clock, PART, 60e6)
     assert rule.width == 4
     assert rule.settled
     assert "ceiling" in rule.why
@@ -43,7 +43,7 @@ def test_a_widening_that_brings_nothing_stops_the_widening() -> None:
     rule, clock = WidthRule(4, PART), [0.0]
     first_part(rule, clock, 0.0015, 200e6)
     assert rule.width == 2
-    feed(rule, clock, 2 * PART, 200e6 * (GAIN - 0.05))
+    feed(rule, clock, PART, 200e6 * (GAIN - 0.05))
     assert rule.width == 2
     assert rule.settled
     assert "no faster" in rule.why
@@ -54,7 +54,7 @@ def test_a_widening_that_brings_nothing_stops_the_widening() -> None:
 def test_the_window_must_fill_before_throughput_is_judged() -> None:
     rule, clock = WidthRule(4, PART), [0.0]
     first_part(rule, clock, 0.001, 20e6)
-    feed(rule, clock, 2 * PART - MiB, 80e6)
+    feed(rule, clock, PART - MiB, 80e6)
     assert (rule.width, rule.settled) == (2, False)
     feed(rule, clock, MiB, 80e6)
     assert rule.width == 3
@@ -94,7 +94,7 @@ def test_a_part_that_starts_less_fast_stops_the_widening_at_the_next_window() ->
     rule, clock = WidthRule(4, PART), [0.0]
     first_part(rule, clock, 0.001, 20e6)
     rule.sample(Sample(wait=0.15, body=0.4), clock[0])  # neither fast nor slow
-    feed(rule, clock, 2 * PART, 40e6)
+    feed(rule, clock, PART, 40e6)
     assert rule.width == 2
     assert rule.settled
     assert "no longer start fast" in rule.why

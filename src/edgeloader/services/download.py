@@ -238,12 +238,15 @@ class Download:
         rule = self._rule
         if rule is None:
             return
+        settled = rule.settled
         rule.received(n, now)
         if not part.sampled and part.wait is not None:
             ended = part.end is not None and part.start + part.received >= part.end
             if part.received >= self._part_size or ended:
                 part.sampled = True
                 rule.sample(Sample(part.wait, now - part.first_at), now)
+        if rule.settled and not settled:
+            log.debug("%s: %d connection(s): %s", self.what, rule.width, rule.why)
         if rule.one_stream:
             self._one_stream()
         if rule.width > self._width:

@@ -212,10 +212,11 @@ class LoadService:
         # What a load from the cache holds at once comes from the same budget
         # as CDN reads: a piece being read, its plaintext held back, one in
         # the client's socket buffer and one on its way there (four pieces),
-        # and a segment being verified. Many concurrent loads from the cache
-        # wait for room instead of each holding its own megabytes.
+        # and a segment being verified. Under a release the pieces that reach
+        # the decryptor are whole segments. Many concurrent loads from the
+        # cache wait for room instead of each holding its own megabytes.
         hold = release.artifact.segment if release is not None else 0
-        claim = self.transfers.budget.claim(4 * chunk_size + hold, urgent=True)
+        claim = self.transfers.budget.claim(4 * max(chunk_size, hold) + hold, urgent=True)
 
         async def close() -> None:
             claim.close()

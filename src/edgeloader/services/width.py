@@ -53,8 +53,9 @@ class WidthRule:
 
     Feed it :meth:`sample` for each part's first request and
     :meth:`received` for every piece of any part; read :attr:`width` and
-    :attr:`one_stream` after each call. ``window`` is the bytes per
-    connection that measure throughput (the part size).
+    :attr:`one_stream` after each call. ``window`` is the bytes that
+    measure throughput after each widening, whatever the width (the part
+    size): a wider read fills it sooner, so the next step comes sooner.
     """
 
     def __init__(self, ceiling: int, window: int) -> None:
@@ -97,7 +98,7 @@ class WidthRule:
             return
         start, at = self._mark
         got = self._total - at
-        if got < self.width * self.window:
+        if got < self.window:
             return
         rate = got / (now - start) if now > start else float("inf")
         if rate < GAIN * self._before:

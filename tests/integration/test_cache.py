@@ -4,6 +4,7 @@ left-over partial file or a symbolic link."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -148,3 +149,42 @@ async def test_a_symlinked_cache_folder_is_never_followed(stack: Stack, tmp_path
     assert await stack.load("m.bin") == (200, data)
     assert precious.read_bytes() == b"someone else's file"
     assert sorted(p.name for p in (victim / "m.bin").iterdir()) == [precious.name]
+
+
+async def test_clients_that_vanish_mid_load_leave_the_entry_writable(
+    make_stack: Callable[..., Awaitable[Stack]],
+) -> None:
+    """One load writes an entry at a time: ten clients that leave halfway
+    through (all at once) must each let go of it, so that the next whole
+    load writes it and the one after is served from the cache."""
+    stack = await make_stack()
+    data = pattern(6 * 1024 * 1024)
+    stack.publish("m.bin", data)
+    await stack.start_loader()
+    await stack.login()
+    entry_dir = stack.tmp / "cache" / stack.bucket / "m.bin"
+
+    async def leave_halfway() -> None:
+        body = {"folder": stack.bucket}
+        async with stack.http.post(f"{stack.loader_url}/load/m.bin", json=body) as resp:
+            assert resp.status == 200
+            await resp.content.readexactly(len(data) // 2)
+            resp.close()  # the connection goes, mid-body
+
+    await asyncio.gather(*(leave_halfway() for _ in range(10)))
+
+    async def no_entry_is_being_written() -> bool:
+        return not entry_dir.exists() or not any(entry_dir.iterdir())
+
+    # Nothing half-written stays behind once the loads have ended.
+    await wait_for(no_entry_is_being_written, within=10)
+    assert await stack.load("m.bin") == (200, data)
+
+    async def committed() -> bool:
+        return [p.suffix for p in entry_dir.iterdir()] == [".big"]
+
+    await wait_for(committed, within=10)
+    down = stack.settings().with_overrides(cdn=dead_cdn())
+    await stack.start_loader(down)
+    await stack.login()
+    assert await stack.load("m.bin") == (200, data)

@@ -159,7 +159,14 @@ async def json_lines(stream: aiohttp.StreamReader) -> AsyncIterable[dict[str, An
             return
 
 
-_PATH = re.compile(r"(?<![\w./])/(?:[\w.@+-]+/)*[\w.@+-]+")
+# An absolute path, alone or inside the reference podman makes of its spool
+# file (``localhost/tmp/podman-…/libpod-images-load.tar…``). Behind
+# ``localhost`` only the spool's top directories count, so an image name
+# such as ``localhost/edge/detector:1.2`` stays whole.
+_PATH = re.compile(
+    r"(?:(?<![\w./])|(?<=\blocalhost)(?=/(?:tmp|var|run|home|root)/))"
+    r"/(?:[\w.@+-]+/)*[\w.@+-]+"
+)
 
 
 def without_paths(message: str) -> str:

@@ -133,7 +133,7 @@ def _decryptor(key: bytes, head: bytes) -> tuple[Decryptor | DecryptorV2, bytes]
 
 
 async def decrypt_stream(
-    key: bytes, chunks: AsyncIterable[bytes], iv: bytes | None = None
+    key: bytes, chunks: AsyncIterable[bytes | memoryview], iv: bytes | None = None
 ) -> AsyncIterator[bytes]:
     """Decrypts a stream of ciphertext chunks, v1 or v2 as its start says.
 

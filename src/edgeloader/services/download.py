@@ -446,7 +446,7 @@ class Download:
             assert part.end is not None
             while (position := part.start + part.received) < part.end:
                 async with asyncio.timeout(stall):
-                    data = await found.read(READ_SIZE)
+                    data = await found.read(min(READ_SIZE, part.end - position))
                 if not data:
                     raise CdnError(f"the CDN ended a {self.what} early")
                 now = clock()

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+import socket
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,17 +161,104 @@ class CdnRange:
         self.total = total
         self.etag = etag
         self._body = body
+        #: When the reader is woken (None: at every arrival, as over TLS).
+        self.wakeup = Wakeup.of(body, length)
 
     async def read(self, size: int) -> bytes:
         """Up to ``size`` bytes (what has arrived); b"" at the end. A cut
         connection is a :class:`CdnError`."""
+        if self.wakeup is not None:
+            self.wakeup.before(size)
         with _mapped(self.what):
             data: bytes = await self._body.read(size)
+        if self.wakeup is not None:
+            self.wakeup.after(len(data))
         return data
 
     def close(self) -> None:
         """Releases the connection; stops an unfinished read."""
         self._body.close()
+
+
+class Wakeup:
+    """When the kernel wakes the reader of one plain-HTTP answer: once a
+    piece worth handling has arrived (``SO_RCVLOWAT``), not at every few
+    kilobytes the server writes.
+
+    A server that sends in small writes (s3s-fs: 18-40 KiB a wake-up on
+    loopback) otherwise costs a pass through the event loop, the HTTP parser
+    and every stage of a load per few kilobytes: receiving 256 MiB took
+    1.4-2.9 CPU s/GB that way and 0.6-0.8 with whole 256 KiB pieces
+    (docs/performance.md, P2 round 4). The threshold never exceeds what the
+    answer still owes, nor ``WAKE_AFTER`` seconds of its own rate, so a slow
+    answer is not held back (nor taken for a stalled one); the first piece is
+    read as it comes, so its wait stays a true first-byte time
+    (services/width.py). Before the connection goes back to the pool the
+    threshold is 1 again: the next answer's headers must not wait for it.
+    Over TLS a threshold on the socket's bytes says nothing exact about the
+    answer's, so none is set there.
+    """
+
+    WAKE_AFTER = 0.05
+
+    def __init__(
+        self, sock: Any, content: Any, length: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._sock = sock  # asyncio's view of the connection's socket
+        self._content = content  # aiohttp's StreamReader of the body
+        self._length = length
+        self._delivered = 0
+        self._first: tuple[float, int] | None = None  # when, and bytes by then
+        self.threshold = 1  # SO_RCVLOWAT as last set
+        self._clock = clock
+
+    @classmethod
+    def of(cls, body: Any, length: int) -> Wakeup | None:
+        """The wake-up of an aiobotocore body, if its connection allows one."""
+        response: Any = getattr(body, "_raw_stream", None)  # aiohttp's ClientResponse
+        connection = getattr(response, "connection", None)
+        transport = getattr(connection, "transport", None)
+        if connection is None or transport is None or length <= 0:
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.get_extra_info("sslcontext") is not None:
+            return None
+        if not hasattr(socket, "SO_RCVLOWAT"):
+            return None
+        wakeup = cls(sock, response.content, length)
+        connection.add_callback(wakeup.release)
+        return wakeup
+
+    def before(self, size: int) -> None:
+        """Sets the threshold for a read of up to ``size`` bytes."""
+        if self._first is None:
+            return
+        received = self._content.total_bytes
+        if received > self._delivered:
+            return  # bytes are waiting: the read returns at once
+        when, at = self._first
+        elapsed = self._clock() - when
+        rate = (self._delivered - at) / elapsed if elapsed > 0 else 0.0
+        owed = self._length - received
+        self._set(max(1, min(size, owed, int(rate * self.WAKE_AFTER))))
+
+    def after(self, n: int) -> None:
+        self._delivered += n
+        if self._first is None and n:
+            self._first = (self._clock(), self._delivered)
+
+    def release(self) -> None:
+        """The connection is let go (the answer ended or was closed)."""
+        self._set(1)
+
+    def _set(self, threshold: int) -> None:
+        if threshold == self.threshold:
+            return
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, threshold)
+        except OSError:
+            return  # a closed socket: nothing waits on it any more
+        self.threshold = threshold
 
 
 class Cdn:

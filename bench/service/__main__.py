@@ -21,6 +21,7 @@ from bench.service.capped import bench_capped
 from bench.service.crowd import bench_crowd
 from bench.service.load import bench_loopback
 from bench.service.mount import bench_mount, print_mount
+from bench.service.receive import bench_receive, print_receive
 from bench.service.report import (
     print_capped,
     print_crowd,
@@ -34,7 +35,7 @@ from bench.service.signed import bench_signed
 from bench.service.stack import MOTO, S3S_FS, start_upstream
 from bench.service.unlock import bench_p3
 
-PARTS = ("loopback", "capped", "crowd", "signed", "p3", "mount")
+PARTS = ("loopback", "receive", "capped", "crowd", "signed", "p3", "mount")
 P2_PARTS = ("loopback", "capped", "crowd")
 
 
@@ -45,6 +46,8 @@ def check_space(args: argparse.Namespace) -> None:
     p2 = 0
     if "loopback" in args.only:
         p2 += 2 * (sum(args.p2_sizes) + sum(args.moto_sizes))
+    if "receive" in args.only:
+        p2 += len(args.loopback_servers) * args.receive_size
     if "capped" in args.only:
         p2 += args.capped_size
     if "crowd" in args.only:
@@ -69,7 +72,9 @@ async def bench(args: argparse.Namespace) -> None:
     p2_server = args.p2_server
     needs_s3s = any(p in parts for p in ("capped", "crowd", "signed", "mount"))
     needs_s3s = needs_s3s and p2_server == S3S_FS
-    needs_s3s |= "loopback" in parts and S3S_FS in args.loopback_servers
+    needs_s3s |= any(p in parts for p in ("loopback", "receive")) and (
+        S3S_FS in args.loopback_servers
+    )
     check_space(args)
     work = Path(tempfile.mkdtemp(prefix="edgeloader-bench-", dir=args.work_dir))
     with contextlib.ExitStack() as cleanup:
@@ -81,6 +86,7 @@ async def bench(args: argparse.Namespace) -> None:
         upstream = await start_upstream(work, cleanup, s3s_fs)
         upstream.loader_env.update(args.loader_env)
         loopback = capped = crowd = signed = mount = None
+        received = []
         p3 = []
         if "loopback" in parts:
             cases = [
@@ -89,6 +95,10 @@ async def bench(args: argparse.Namespace) -> None:
                 for size in (args.p2_sizes if server == S3S_FS else args.moto_sizes)
             ]
             loopback = await bench_loopback(upstream, cases, args.runs, cleanup)
+        if "receive" in parts:
+            for server in args.loopback_servers:
+                size = args.receive_size * MiB
+                received.append(await bench_receive(upstream, server, size, args.runs))
         if "capped" in parts:
             rate = int(args.capped_rate * 1e6)
             latency = args.capped_latency / 1000
@@ -122,6 +132,8 @@ async def bench(args: argparse.Namespace) -> None:
         print("loader settings: " + " ".join(f"{n}={v}" for n, v in args.loader_env))
     if loopback:
         print_loopback(loopback, args.runs)
+    if received:
+        print_receive(received, args.runs)
     if capped is not None:
         print_capped(capped, args.runs)
     if crowd:
@@ -197,7 +209,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_parts,
         default=PARTS,
         metavar="PART,...",
-        help="parts to run: loopback, capped, crowd (p2: all three), signed, p3 (default: all)",
+        help="parts to run: loopback, capped, crowd (p2: all three), receive, signed, p3, "
+        "mount (default: all)",
     )
     parser.add_argument(
         "--p2-sizes",
@@ -211,7 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_servers,
         default=[S3S_FS, MOTO],
         metavar="NAME,...",
-        help=f"S3 servers of the loopback part (default: {S3S_FS},{MOTO})",
+        help=f"S3 servers of the loopback and receive parts (default: {S3S_FS},{MOTO})",
     )
     parser.add_argument(
         "--moto-sizes",
@@ -225,6 +238,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=(S3S_FS, MOTO),
         default=S3S_FS,
         help="S3 server of the capped, crowd and signed parts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--receive-size",
+        type=int,
+        default=256,
+        metavar="MiB",
+        help="the receive part's object, on each --loopback-servers (default: %(default)s)",
     )
     parser.add_argument(
         "--capped-size", type=int, default=256, metavar="MiB", help="default: %(default)s"

@@ -185,11 +185,11 @@ class Wakeup:
     piece worth handling has arrived (``SO_RCVLOWAT``), not at every few
     kilobytes the server writes.
 
-    A server that sends in small writes (s3s-fs: 18-40 KiB a wake-up on
+    A server that sends in small writes (s3s-fs: about 42 KiB a wake-up on
     loopback) otherwise costs a pass through the event loop, the HTTP parser
-    and every stage of a load per few kilobytes: receiving 256 MiB took
-    1.4-2.9 CPU s/GB that way and 0.6-0.8 with whole 256 KiB pieces
-    (docs/performance.md, P2 round 4). The threshold never exceeds what the
+    and every stage of a load per few kilobytes: reading and hashing 256 MiB
+    from s3s-fs took 3.05 CPU s/GB that way and 1.69 in whole 256 KiB pieces
+    (docs/performance.md, P2 round 4, ``--only receive``). The threshold never exceeds what the
     answer still owes, nor ``WAKE_AFTER`` seconds of its own rate, so a slow
     answer is not held back (nor taken for a stalled one); the first piece is
     read as it comes, so its wait stays a true first-byte time

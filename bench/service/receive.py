@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from tests.support.harness.s3 import ACCESS_KEY, SECRET_KEY
 
-from bench.service import MiB, log
+from bench.service import BenchError, MiB, log
 from bench.service.load import publish
 from bench.service.stack import FOLDER, Upstream
 from edgeloader.services.download import READ_SIZE
@@ -70,7 +70,7 @@ async def bench_receive(upstream: Upstream, server: str, size: int, runs: int) -
                 if i > 0:
                     result.reads[way].append(read)
     if len(digests) != 1:
-        raise RuntimeError("the reads of one object gave different bytes")
+        raise BenchError("the reads of one object gave different bytes")
     return result
 
 

@@ -185,9 +185,8 @@ class _Pacer:
 
     async def pace(self, n: int) -> None:
         now = self._loop.time()
-        if self._due is None or self._due < now - self.CATCH_UP:
-            self._due = now - (0.0 if self._due is None else self.CATCH_UP)
-        self._due += n / self._rate
+        due = now if self._due is None else max(self._due, now - self.CATCH_UP)
+        self._due = due + n / self._rate
         if self._due > now:
             await asyncio.sleep(self._due - now)
 

@@ -189,14 +189,15 @@ class Wakeup:
     loopback) otherwise costs a pass through the event loop, the HTTP parser
     and every stage of a load per few kilobytes: reading and hashing 256 MiB
     from s3s-fs took 3.05 CPU s/GB that way and 1.69 in whole 256 KiB pieces
-    (docs/performance.md, P2 round 4, ``--only receive``). The threshold never exceeds what the
-    answer still owes, nor ``WAKE_AFTER`` seconds of its own rate, so a slow
-    answer is not held back (nor taken for a stalled one); the first piece is
-    read as it comes, so its wait stays a true first-byte time
-    (services/width.py). Before the connection goes back to the pool the
-    threshold is 1 again: the next answer's headers must not wait for it.
-    Over TLS a threshold on the socket's bytes says nothing exact about the
-    answer's, so none is set there.
+    (docs/performance.md, P2 round 4, ``--only receive``).
+
+    The threshold never exceeds what the answer still owes, nor
+    ``WAKE_AFTER`` seconds of its own rate, so a slow answer is not held back
+    (nor taken for a stalled one); the first piece is read as it comes, so
+    its wait stays a true first-byte time (services/width.py). Before the
+    connection goes back to the pool the threshold is 1 again: the next
+    answer's headers must not wait for it. Over TLS a threshold on the
+    socket's bytes says nothing exact about the answer's, so none is set.
     """
 
     WAKE_AFTER = 0.05

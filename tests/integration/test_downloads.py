@@ -125,6 +125,27 @@ async def test_a_capped_link_is_read_over_several_connections(stack: Stack, fmt:
     assert peaks["parallel"] >= 3
 
 
+async def test_fifty_loads_at_once_on_a_paced_link_are_whole_with_no_retries(
+    stack: Stack,
+) -> None:
+    """Reads woken per piece (``upstream/cdn.py``, ``Wakeup``) on a link slow
+    enough that they wait: 50 loads at once, of a big resource and then of a
+    tiny one whose answers are smaller than any threshold, are
+    byte-identical and succeed with no retries. (moto closes each connection,
+    so reuse is tested in tests/integration/test_cdn_reads.py.)"""
+    published = {"big.bin": pattern(MiB + 4321), "tiny.bin": pattern(5000)}
+    for name, data in published.items():
+        publish(stack, 1, name, data)
+    downloads = replace(PARALLEL, retries=0)
+    async with proxied(stack, downloads, cache=False, rate=4 * MiB):
+        for name in ("big.bin", "tiny.bin", "big.bin", "tiny.bin"):
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(stack.load(name) for _ in range(50))), GENEROUS
+            )
+            assert all(answer == (200, published[name]) for answer in answers), name
+    assert set(await load_outcomes(stack)) == {"ok"}
+
+
 @pytest.mark.parametrize("fmt", [1, 2], ids=["v1", "v2"])
 async def test_slow_ranged_starts_give_one_stream_that_resumes_after_cuts(
     stack: Stack, fmt: int
